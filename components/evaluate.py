@@ -1,0 +1,31 @@
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[Dataset],
+             metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML],
+             evaluation: Output[Artifact]):
+    """Test-set metrics (classification, ranking, oracle, slices), the ROC for the UI, an HTML report."""
+    import shutil
+    from pathlib import Path
+
+    from shoprank.config import resolve_config
+    from shoprank.evaluate import evaluate_model
+    from shoprank.telemetry import stage
+
+    config = resolve_config(preset, overrides)
+    with stage("evaluate"):
+        result = evaluate_model(Path(model.path) / "saved_model", features.path, evaluation.path, config)
+    m, c = result["metrics"], result["curves"]["baseline"]
+    for key in ("auc", "log_loss", "accuracy", "precision", "recall", "f1", "mrr",
+                f"ndcg_at_{config.evaluation.top_k}", f"recall_at_{config.evaluation.top_k}"):
+        metrics.log_metric(key, round(m[key], 5))
+    if "oracle" in m:
+        metrics.log_metric("oracle_auc", round(m["oracle"]["auc"], 5))
+        metrics.log_metric("oracle_auc_share", round(m["oracle_auc_share"], 5))
+    roc.log_roc_curve(c["roc"]["fpr"], c["roc"]["tpr"], c["roc"]["threshold"])
+    roc.log_confusion_matrix(c["confusion"]["labels"], c["confusion"]["matrix"])
+    shutil.copy(Path(evaluation.path) / "report.html", report.path)

@@ -1,0 +1,16 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def ingest(source: str, preset: str, overrides: str, raw_data: Output[Dataset]):
+    """Land raw shop data: generate the synthetic shop ('synthetic') or read a directory of tables."""
+    from shoprank.config import resolve_config
+    from shoprank.ingest import ingest as run
+    from shoprank.telemetry import stage
+
+    with stage("ingest") as rec:
+        rec |= run(source, raw_data.path, resolve_config(preset, overrides))
+    raw_data.metadata.update({"source": source, "rows": rec.get("rows", {})})

@@ -1,0 +1,31 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def optimize(preset: str, overrides: str, model: Input[Model], features: Input[Dataset],
+             optimized_model: Output[Model], comparison: Output[Artifact], optimize_metrics: Output[Metrics]):
+    """Prune while fine-tuning, export the optimised SavedModel and a full-int8 TFLite model, and compare
+    all artefacts side by side (size, latency, quality)."""
+    import json
+
+    from shoprank.config import resolve_config
+    from shoprank.optimize import compare_artefacts
+    from shoprank.optimize import optimize as run
+    from shoprank.telemetry import stage
+
+    config = resolve_config(preset, overrides)
+    with stage("optimize"):
+        result = run(model.path, features.path, optimized_model.path, config)
+        artefacts = compare_artefacts(model.path, optimized_model.path, features.path, config)
+    with open(comparison.path, "w") as fh:
+        json.dump({"artefacts": artefacts, "sparsity": result["sparsity"]}, fh, indent=2)
+    optimized_model.metadata.update({"framework": "tensorflow", "formats": ["savedmodel", "tflite-int8"],
+                                     "sparsity": result["sparsity"]["overall"]})
+    optimize_metrics.log_metric("sparsity", result["sparsity"]["overall"])
+    for name, a in artefacts.items():
+        optimize_metrics.log_metric(f"{name}_auc", round(a["auc"], 5))
+        optimize_metrics.log_metric(f"{name}_gzip_bytes", a["gzip_bytes"])
+        optimize_metrics.log_metric(f"{name}_ms_b256", a["latency_ms"]["256"])

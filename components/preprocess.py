@@ -1,0 +1,27 @@
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
+
+from components import COMPONENT_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def preprocess(preset: str, overrides: str, raw_data: Input[Dataset], features: Output[Dataset],
+               transform: Output[Artifact], quarantine: Output[Dataset], data_metrics: Output[Metrics]):
+    """Validate (quarantine bad rows), split by time, fit the transform on the past, write model tensors."""
+    import shutil
+    from pathlib import Path
+
+    from shoprank.config import resolve_config
+    from shoprank.preprocess import preprocess as run
+    from shoprank.telemetry import stage
+
+    with stage("preprocess"):
+        report = run(raw_data.path, features.path, transform.path, resolve_config(preset, overrides))
+    Path(quarantine.path).mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(features.path) / "quarantine.parquet", Path(quarantine.path) / "quarantine.parquet")
+    quarantine.metadata["rows"] = report["quarantined_rows"]
+    data_metrics.log_metric("quarantined_rows", report["quarantined_rows"])
+    for table, v in report["validation"].items():
+        data_metrics.log_metric(f"{table}_rows_ok", v["rows_ok"])
+    for split, v in report["splits"].items():
+        data_metrics.log_metric(f"{split}_rows", v["rows"])

@@ -1,0 +1,76 @@
+"""The shoprank pipeline: ingest -> preprocess -> train -> evaluate -> optimize -> validate -> promote.
+
+The same function is compiled for Kubeflow (`make compile`) and run locally through kfp.local
+(`make run`). Settings that only mean something on a cluster (resources, accelerator, node selector,
+toleration) compile into the YAML and are ignored locally.
+"""
+
+
+from kfp import dsl, kubernetes
+
+from components.evaluate import evaluate
+from components.ingest import ingest
+from components.optimize import optimize
+from components.placement import train_placement
+from components.preprocess import preprocess
+from components.promote import promote
+from components.train import train
+from components.validate import validate
+
+PIPELINE_NAME = "shoprank"
+GPU_TAINT = "nvidia.com/gpu"
+
+
+def _resources(task: dsl.PipelineTask, cpu: str, memory: str, retries: int = 1) -> dsl.PipelineTask:
+    return (task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+            .set_retry(retries))
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Train, optimise (prune + int8), validate and promote the "
+                                               "shoprank search ranking model.")
+def shoprank_pipeline(
+    preset: str = "default",
+    overrides: str = "{}",
+    data_source: str = "synthetic",
+    use_gpu: bool = False,
+    gpu_count: int = 1,
+    gpu_node_label: str = "nvidia.com/gpu.present=true",
+    model_root: str = "runs/models",
+    model_name: str = "shoprank-ranker",
+) -> dsl.Artifact:
+    """`preset` picks the size (tiny/small/default/large); `overrides` is JSON on top of it, e.g.
+    {"optimize": {"target_sparsity": 0.7}}. `gpu_node_label` is key=value of the GPU nodes' label.
+    Returns the run summary (JSON)."""
+    raw = ingest(source=data_source, preset=preset, overrides=overrides)
+    _resources(raw, "1", "4G").set_caching_options(True)
+    pre = preprocess(preset=preset, overrides=overrides, raw_data=raw.outputs["raw_data"])
+    _resources(pre, "2", "8G").set_caching_options(True)
+
+    # Train on GPU nodes when use_gpu: accelerator, node selector and toleration are set from a
+    # placement computed at run time (ignored by kfp.local, honoured by Kubeflow).
+    place = train_placement(use_gpu=use_gpu, gpu_count=gpu_count, gpu_node_label=gpu_node_label,
+                            gpu_taint=GPU_TAINT)
+    _resources(place, "100m", "256M")
+    fit = train(preset=preset, overrides=overrides, features=pre.outputs["features"],
+                transform=pre.outputs["transform"])
+    _resources(fit, "2", "8G").set_caching_options(True)
+    fit.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(place.outputs["accelerator_limit"])
+    kubernetes.add_node_selector_json(fit, place.outputs["node_selector"])
+    kubernetes.add_toleration_json(fit, place.outputs["tolerations"])
+    model = fit.outputs["model"]
+
+    ev = evaluate(preset=preset, overrides=overrides, model=model, features=pre.outputs["features"])
+    _resources(ev, "2", "4G")
+    opt = optimize(preset=preset, overrides=overrides, model=model, features=pre.outputs["features"])
+    _resources(opt, "2", "6G")
+    gate = validate(preset=preset, overrides=overrides, features=pre.outputs["features"],
+                    transform=pre.outputs["transform"], optimized_model=opt.outputs["optimized_model"],
+                    evaluation=ev.outputs["evaluation"], comparison=opt.outputs["comparison"])
+    _resources(gate, "2", "4G").set_caching_options(False)
+
+    with dsl.If(gate.outputs["Output"] == True, name="blessed"):  # noqa: E712
+        pub = promote(model_root=model_root, model_name=model_name,
+                      optimized_model=opt.outputs["optimized_model"], transform=pre.outputs["transform"],
+                      summary=gate.outputs["summary"])
+        _resources(pub, "1", "2G", retries=2).set_caching_options(False)
+    return gate.outputs["summary"]

@@ -1,0 +1,75 @@
+"""The blessing gate: is the optimised model as good as the baseline, small and fast enough, and does the
+serving code path reproduce the evaluator's scores?"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from shoprank.config import BlessingConfig
+
+OPTIMISED = ("optimized_savedmodel", "int8_tflite")
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    value: float
+    limit: float
+    message: str
+
+
+@dataclass
+class Blessing:
+    blessed: bool
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why not blessed (failed checks), or, when blessed, every check that passed."""
+        failed = [c.message for c in self.checks if not c.passed]
+        return failed if failed else [c.message for c in self.checks]
+
+    def to_dict(self) -> dict:
+        return {"blessed": self.blessed, "reasons": self.reasons, "checks": [asdict(c) for c in self.checks]}
+
+
+def _check(name: str, value: float, limit: float, ok: bool, what: str) -> Check:
+    verdict = "within" if ok else "VIOLATES"
+    return Check(name, bool(ok), float(value), float(limit), f"{what} = {value:.4g} {verdict} limit {limit:.4g}")
+
+
+def bless(artefacts: dict[str, dict], golden_max_diff: dict[str, float], config: BlessingConfig,
+          ndcg_key: str = "ndcg_at_10") -> Blessing:
+    """Apply every check. `artefacts` maps baseline_savedmodel / optimized_savedmodel / int8_tflite to
+    their metrics (auc, ndcg, gzip_bytes, latency_ms); `golden_max_diff` maps a serving backend to the
+    largest |serving score - evaluator score| over the golden requests."""
+    base = artefacts["baseline_savedmodel"]
+    checks = [_check("baseline_quality_floor", base["auc"], config.min_auc, base["auc"] >= config.min_auc,
+                     "baseline AUC (floor)")]
+    for name in OPTIMISED:
+        a = artefacts[name]
+        auc_drop = base["auc"] - a["auc"]
+        ndcg_drop = base[ndcg_key] - a[ndcg_key]
+        checks += [
+            _check(f"{name}_auc_floor", a["auc"], config.min_auc, a["auc"] >= config.min_auc, f"{name} AUC (floor)"),
+            _check(f"{name}_auc_drop", auc_drop, config.max_auc_drop, auc_drop <= config.max_auc_drop,
+                   f"{name} AUC drop vs baseline"),
+            _check(f"{name}_ndcg_drop", ndcg_drop, config.max_ndcg_drop, ndcg_drop <= config.max_ndcg_drop,
+                   f"{name} NDCG@10 drop vs baseline"),
+        ]
+    tfl = artefacts["int8_tflite"]
+    checks += [
+        _check("int8_size", tfl["gzip_bytes"], config.max_tflite_gzip_bytes,
+               tfl["gzip_bytes"] <= config.max_tflite_gzip_bytes, "int8 model gzip bytes"),
+        _check("int8_latency_b256", tfl["latency_ms"]["256"], config.max_tflite_latency_ms_b256,
+               tfl["latency_ms"]["256"] <= config.max_tflite_latency_ms_b256, "int8 latency at batch 256 (ms)"),
+    ]
+    if not golden_max_diff:
+        checks.append(Check("serving_path", False, float("nan"), config.golden_tolerance,
+                            "no golden requests were scored through the serving path"))
+    for backend, diff in sorted(golden_max_diff.items()):
+        checks.append(_check(f"serving_path_{backend}", diff, config.golden_tolerance,
+                             diff <= config.golden_tolerance,
+                             f"{backend} serving path max |score - evaluator score| on golden requests"))
+    return Blessing(all(c.passed for c in checks), checks)

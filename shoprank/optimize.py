@@ -1,0 +1,138 @@
+"""Optimisation for deployment: magnitude pruning while fine-tuning, then full-int8 post-training
+quantisation to TFLite. Produces the optimised SavedModel (GPU serving) and the int8 model (CPU)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from shoprank._tf import keras, tf
+from shoprank.config import ShoprankConfig
+from shoprank.model import SIGNATURE, load_keras_model, save_model_bundle
+from shoprank.preprocess import SplitData, load_split
+from shoprank.train import ProgressLogger, compile_model, make_dataset
+from shoprank.transform import INPUTS
+
+Progress = Callable[[str], None]
+PRUNABLE = (keras.layers.Embedding, keras.layers.Conv1D, keras.layers.Dense)
+
+
+def _tfmot():
+    import tensorflow_model_optimization as tfmot  # after shoprank._tf: tf_keras is already chosen
+
+    return tfmot
+
+
+def sparsity_report(model: keras.Model) -> dict[str, dict]:
+    """Share of zero weights per layer kernel / embedding table, and overall."""
+    layers, zeros, total = {}, 0, 0
+    for layer in model.layers:
+        if not isinstance(layer, PRUNABLE):
+            continue
+        w = layer.get_weights()[0]
+        z = int((w == 0).sum())
+        layers[layer.name] = {"params": int(w.size), "sparsity": round(z / w.size, 4)}
+        zeros, total = zeros + z, total + w.size
+    return {"layers": layers, "overall": round(zeros / max(total, 1), 4), "prunable_params": int(total)}
+
+
+def prune(model_dir: str | Path, features_dir: str | Path, config: ShoprankConfig,
+          progress: Progress = print) -> keras.Model:
+    """Fine-tune a copy of the trained model under a PolynomialDecay sparsity schedule; strip wrappers."""
+    tfmot = _tfmot()
+    oc, tc = config.optimize, config.train
+    keras.utils.set_random_seed(tc.seed + 1)
+    # A fresh model built from the saved weights: pruning wraps layers in place, so never the baseline.
+    base = load_keras_model(model_dir)
+    train_split, val_split = load_split(features_dir, "train"), load_split(features_dir, "validation")
+    steps = -(-train_split.rows // tc.batch_size) * oc.finetune_epochs
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=oc.target_sparsity, begin_step=0,
+        end_step=max(1, int(steps * 0.7)), frequency=max(1, min(oc.pruning_frequency, steps // 10 or 1)))
+
+    def wrap(layer):
+        if isinstance(layer, PRUNABLE):
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    pruned = keras.models.clone_model(base, clone_function=wrap)
+    compile_model(pruned, oc.finetune_learning_rate)
+    progress(f"[optimize] pruning to {oc.target_sparsity:.0%} sparsity over {steps} fine-tuning steps")
+    logger = ProgressLogger(progress, train_split.rows, tc.batch_size, stage="optimize")
+    pruned.fit(make_dataset(train_split, tc.label, tc.batch_size, True, tc.seed + 1, config.features),
+               validation_data=make_dataset(val_split, tc.label, tc.batch_size, False, tc.seed, config.features),
+               epochs=oc.finetune_epochs, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), logger], verbose=0)
+    return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+def representative_batches(split: SplitData, n_batches: int, batch_size: int = 64, seed: int = 0):
+    """Random training batches for calibrating int8 activation ranges."""
+    rng = np.random.default_rng(seed)
+    cols = {k: split.column(k) for k in INPUTS}
+    for _ in range(n_batches):
+        idx = np.sort(rng.choice(split.rows, size=min(batch_size, split.rows), replace=False))
+        yield {k: np.asarray(v[idx], dtype=np.int32) for k, v in cols.items()}
+
+
+def to_int8_tflite(saved_model_dir: str | Path, split: SplitData, config: ShoprankConfig) -> bytes:
+    """Full-integer quantisation: int8 weights and activations; int token inputs stay int32."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[SIGNATURE])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: representative_batches(
+        split, config.optimize.representative_batches, seed=config.train.seed)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def optimize(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, config: ShoprankConfig,
+             progress: Progress = print) -> dict:
+    """Prune + fine-tune, export the optimised bundle to out_dir/, and model.tflite beside it."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    stripped = prune(model_dir, features_dir, config, progress)
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    save_model_bundle(stripped, meta["sizes"], config.model, config.features, out)
+    sparsity = sparsity_report(stripped)
+    progress(f"[optimize] pruned: overall sparsity {sparsity['overall']:.3f} ({time.perf_counter() - t0:.1f}s)")
+    tq = time.perf_counter()
+    tflite = to_int8_tflite(out / "saved_model", load_split(features_dir, "train"), config)
+    (out / "model.tflite").write_bytes(tflite)
+    progress(f"[optimize] int8 TFLite: {len(tflite):,} bytes ({time.perf_counter() - tq:.1f}s)")
+    result = {"sparsity": sparsity, "parameters": int(stripped.count_params()),
+              "seconds": round(time.perf_counter() - t0, 2)}
+    (out / "optimization.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def compare_artefacts(baseline_dir: str | Path, optimized_dir: str | Path, features_dir: str | Path,
+                      config: ShoprankConfig, progress: Progress = print) -> dict[str, dict]:
+    """Side by side in one process: size, gzip size, CPU latency at batch 1 and 256, and test quality of
+    the baseline SavedModel, the optimised SavedModel and the int8 TFLite model. Test scores of each are
+    saved next to the optimised bundle as scores_<name>.npy (the golden check compares against them)."""
+    from shoprank.evaluate import evaluate_scores
+    from shoprank.inference import artefact_size, latency_ms, load_scorer, score_in_batches
+
+    test = load_split(features_dir, "test")
+    columns = {k: test.column(k) for k in INPUTS}
+    paths = {"baseline_savedmodel": Path(baseline_dir) / "saved_model",
+             "optimized_savedmodel": Path(optimized_dir) / "saved_model",
+             "int8_tflite": Path(optimized_dir) / "model.tflite"}
+    k = config.evaluation.top_k
+    out: dict[str, dict] = {}
+    for name, path in paths.items():
+        t0 = time.perf_counter()
+        scorer = load_scorer(path)
+        scores = score_in_batches(scorer, columns, config.evaluation.batch_size)
+        np.save(Path(optimized_dir) / f"scores_{name}.npy", scores)
+        m = evaluate_scores(test, scores, config)
+        lat = {str(b): round(latency_ms(scorer, columns, b, config.optimize.latency_repeats), 4) for b in (1, 256)}
+        out[name] = {"path": str(path), **artefact_size(path), "latency_ms": lat, "auc": m["auc"],
+                     f"ndcg_at_{k}": m[f"ndcg_at_{k}"], "log_loss": m["log_loss"], "mrr": m["mrr"]}
+        progress(f"[optimize] {name}: AUC {m['auc']:.4f}, NDCG@{k} {m[f'ndcg_at_{k}']:.4f}, "
+                 f"{out[name]['gzip_bytes']:,} gzip bytes, {lat['1']:.3f} ms @1, {lat['256']:.3f} ms @256 "
+                 f"({time.perf_counter() - t0:.1f}s)")
+    return out
