@@ -75,6 +75,7 @@ class ModelConfig:
     kernel_size: int = 3
     hidden_units: int = 96
     dropout: float = 0.2
+    embedding_l2: float = 0.0  # L2 penalty per embedding row looked up (keeps rare ids near zero)
 
 
 @dataclass(frozen=True)
@@ -138,14 +139,15 @@ class ShoprankConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # Unit and integration tests: seconds, not minutes.
     "tiny": {
-        "data": {"n_impressions": 6_000, "n_items": 400, "n_brands": 24, "chunk_impressions": 2_000},
+        "data": {"n_impressions": 20_000, "n_items": 600, "n_brands": 24, "chunk_impressions": 8_000},
         "features": {"min_token_count": 1, "golden_requests": 4},
         "model": {"token_dim": 8, "item_dim": 8, "price_dim": 4,
                   "conv_filters": 8, "hidden_units": 16},
-        "train": {"batch_size": 256, "epochs": 2},
+        "train": {"batch_size": 128, "epochs": 3, "learning_rate": 0.01},
         "optimize": {"finetune_epochs": 1, "pruning_frequency": 5, "representative_batches": 4,
                      "latency_repeats": 3},
-        "blessing": {"min_auc": 0.55},
+        # A 2,000-row test set is noisy: wider budgets, so tests check the mechanics, not luck.
+        "blessing": {"min_auc": 0.55, "max_auc_drop": 0.02, "max_ndcg_drop": 0.03},
     },
     # A quick look: about a minute end to end.
     "small": {
@@ -158,7 +160,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"n_impressions": 50_000_000, "n_items": 2_000_000, "n_brands": 2_000,
                  "n_top_categories": 24, "n_leaves_per_top": 20, "chunk_impressions": 1_000_000},
         "features": {"max_items": 2_000_000},
-        "model": {"token_dim": 64, "item_dim": 64, "brand_dim": 32,
+        "model": {"token_dim": 64, "item_dim": 64,
                   "conv_filters": 128, "hidden_units": 256},
         "train": {"batch_size": 8192, "epochs": 8},
     },

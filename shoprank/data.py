@@ -379,7 +379,6 @@ def generate(config: DataConfig, out_dir: str | Path, progress: Progress = print
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shop = Shop(config)
-    rng = np.random.default_rng(config.seed + 1)
     catalogue = shop.catalogue_table()
     if config.bad_row_share > 0:
         # A negative price and a duplicated item id: both must be quarantined, not dropped silently.

@@ -30,14 +30,20 @@ def input_shapes(features: FeatureConfig) -> dict[str, tuple[int, ...]]:
 
 def build_model(sizes: dict[str, int], mc: ModelConfig, fc: FeatureConfig) -> keras.Model:
     """Query and title Conv towers over a shared token embedding, a Conv over the behaviour sequence
-    (item + category + brand embeddings, shared with the candidate's), id/category/brand/price embeddings, two dot-product interactions, and an MLP head.
+    (item + category + brand embeddings, shared with the candidate's), id/category/brand/price
+    embeddings, two dot-product interactions, and an MLP head.
 
     The dot products (query.title, history.candidate) sit in the concatenation because an MLP over
     concatenated towers learns such matches poorly on its own.
     """
     inputs = {name: keras.Input(shape=shape, dtype="int32", name=name)
               for name, shape in input_shapes(fc).items()}
-    tokens = L.Embedding(sizes["token"], mc.token_dim, name="token_embedding")
+    reg = keras.regularizers.l2(mc.embedding_l2) if mc.embedding_l2 > 0 else None
+
+    def embedding(size: int, dim: int, name: str):
+        return L.Embedding(size, dim, embeddings_regularizer=reg, name=name)
+
+    tokens = embedding(sizes["token"], mc.token_dim, "token_embedding")
 
     def text_tower(x, prefix: str):
         h = L.Conv1D(mc.conv_filters, mc.kernel_size, padding="same", activation="relu",
@@ -50,9 +56,9 @@ def build_model(sizes: dict[str, int], mc: ModelConfig, fc: FeatureConfig) -> ke
     query = text_tower(inputs["query_tokens"], "query")
     title = text_tower(inputs["title_tokens"], "title")
 
-    items = L.Embedding(sizes["item"], mc.item_dim, name="item_embedding")
-    categories = L.Embedding(sizes["category"], mc.item_dim, name="category_embedding")
-    brands = L.Embedding(sizes["brand"], mc.item_dim, name="brand_embedding")
+    items = embedding(sizes["item"], mc.item_dim, "item_embedding")
+    categories = embedding(sizes["category"], mc.item_dim, "category_embedding")
+    brands = embedding(sizes["brand"], mc.item_dim, "brand_embedding")
     seq = L.Add(name="history_sum")([items(inputs["history_items"]), categories(inputs["history_categories"]),
                                       brands(inputs["history_brands"])])
     seq = L.Conv1D(mc.conv_filters, mc.kernel_size, padding="same", activation="relu", name="history_conv")(seq)
@@ -61,7 +67,7 @@ def build_model(sizes: dict[str, int], mc: ModelConfig, fc: FeatureConfig) -> ke
     item = items(inputs["item_id"])
     category = categories(inputs["category"])
     brand = brands(inputs["brand"])
-    price = L.Embedding(sizes["price"], mc.price_dim, name="price_embedding")(inputs["price_bucket"])
+    price = embedding(sizes["price"], mc.price_dim, "price_embedding")(inputs["price_bucket"])
     candidate = L.Dense(mc.conv_filters, name="candidate_projection")(
         L.Concatenate(name="candidate_features")([item, category, brand, price]))
 

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from shoprank.config import ShoprankConfig
 from shoprank.schema import CATALOGUE, EVENTS, IMPRESSIONS, INTEREST_EVENTS, top_category
 from shoprank.transform import INPUTS, Catalogue, FeatureTransform, RawBatch
-from shoprank.validation import validate_table, timestamp_window
+from shoprank.validation import timestamp_window, validate_table
 
 SPLITS = ("train", "validation", "test")
 LABEL_COLUMNS = ("clicked", "carted", "purchased")

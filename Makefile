@@ -1,0 +1,47 @@
+# shoprank — make targets. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SCALE ?= default
+DATA ?= synthetic
+OVERRIDES ?= {}
+RUNS ?= runs
+export PYTHONHASHSEED := 0
+
+.PHONY: help venv run test test-unit test-integration lint compile bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[pipeline,serving,deploy,dev]"
+	$(VENV)/bin/pip check
+	@touch $@
+
+venv: $(VENV)/.installed ## create the virtualenv with the pinned dependencies
+
+run: venv ## run the whole pipeline locally via kfp.local (SCALE=tiny|small|default, DATA=synthetic|DIR)
+	$(PY) -m pipelines.run_local --preset $(SCALE) --data '$(DATA)' --overrides '$(OVERRIDES)' --runs-dir $(RUNS)
+
+test: venv ## unit tests, golden compile test, manifest tests and the tiny end-to-end pipeline run
+	$(PY) -m pytest
+
+test-unit: venv ## only the fast tests (no pipeline run)
+	$(PY) -m pytest -m "not integration"
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check .
+
+compile: venv ## compile the pipeline to pipelines/compiled/shoprank_pipeline.yaml
+	$(PY) -m pipelines.compile
+
+bench: venv ## pipeline benchmark: quality, size, latency, stage wall time and peak memory, scaling
+	$(PY) -m benchmarks.bench_pipeline --runs-dir $(RUNS)/bench
+
+clean: ## remove runs and caches (keeps the virtualenv)
+	rm -rf $(RUNS) .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,33 @@
+"""The committed compiled pipeline is what the pipeline function compiles to (golden file)."""
+
+from pathlib import Path
+
+import yaml
+
+from pipelines.compile import COMPILED, compile_pipeline
+
+
+def test_compiled_pipeline_matches_golden(tmp_path):
+    fresh = compile_pipeline(tmp_path / "pipeline.yaml")
+    fresh_docs = list(yaml.safe_load_all(fresh.read_text()))
+    assert fresh_docs == list(yaml.safe_load_all(Path(COMPILED).read_text())), (
+        "pipelines/compiled/shoprank_pipeline.yaml is stale: run `make compile` and commit it")
+
+
+def test_compiled_pipeline_carries_cluster_settings():
+    docs = list(yaml.safe_load_all(Path(COMPILED).read_text()))
+    spec = docs[0]
+    executors = spec["deploymentSpec"]["executors"]
+    images = {e["container"]["image"] for e in executors.values()}
+    assert images == {"ghcr.io/shoprank/shoprank-components:0.1.0"}
+    train = executors["exec-train"]["container"]["resources"]
+    assert train["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "resourceCount" in train["accelerator"] or "resourceCountParameter" in str(train)
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert "nodeSelector" in platform and "tolerations" in platform
+    # The promote step only runs inside the blessing condition.
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "promote" not in tasks and "condition-1" in tasks or any(
+        t.get("triggerPolicy", {}).get("condition") for t in tasks.values())
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"preset", "overrides", "data_source", "use_gpu", "model_root"} <= set(params)
