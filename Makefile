@@ -42,6 +42,9 @@ compile: venv ## compile the pipeline to pipelines/compiled/shoprank_pipeline.ya
 bench: venv ## pipeline benchmark: quality, size, latency, stage wall time and peak memory, scaling
 	$(PY) -m benchmarks.bench_pipeline --runs-dir $(RUNS)/bench
 
+# Serving (make serve, make bench-serve) and deployment (make deploy, undeploy, images, kind-up) targets.
+-include mk/*.mk
+
 clean: ## remove runs and caches (keeps the virtualenv)
 	rm -rf $(RUNS) .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

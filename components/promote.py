@@ -1,21 +1,61 @@
+import os
+
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
 from components import COMPONENT_IMAGE
 
+# pvc:// model roots: compile with SHOPRANK_MODEL_PVC=<claim> and the pipeline mounts that claim on the promote
+# task here (the bundle is written through the mount; KServe reads pvc://<claim>/...). Unset: no mount.
+MODEL_PVC = os.environ.get("SHOPRANK_MODEL_PVC", "")
+PVC_MOUNT_PATH = "/mnt/shoprank-models"
+
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def promote(model_root: str, model_name: str, optimized_model: Input[Model], transform: Input[Artifact],
-            summary: Input[Artifact], promotion: Output[Artifact]):
-    """Publish the blessed bundle to <model_root>/<model_name>/<version>/ (local promotion; the KServe
-    roll-out is layered on top of this on a cluster)."""
+            summary: Input[Artifact], promotion: Output[Artifact], deploy_target: str = "local",
+            serving_profile: str = "gpu", serving_namespace: str = "shoprank", serving_gpu: str = "",
+            serving_gpu_count: int = 0, serving_gpu_node_label: str = "", serving_min_replicas: int = -1,
+            serving_max_replicas: int = 0, serving_scale_metric: str = "", serving_scale_target: int = 0,
+            serving_deployment_mode: str = "", serving_canary_percent: int = 0,
+            serving_ready_timeout_s: int = 600, serving_smoke: str = "ranking", serving_smoke_url: str = "",
+            serving_force_conflicts: bool = False, pvc_mount_path: str = "/mnt/shoprank-models"):
+    """Publish the blessed bundle to <model_root>/<model_name>/<version>/.
+
+    deploy_target "local" (the default, `make run`): publish to a local path and point LATEST at it.
+    deploy_target "kserve": upload to s3://, gs:// or pvc:// and roll the InferenceService to the new version
+    (server-side apply, canary in Knative mode, wait for Ready, smoke request, roll back on failure; see
+    shoprank.rollout). The serving_* values left at "", 0 or -1 come from the overlay named by
+    serving_profile (gpu, cpu, kind). The output metadata holds the previous and new versions and the
+    outcome; an outcome of "failed" (refused, or failed with nothing to restore) also fails the task, while
+    "rolled_back" does not: the previous model serves and the record says why.
+    """
     import json
 
-    from shoprank.bundle import publish_bundle
     from shoprank.telemetry import stage
 
     with stage("promote"):
-        record = publish_bundle(optimized_model.path, transform.path, summary.path, model_root, model_name)
+        if deploy_target == "local":
+            from shoprank.bundle import publish_bundle
+
+            record = publish_bundle(optimized_model.path, transform.path, summary.path, model_root, model_name)
+        elif deploy_target == "kserve":
+            from shoprank.rollout import PromoteParams, promote_to_kserve
+
+            params = PromoteParams(
+                profile=serving_profile, namespace=serving_namespace, gpu=serving_gpu,
+                gpu_count=serving_gpu_count, gpu_node_label=serving_gpu_node_label,
+                min_replicas=serving_min_replicas, max_replicas=serving_max_replicas,
+                scale_metric=serving_scale_metric, scale_target=serving_scale_target,
+                deployment_mode=serving_deployment_mode, canary_percent=serving_canary_percent,
+                ready_timeout_s=serving_ready_timeout_s, smoke=serving_smoke, smoke_url=serving_smoke_url,
+                force_conflicts=serving_force_conflicts)
+            record = promote_to_kserve(optimized_model.path, transform.path, summary.path, model_root=model_root,
+                                       model_name=model_name, params=params, pvc_mount_path=pvc_mount_path)
+        else:
+            raise ValueError(f"deploy_target must be 'local' or 'kserve', not {deploy_target!r}")
     with open(promotion.path, "w") as fh:
         json.dump(record, fh, indent=2)
     promotion.metadata.update(record)
+    if record.get("outcome") == "failed":
+        raise RuntimeError(f"promotion failed: {record.get('reason')}")

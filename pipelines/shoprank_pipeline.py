@@ -13,7 +13,7 @@ from components.ingest import ingest
 from components.optimize import optimize
 from components.placement import train_placement
 from components.preprocess import preprocess
-from components.promote import promote
+from components.promote import MODEL_PVC, PVC_MOUNT_PATH, promote
 from components.train import train
 from components.validate import validate
 
@@ -37,10 +37,31 @@ def shoprank_pipeline(
     gpu_node_label: str = "nvidia.com/gpu.present=true",
     model_root: str = "runs/models",
     model_name: str = "shoprank-ranker",
+    deploy_target: str = "local",
+    serving_profile: str = "gpu",
+    serving_namespace: str = "shoprank",
+    serving_gpu: str = "",
+    serving_gpu_count: int = 0,
+    serving_gpu_node_label: str = "",
+    serving_min_replicas: int = -1,
+    serving_max_replicas: int = 0,
+    serving_scale_metric: str = "",
+    serving_scale_target: int = 0,
+    serving_deployment_mode: str = "",
+    serving_canary_percent: int = 0,
+    serving_ready_timeout_s: int = 600,
+    serving_smoke: str = "ranking",
 ) -> dsl.Artifact:
     """`preset` picks the size (tiny/small/default/large); `overrides` is JSON on top of it, e.g.
     {"optimize": {"target_sparsity": 0.7}}. `gpu_node_label` is key=value of the GPU nodes' label.
-    Returns the run summary (JSON)."""
+    Returns the run summary (JSON).
+
+    Promotion: `deploy_target` "local" publishes to the local path `model_root`; "kserve" uploads to
+    `model_root` (s3://, gs:// or pvc://) and rolls out the InferenceService in `serving_namespace`. The
+    serving_* values left at "", 0 or -1 take the defaults of manifests/overlays/<serving_profile> (gpu, cpu,
+    kind): `serving_gpu` "true"/"false", `serving_gpu_node_label` key=value, `serving_deployment_mode`
+    Standard/Knative, `serving_canary_percent` (Knative only) the new revision's traffic share before the full
+    rollout, `serving_ready_timeout_s` per wait, `serving_smoke` "ranking" (a v2 request) or "none"."""
     raw = ingest(source=data_source, preset=preset, overrides=overrides)
     _resources(raw, "1", "4G").set_caching_options(True)
     pre = preprocess(preset=preset, overrides=overrides, raw_data=raw.outputs["raw_data"])
@@ -71,6 +92,17 @@ def shoprank_pipeline(
     with dsl.If(gate.outputs["Output"] == True, name="blessed"):  # noqa: E712
         pub = promote(model_root=model_root, model_name=model_name,
                       optimized_model=opt.outputs["optimized_model"], transform=pre.outputs["transform"],
-                      summary=gate.outputs["summary"])
+                      summary=gate.outputs["summary"], deploy_target=deploy_target,
+                      serving_profile=serving_profile, serving_namespace=serving_namespace, serving_gpu=serving_gpu,
+                      serving_gpu_count=serving_gpu_count, serving_gpu_node_label=serving_gpu_node_label,
+                      serving_min_replicas=serving_min_replicas, serving_max_replicas=serving_max_replicas,
+                      serving_scale_metric=serving_scale_metric, serving_scale_target=serving_scale_target,
+                      serving_deployment_mode=serving_deployment_mode,
+                      serving_canary_percent=serving_canary_percent,
+                      serving_ready_timeout_s=serving_ready_timeout_s, serving_smoke=serving_smoke)
+        # Retries are safe on a cluster too: a rerun plans from the live InferenceService (a rollout already
+        # applied is verified, not repeated); a rolled-back promotion does not fail the task, so is not retried.
         _resources(pub, "1", "2G", retries=2).set_caching_options(False)
+        if MODEL_PVC:  # pvc:// model roots: the claim is mounted where the component writes the bundle
+            kubernetes.mount_pvc(pub, pvc_name=MODEL_PVC, mount_path=PVC_MOUNT_PATH)
     return gate.outputs["summary"]

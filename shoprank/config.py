@@ -18,7 +18,7 @@ class DataConfig:
 
     n_impressions: int = 1_000_000
     list_size: int = 20  # candidates shown per search request
-    n_items: int = 12_000
+    n_items: int = 5_000
     n_top_categories: int = 8
     n_leaves_per_top: int = 6
     n_brands: int = 96
@@ -75,15 +75,15 @@ class ModelConfig:
     kernel_size: int = 3
     hidden_units: int = 96
     dropout: float = 0.2
-    embedding_l2: float = 0.0  # L2 penalty per embedding row looked up (keeps rare ids near zero)
+    embedding_l2: float = 1e-5  # L2 on embedding tables: without it item ids overfit (val AUC -0.02)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     label: str = "clicked"  # or "purchased"
     batch_size: int = 1024
-    epochs: int = 4
-    learning_rate: float = 2e-3
+    epochs: int = 10  # an upper bound: early stopping on validation loss ends most runs sooner
+    learning_rate: float = 5e-3
     patience: int = 1
     seed: int = 11
 
@@ -91,10 +91,13 @@ class TrainConfig:
 @dataclass(frozen=True)
 class OptimizeConfig:
     target_sparsity: float = 0.8
+    # Layers smaller than this stay dense: pruning them saves nothing and costs accuracy.
+    min_prunable_params: int = 2048
     finetune_epochs: int = 2
-    finetune_learning_rate: float = 5e-4
+    finetune_learning_rate: float = 3e-4
+    pruning_end: float = 0.5  # share of fine-tuning steps over which sparsity ramps up to the target
     pruning_frequency: int = 50
-    representative_batches: int = 64
+    representative_batches: int = 256
     latency_repeats: int = 30
 
 
@@ -142,7 +145,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"n_impressions": 20_000, "n_items": 600, "n_brands": 24, "chunk_impressions": 8_000},
         "features": {"min_token_count": 1, "golden_requests": 4},
         "model": {"token_dim": 8, "item_dim": 8, "price_dim": 4,
-                  "conv_filters": 8, "hidden_units": 16},
+                  "conv_filters": 8, "hidden_units": 16, "embedding_l2": 0.0},
         "train": {"batch_size": 128, "epochs": 3, "learning_rate": 0.01},
         "optimize": {"finetune_epochs": 1, "pruning_frequency": 5, "representative_batches": 4,
                      "latency_repeats": 3},
@@ -151,7 +154,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # A quick look: about a minute end to end.
     "small": {
-        "data": {"n_impressions": 100_000, "n_items": 3_000, "chunk_impressions": 50_000},
+        "data": {"n_impressions": 100_000, "n_items": 1_500, "chunk_impressions": 50_000},
         "train": {"epochs": 4},
     },
     "default": {},

@@ -33,8 +33,8 @@ def build_model(sizes: dict[str, int], mc: ModelConfig, fc: FeatureConfig) -> ke
     (item + category + brand embeddings, shared with the candidate's), id/category/brand/price
     embeddings, two dot-product interactions, and an MLP head.
 
-    The dot products (query.title, history.candidate) sit in the concatenation because an MLP over
-    concatenated towers learns such matches poorly on its own.
+    The dot products (query.title, history.candidate) feed the head beside the towers because an MLP
+    over concatenated towers learns such matches poorly on its own.
     """
     inputs = {name: keras.Input(shape=shape, dtype="int32", name=name)
               for name, shape in input_shapes(fc).items()}
@@ -73,9 +73,17 @@ def build_model(sizes: dict[str, int], mc: ModelConfig, fc: FeatureConfig) -> ke
 
     query_title = L.Dot(axes=1, name="query_title_match")([query, title])
     history_item = L.Dot(axes=1, name="history_item_match")([history, candidate])
-    x = L.Concatenate(name="features")([query, title, history, item, category, brand, price,
-                                         query_title, history_item])
-    x = L.Dense(mc.hidden_units, activation="relu", name="hidden")(x)
+    branches = {"query": query, "title": title, "history": history, "item": item, "category": category,
+                "brand": brand, "price": price, "query_title": query_title, "history_item": history_item}
+    # Dense over the concatenation of the branches, written as the sum of one projection per branch (the
+    # same linear map). A concatenation forces one shared int8 scale on all its inputs, which erases the
+    # small-valued embeddings next to the large dot products; per-branch projections keep their own scales.
+    projections = [L.Dense(mc.hidden_units, use_bias=(i == 0), name=f"hidden_{name}")(x)
+                   for i, (name, x) in enumerate(branches.items())]
+    x = projections[0]
+    for i, p in enumerate(projections[1:], start=1):
+        x = L.Add(name=f"hidden_sum_{i}")([x, p])
+    x = L.ReLU(name="hidden")(x)
     x = L.Dropout(mc.dropout, name="dropout")(x)
     out = L.Dense(1, activation="sigmoid", name=SCORE)(x)
     return keras.Model(inputs=inputs, outputs=out, name="shoprank_ranker")

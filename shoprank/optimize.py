@@ -12,7 +12,7 @@ import numpy as np
 
 from shoprank._tf import keras, tf
 from shoprank.config import ShoprankConfig
-from shoprank.model import SIGNATURE, load_keras_model, save_model_bundle
+from shoprank.model import SCORE, SIGNATURE, load_keras_model, save_model_bundle
 from shoprank.preprocess import SplitData, load_split
 from shoprank.train import ProgressLogger, compile_model, make_dataset
 from shoprank.transform import INPUTS
@@ -27,17 +27,25 @@ def _tfmot():
     return tfmot
 
 
-def sparsity_report(model: keras.Model) -> dict[str, dict]:
-    """Share of zero weights per layer kernel / embedding table, and overall."""
+def is_prunable(layer, min_params: int) -> bool:
+    """Embedding, Conv1D and Dense layers with at least `min_params` weights, except the output layer."""
+    return (isinstance(layer, PRUNABLE) and layer.name != SCORE
+            and int(np.prod(layer.get_weights()[0].shape)) >= min_params)
+
+
+def sparsity_report(model: keras.Model, min_params: int = 0) -> dict[str, dict]:
+    """Share of zero weights per prunable layer's kernel / embedding table, and over those layers."""
     layers, zeros, total = {}, 0, 0
     for layer in model.layers:
-        if not isinstance(layer, PRUNABLE):
+        if not is_prunable(layer, min_params):
             continue
         w = layer.get_weights()[0]
         z = int((w == 0).sum())
         layers[layer.name] = {"params": int(w.size), "sparsity": round(z / w.size, 4)}
         zeros, total = zeros + z, total + w.size
-    return {"layers": layers, "overall": round(zeros / max(total, 1), 4), "prunable_params": int(total)}
+    all_params = sum(int(np.prod(w.shape)) for w in model.get_weights())
+    return {"layers": layers, "overall": round(zeros / max(total, 1), 4), "pruned_params": int(total),
+            "zero_share_of_all_weights": round(zeros / max(all_params, 1), 4)}
 
 
 def prune(model_dir: str | Path, features_dir: str | Path, config: ShoprankConfig,
@@ -52,10 +60,10 @@ def prune(model_dir: str | Path, features_dir: str | Path, config: ShoprankConfi
     steps = -(-train_split.rows // tc.batch_size) * oc.finetune_epochs
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=oc.target_sparsity, begin_step=0,
-        end_step=max(1, int(steps * 0.7)), frequency=max(1, min(oc.pruning_frequency, steps // 10 or 1)))
+        end_step=max(1, int(steps * oc.pruning_end)), frequency=max(1, min(oc.pruning_frequency, steps // 10 or 1)))
 
     def wrap(layer):
-        if isinstance(layer, PRUNABLE):
+        if is_prunable(layer, oc.min_prunable_params):
             return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
         return layer
 
@@ -96,7 +104,7 @@ def optimize(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
     stripped = prune(model_dir, features_dir, config, progress)
     meta = json.loads((Path(model_dir) / "model.json").read_text())
     save_model_bundle(stripped, meta["sizes"], config.model, config.features, out)
-    sparsity = sparsity_report(stripped)
+    sparsity = sparsity_report(stripped, config.optimize.min_prunable_params)
     progress(f"[optimize] pruned: overall sparsity {sparsity['overall']:.3f} ({time.perf_counter() - t0:.1f}s)")
     tq = time.perf_counter()
     tflite = to_int8_tflite(out / "saved_model", load_split(features_dir, "train"), config)

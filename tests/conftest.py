@@ -46,3 +46,24 @@ def tiny_model(tmp_path_factory, tiny_features, tiny_config) -> Path:
     out = tmp_path_factory.mktemp("model") / "model"
     train(features, transform, out, tiny_config, progress=quiet)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_model, tiny_features, tiny_config) -> dict:
+    """A promoted serving bundle, as `make run` publishes it: optimize -> compare_artefacts (which writes the
+    evaluator's test scores, scores_<artefact>.npy, next to the optimised model) -> publish_bundle.
+    Returns bundle_dir, optimized_dir (with the scores), features_dir (golden_requests.json, test split)."""
+    import json
+
+    from shoprank.bundle import publish_bundle
+    from shoprank.optimize import compare_artefacts, optimize
+
+    features, transform, _ = tiny_features
+    base = tmp_path_factory.mktemp("bundle")
+    optimized = base / "optimized"
+    optimize(tiny_model, features, optimized, tiny_config, progress=quiet)
+    artefacts = compare_artefacts(tiny_model, optimized, features, tiny_config, progress=quiet)
+    summary = base / "summary.json"
+    summary.write_text(json.dumps({"preset": tiny_config.preset, "artefacts": artefacts}))
+    record = publish_bundle(optimized, transform, summary, str(base / "models"), "shoprank-ranker")
+    return {"bundle_dir": Path(record["bundle_dir"]), "optimized_dir": optimized, "features_dir": features}
