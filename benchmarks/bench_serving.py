@@ -1,0 +1,418 @@
+"""Serving benchmark (`make bench-serve`): the same int8 ranker behind different servers, side by side.
+
+One run, the same ranking requests (N candidates each, default 100), concurrency 1, 8 and 32, a fixed number
+of requests per cell, closed loop over keep-alive connections from a Go load generator (benchmarks/loadgen):
+
+  a        the in-process ranking function (Ranker.rank: catalogue look-up + transform + int8 model), no server;
+           one request at a time (c=1), and 8 / 32 requests per call (what micro-batching can reach)
+  b, c     this server (python -m serving), 1 and 2 workers
+  b-stock  this server with KServe's own REST infer route (--fast_infer false), 1 worker, for reference
+  d-*      MLServer with the same ranking function (benchmarks/mlserver_serving_runtime.py), adaptive batching
+           off and on, inference in a worker process (MLServer's default) or in the server process
+  e, e2    the protocol floor: a constant v2 model (benchmarks/serving_floor.py) on this same server, same
+           options and bodies, 1 and 2 workers; e-stock on KServe's own REST route
+  loadgen  the generator against its own in-process constant server: its ceiling on this machine
+
+All servers are started first and stay up (idle ones cost nothing); then each round measures every cell in
+turn, config after config, and the report gives per cell the median over the rounds (default 3). Interleaving
+keeps a change in background load on this shared 2-core machine from favouring whichever config ran first.
+Per cell: requests/s, p50/p99 latency, errors, CPU used by the server's process tree and by the generator
+(in cores). The table is printed and written as JSON (default <runs-dir>/bench/serving.json), every round's
+numbers included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = (1, 8, 32)
+MODEL = "shoprank-ranker"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_bundle(runs_dir: Path) -> Path:
+    summary = runs_dir / "latest" / "summary.json"
+    if not summary.exists():
+        raise SystemExit(f"{summary} not found: run `make run` first (or pass --bundle)")
+    return Path(json.loads(summary.read_text())["bundle_dir"])
+
+
+# --- requests -----------------------------------------------------------------------------------------------
+def make_requests(bundle: Path, n_bodies: int, n_candidates: int, history: int, seed: int = 0) -> list[dict]:
+    """Ranking requests over the bundle's catalogue: a query made of title words, a history, N candidates."""
+    import pyarrow.parquet as pq
+
+    cat = pq.read_table(bundle / "transform" / "catalogue.parquet", columns=["item_id", "title"]).to_pydict()
+    ids, titles = cat["item_id"], cat["title"]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_bodies):
+        words = str(titles[rng.integers(len(titles))]).split()
+        query = " ".join(rng.choice(words, size=min(2, len(words)), replace=False)) if words else ""
+        cands = rng.choice(len(ids), size=n_candidates, replace=len(ids) < n_candidates)
+        hist = rng.choice(len(ids), size=history)
+        out.append({"query": query, "user_id": f"u{i:05d}", "history": [ids[j] for j in hist],
+                    "candidates": [ids[j] for j in cands]})
+    return out
+
+
+def v2_body(r: dict) -> dict:
+    # A leading batch dimension of 1 on every input: what MLServer's adaptive batching needs to merge requests,
+    # and accepted as one ranking request by the shoprank server. The same bytes go to every server.
+    return {"inputs": [
+        {"name": "query", "datatype": "BYTES", "shape": [1, 1], "data": [r["query"]]},
+        {"name": "user_id", "datatype": "BYTES", "shape": [1, 1], "data": [r["user_id"]]},
+        {"name": "history", "datatype": "BYTES", "shape": [1, len(r["history"])], "data": r["history"]},
+        {"name": "candidates", "datatype": "BYTES", "shape": [1, len(r["candidates"])], "data": r["candidates"]}]}
+
+
+# --- processes ----------------------------------------------------------------------------------------------
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(children.get(p, []))
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live descendants."""
+    total = 0
+    for p in _descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Cell:
+    config: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+    server_cpu: float | None = None  # cores used by the server's process tree during the cell
+    loadgen_cpu: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], url_path: str, env: dict | None = None, cwd: Path = ROOT,
+                 ready_path: str | None = None, log_dir: Path | None = None):
+        self.name, self.cmd, self.url_path = name, cmd, url_path
+        self.port = int(cmd[cmd.index("--http_port") + 1]) if "--http_port" in cmd else None
+        self.ready_path = ready_path
+        self.log = (log_dir or Path("/tmp")) / f"serving-bench-{name}.log"
+        self.env, self.cwd = env, cwd
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+
+    def start(self, port: int | None = None) -> None:
+        if port is not None:
+            self.port = port
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(self.env or {})})
+        import httpx
+
+        deadline = t0 + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=1).status_code == 200:
+                    self.startup_s = time.monotonic() - t0
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after 180 s:\n{self.log.read_text()[-3000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.url_path}"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                for p in reversed(_descendants(self.proc.pid)):
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                self.proc.wait()
+
+
+def loadgen(binary: Path, url: str, bodies: Path, n: int, c: int, warmup: int, selftest: bool = False) -> dict:
+    cmd = [str(binary), "-n", str(n), "-c", str(c), "-warmup", str(warmup)]
+    cmd += ["-selftest"] if selftest else ["-url", url, "-bodies", str(bodies)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    return json.loads(out.stdout)
+
+
+def measure_cell(server: Server, args, bodies: Path, c: int) -> Cell:
+    cpu0, t0 = tree_cpu_seconds(server.proc.pid), time.monotonic()
+    r = loadgen(args.loadgen, server.url, bodies, args.requests, c, args.warmup)
+    cpu = (tree_cpu_seconds(server.proc.pid) - cpu0) / (time.monotonic() - t0)
+    cell = Cell(server.name, c, r["rps"], r["p50_ms"], r["p99_ms"], r["errors"], round(cpu, 2),
+                round(r["loadgen_cpu_share"], 2), r.get("first_error", ""))
+    print(f"  {server.name:<10} c={c:<3} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+          f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}", flush=True)
+    return cell
+
+
+def median_cell(rounds: list[Cell]) -> Cell:
+    """Median of each number over the rounds (errors: the sum); every round is kept in `extra`."""
+    med = lambda k: float(np.median([getattr(x, k) for x in rounds]))  # noqa: E731
+    cpu = lambda k: None if getattr(rounds[0], k) is None else round(med(k), 2)  # noqa: E731
+    first = rounds[0]
+    return Cell(first.config, first.concurrency, med("rps"), med("p50_ms"), med("p99_ms"),
+                sum(x.errors for x in rounds), cpu("server_cpu"), cpu("loadgen_cpu"), first.note,
+                {"rounds": [{"rps": round(x.rps, 1), "p50_ms": x.p50_ms, "p99_ms": x.p99_ms, "errors": x.errors}
+                            for x in rounds]})
+
+
+# --- (a) in process -----------------------------------------------------------------------------------------
+def in_process(ranker, requests: list[dict], n: int, k: int) -> Cell:
+    """Ranker.rank on k requests per call (k=1: one request at a time), n requests in all."""
+    calls = max(1, n // k)
+
+    def batch(i: int) -> tuple[list, list, list]:
+        rs = [requests[(i * k + j) % len(requests)] for j in range(k)]
+        return [r["query"] for r in rs], [r["history"] for r in rs], [r["candidates"] for r in rs]
+
+    for i in range(min(50, calls)):  # warm-up
+        ranker.rank(*batch(i))
+    times = []
+    t_all = time.perf_counter()
+    for i in range(calls):
+        args = batch(i)
+        t = time.perf_counter()
+        ranker.rank(*args)
+        times.append((time.perf_counter() - t) * 1000)
+    wall = time.perf_counter() - t_all
+    name = "a" if k == 1 else f"a (x{k})"
+    cell = Cell(name, k, calls * k / wall, float(np.percentile(times, 50)), float(np.percentile(times, 99)),
+                note="one request per call" if k == 1 else f"{k} requests per call; latency is per call")
+    print(f"  {name:<10} c={k:<3} {cell.rps:8.0f} req/s  p50 {cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f} ms",
+          flush=True)
+    return cell
+
+
+# --- configurations -----------------------------------------------------------------------------------------
+def shoprank_server(name: str, bundle: Path, workers: int, extra: list[str], log_dir: Path,
+                    module: str = "serving") -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", module, "--model_name", MODEL, "--http_port", str(port),
+           "--grpc_port", str(free_port()), "--workers", str(workers), *extra]
+    if module == "serving":
+        cmd += ["--model_dir", str(bundle)]
+    return Server(name, cmd, f"/v2/models/{MODEL}/infer", ready_path=f"/v2/models/{MODEL}/ready", log_dir=log_dir)
+
+
+def mlserver(name: str, venv: Path, bundle: Path, work: Path, parallel_workers: int, batch: int, batch_ms: float,
+             log_dir: Path) -> Server:
+    port = free_port()
+    repo = work / name
+    (repo / "ranker").mkdir(parents=True, exist_ok=True)
+    (repo / "settings.json").write_text(json.dumps({
+        "debug": False, "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+        "parallel_workers": parallel_workers}))
+    model = {"name": MODEL, "implementation": "benchmarks.mlserver_serving_runtime.RankerRuntime",
+             "parameters": {"uri": str(bundle)}}
+    if batch > 1:
+        model |= {"max_batch_size": batch, "max_batch_time": batch_ms / 1000}
+    (repo / "ranker" / "model-settings.json").write_text(json.dumps(model))
+    cmd = [str(venv / "bin" / "mlserver"), "start", str(repo)]  # ports come from settings.json
+    s = Server(name, cmd, f"/v2/models/{MODEL}/infer", env={"PYTHONPATH": str(ROOT)},
+               ready_path=f"/v2/models/{MODEL}/ready", log_dir=log_dir)
+    s.port = port
+    return s
+
+
+def best(cells: list[Cell], prefix: tuple[str, ...], c: int) -> Cell | None:
+    pool = [x for x in cells if x.config in prefix and x.concurrency == c and x.errors == 0]
+    return max(pool, key=lambda x: x.rps) if pool else None
+
+
+def evaluate(cells: list[Cell]) -> dict:
+    """The issue's targets, on the best of each group per concurrency."""
+    mls = tuple(sorted({x.config for x in cells if x.config.startswith("d-")}))
+    out = {}
+    for c in (8, 32):
+        ours, peer = best(cells, ("b", "c"), c), best(cells, mls, c)
+        if ours and peer:
+            out[f"c{c}_vs_mlserver"] = {
+                "ours": f"{ours.config} {ours.rps:.0f} req/s p99 {ours.p99_ms:.1f} ms",
+                "mlserver": f"{peer.config} {peer.rps:.0f} req/s p99 {peer.p99_ms:.1f} ms",
+                "throughput_ratio": round(ours.rps / peer.rps, 2),
+                "met": ours.rps >= 1.5 * peer.rps and ours.p99_ms <= peer.p99_ms}
+    ours = best(cells, ("b", "c"), 32)
+    for label, group in (("same_server", ("e", "e2")), ("kserve_stock_route", ("e-stock",))):
+        floor = best(cells, group, 32)
+        if ours and floor:
+            out[f"c32_vs_floor_{label}"] = {"ours": f"{ours.config} {ours.rps:.0f} req/s",
+                                            "floor": f"{floor.config} {floor.rps:.0f} req/s",
+                                            "ratio": round(ours.rps / floor.rps, 2),
+                                            "met": ours.rps >= 0.8 * floor.rps}
+    return out
+
+
+def table(cells: list[Cell]) -> str:
+    head = f"{'config':<11}{'c':>4}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'err':>6}{'srv cpu':>9}{'gen cpu':>9}"
+    rows = [head, "-" * len(head)]
+    for x in cells:
+        fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+        rows.append(f"{x.config:<11}{x.concurrency:>4}{x.rps:>9.0f}{x.p50_ms:>9.2f}{x.p99_ms:>9.2f}{x.errors:>6}"
+                    f"{fmt(x.server_cpu):>9}{fmt(x.loadgen_cpu):>9}")
+    return "\n".join(rows)
+
+
+def build_loadgen(path: Path) -> None:
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    subprocess.run([go, "build", "-o", str(path.resolve()), "."], cwd=ROOT / "benchmarks" / "loadgen", check=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--bundle", type=Path, default=None, help="default: bundle_dir of <runs-dir>/latest")
+    p.add_argument("--requests", type=int, default=3000, help="measured requests per cell")
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all cells; the report gives medians")
+    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--mlserver-venv", type=Path, default=Path("build/venv-mlserver"))
+    p.add_argument("--loadgen", type=Path, default=Path("build/loadgen"))
+    p.add_argument("--only", default="", help="comma-separated configs to run (default: all)")
+    p.add_argument("--out", type=Path, default=None, help="default: <runs-dir>/bench/serving.json")
+    args = p.parse_args()
+
+    bundle = (args.bundle or find_bundle(args.runs_dir)).resolve()
+    out = args.out or args.runs_dir / "bench" / "serving.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / "serving-work"
+    work.mkdir(exist_ok=True)
+    build_loadgen(args.loadgen)
+    requests = make_requests(bundle, 64, args.candidates, history=10)
+    bodies = work / "bodies.jsonl"
+    bodies.write_text("".join(json.dumps(v2_body(r)) + "\n" for r in requests))
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    want = lambda name: not only or name in only  # noqa: E731
+    load_start = os.getloadavg()
+    if load_start[0] > 0.7:
+        print(f"warning: load average {load_start[0]:.2f} before the run: numbers will be noisy", flush=True)
+    print(f"bundle {bundle}\n{args.requests} requests per cell, {args.candidates} candidates per request",
+          flush=True)
+
+    startup: dict[str, float] = {}
+    gen = loadgen(args.loadgen, "", bodies, 20000, 32, 1000, selftest=True)
+    print(f"  loadgen self-test (c=32): {gen['rps']:.0f} req/s with generator + constant server in one process "
+          f"using {gen['loadgen_cpu_share']:.2f} cores", flush=True)
+    ranker = None
+    if want("a"):
+        from shoprank.ranker import Ranker
+
+        ranker = Ranker.load(bundle, "tflite", num_threads=1)
+
+    servers: list[Server] = []
+    if want("b"):
+        servers.append(shoprank_server("b", bundle, 1, [], work))
+    if want("c"):
+        servers.append(shoprank_server("c", bundle, 2, [], work))
+    if want("b-stock"):
+        servers.append(shoprank_server("b-stock", bundle, 1, ["--fast_infer", "false"], work))
+    if args.mlserver_venv.joinpath("bin", "mlserver").exists():
+        for name, pw, batch in (("d-off", 1, 0), ("d-on", 1, 32), ("d-off-pw0", 0, 0), ("d-on-pw0", 0, 32)):
+            if want(name):
+                servers.append(mlserver(name, args.mlserver_venv.resolve(), bundle, work, pw, batch, 2.0, work))
+    elif any(want(n) for n in ("d-off", "d-on")):
+        print(f"warning: no MLServer at {args.mlserver_venv} (make bench-serve installs it): skipping (d)")
+    for name, workers, extra in (("e", 1, []), ("e2", 2, []), ("e-stock", 1, ["--fast_infer", "false"])):
+        if want(name):
+            servers.append(shoprank_server(name, bundle, workers, extra, work, module="benchmarks.serving_floor"))
+
+    rounds: dict[tuple[str, int], list[Cell]] = {}
+    try:
+        up = []
+        for s in servers:  # one at a time, so that start-up times are not inflated by each other
+            try:
+                s.start()
+                startup[s.name] = round(s.startup_s, 2)
+                up.append(s)
+            except RuntimeError as e:
+                print(f"  {s.name}: FAILED to start: {e}", flush=True)
+                s.stop()
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds} (load average {os.getloadavg()[0]:.2f})", flush=True)
+            for c in CONCURRENCY:
+                if ranker is not None:
+                    cell = in_process(ranker, requests, args.requests, c)
+                    rounds.setdefault((cell.config, c), []).append(cell)
+                for s in up:
+                    if s.proc.poll() is not None:
+                        continue
+                    try:
+                        rounds.setdefault((s.name, c), []).append(measure_cell(s, args, bodies, c))
+                    except subprocess.CalledProcessError as e:
+                        print(f"  {s.name} c={c}: loadgen failed: {e.stderr[-500:]}", flush=True)
+    finally:
+        for s in servers:
+            s.stop()
+    order = ["a", "a (x8)", "a (x32)"] + [s.name for s in servers]
+    cells = [median_cell(rounds[(name, c)]) for name in order for c in CONCURRENCY if (name, c) in rounds]
+
+    targets = evaluate(cells)
+    report = {
+        "bundle": str(bundle), "requests_per_cell": args.requests, "candidates": args.candidates,
+        "rounds": args.rounds,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_start": load_start, "load_average_end": os.getloadavg()},
+        "loadgen_selftest": gen, "startup_to_ready_s": startup, "targets": targets,
+        "cells": [c.__dict__ for c in cells],
+    }
+    out.write_text(json.dumps(report, indent=2))
+    print("\n" + table(cells))
+    print("\nstartup to ready (s): " + ", ".join(f"{k} {v}" for k, v in startup.items()))
+    for k, v in targets.items():
+        print(f"target {k}: {'MET' if v['met'] else 'MISSED'}  {v}")
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+module shoprank/benchmarks/loadgen
+
+go 1.22

@@ -1,0 +1,237 @@
+"""The shoprank KServe model: ranking requests and model-tensor requests on one v2 model.
+
+The request path is shared with the transformer (serving.transformer): codec.parse_request -> the
+micro-batcher -> `Ranker.features` (the pipeline's catalogue look-up and feature transform, imported from
+shoprank) -> scores -> `split_ranked` -> codec.*_response. Here the scores come from the local scorer (int8
+LiteRT or the SavedModel); in the transformer they come from a separate v2 predictor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.logging import logger
+from kserve.protocol.infer_type import InferRequest, InferResponse
+from prometheus_client import Gauge
+
+from serving.batcher import BatchSettings, MicroBatcher
+from serving.codec import (
+    SCORE,
+    Limits,
+    RankingRequest,
+    TensorRequest,
+    TensorSpec,
+    parse_request,
+    ranking_metadata,
+    ranking_response,
+    tensor_response,
+)
+from shoprank.transform import INPUTS
+
+MODEL_INFO = Gauge("shoprank_model_info", "The bundle this worker process serves (value 1)",
+                   ["model_name", "backend", "version", "pid"])
+
+# shoprank.ranker pulls in TensorFlow (via shoprank.model): imported in load(), not here, so that a spawned
+# worker unpickles this class in about a second and answers KServe's 5-second liveness ping while it loads.
+Item = RankingRequest | TensorRequest
+
+
+def detect_backend(model_dir: str | Path) -> str:
+    """The int8 model when the bundle has one (the CPU default), else the SavedModel."""
+    from shoprank.ranker import BACKENDS
+
+    d = Path(model_dir)
+    if (d / BACKENDS["tflite"]).is_file():
+        return "tflite"
+    if (d / BACKENDS["savedmodel"]).is_dir():
+        return "savedmodel"
+    raise FileNotFoundError(f"{d} holds neither {BACKENDS['tflite']} nor {BACKENDS['savedmodel']}/ "
+                            "(expected a shoprank bundle, see shoprank/ranker.py)")
+
+
+class ShoprankModel(Model):
+    """A kserve.Model over a shoprank bundle. Picklable for `--workers > 1`: a worker reloads the bundle."""
+
+    def __init__(self, name: str, model_dir: str | Path, backend: str | None = None,
+                 batch: BatchSettings | None = None, limits: Limits | None = None, num_threads: int | None = 1,
+                 batch_in_thread: bool | None = None):
+        super().__init__(name)
+        self.model_dir = str(model_dir)
+        self.backend = backend
+        self.batch_settings = batch or BatchSettings()
+        self.limits = limits or Limits()
+        self.num_threads = num_threads
+        # None: decided by the backend at load time. LiteRT calls are short and the transform holds the GIL,
+        # so handing batches to a thread only adds switches (measured: inline is 10-30% faster); TensorFlow
+        # releases the GIL while it runs, so the SavedModel backend gets its own thread.
+        self.batch_in_thread = batch_in_thread
+        self.ranker: Any = None  # shoprank.ranker.Ranker once loaded
+        self.spec: TensorSpec | None = None
+        self.load_error: str | None = None
+        self._batcher: MicroBatcher[Item] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._split_ranked: Any = None
+        self.needs_load = False  # set in a worker process: load before serving (see ShoprankRESTServer.run)
+
+    # --- pickling for worker processes ------------------------------------------------------------------
+    def _init_args(self) -> dict:
+        return {"name": self.name, "model_dir": self.model_dir, "backend": self.backend,
+                "batch": self.batch_settings, "limits": self.limits, "num_threads": self.num_threads,
+                "batch_in_thread": self.batch_in_thread}
+
+    def __getstate__(self) -> dict:
+        # Native handles (LiteRT interpreter, TF functions), the executor and asyncio objects stay behind.
+        return {"init": self._init_args(), "enable_latency_logging": self.enable_latency_logging}
+
+    def __setstate__(self, state: dict) -> None:
+        # Cheap on purpose: the worker loads the bundle once it is running (ShoprankRESTServer.run).
+        self.__init__(**state["init"])
+        self.enable_latency_logging = state["enable_latency_logging"]
+        self.needs_load = True
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+    def _load_ranker(self) -> Any:
+        from shoprank.ranker import Ranker
+
+        backend = self.backend or detect_backend(self.model_dir)
+        self.backend = backend
+        return Ranker.load(self.model_dir, backend, self.num_threads)
+
+    def load(self) -> bool:
+        """Load the bundle; on failure log why and stay not ready (the server keeps running)."""
+        t0 = time.perf_counter()
+        self.needs_load = False
+        try:
+            from shoprank.ranker import split_ranked
+
+            self._split_ranked = split_ranked
+            self.ranker = self._load_ranker()
+            self.spec = TensorSpec.from_transform(self.ranker.transform)
+            self._warm_up()
+        except Exception as e:  # anything: a bad bundle must not crash-loop the pod
+            self.ranker, self.ready = None, False
+            self.load_error = f"{type(e).__name__}: {e}"
+            logger.error("model '%s' failed to load from %s (backend %s): %s", self.name, self.model_dir,
+                         self.backend or "auto", self.load_error)
+            return False
+        self.load_error, self.ready = None, True
+        MODEL_INFO.labels(self.name, self.backend, self.bundle_version(), str(os.getpid())).set(1)
+        logger.info("model '%s' ready: backend %s, %d catalogue items, bundle %s, loaded in %.2fs", self.name,
+                    self.backend, len(self.ranker.catalogue), self.model_dir, time.perf_counter() - t0)
+        return True
+
+    def bundle_version(self) -> str:
+        """The version promotion gave the bundle (manifest.json), or "" for a bundle without one."""
+        try:
+            return str(json.loads((Path(self.model_dir) / "manifest.json").read_text()).get("version", ""))
+        except (OSError, ValueError):
+            return ""
+
+    def _warm_up(self) -> None:
+        """One ranking through the whole path: checks the bundle end to end and pays one-time costs now."""
+        items = list(self.ranker.catalogue.item_id[:4]) or ["warm-up"]
+        tensors, unknown = self.ranker.features(["warm up"], [items[:1]], [items])
+        self._score(tensors, len(items))
+
+    def start(self) -> None:
+        # kserve.Model.start() sets ready=True unconditionally; readiness here is the outcome of load().
+        pass
+
+    def stop(self) -> None:
+        self.ready = False
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    async def close(self) -> None:
+        """Finish queued requests and stop the batcher (for embedding the model in an application or a test)."""
+        if self._batcher is not None:
+            await self._batcher.close()
+            self._batcher = None
+            await asyncio.sleep(0)  # let the cancelled worker task finish
+
+    async def healthy(self) -> bool:
+        return self.ready
+
+    # --- metadata ---------------------------------------------------------------------------------------
+    def get_input_types(self) -> list[dict]:
+        inputs, _ = ranking_metadata()
+        return inputs + (self.spec.metadata() if self.spec else [])
+
+    def get_output_types(self) -> list[dict]:
+        _, outputs = ranking_metadata()
+        return outputs + [{"name": SCORE, "datatype": "FP32", "shape": [-1]}]
+
+    # --- inference --------------------------------------------------------------------------------------
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> InferResponse:
+        if not isinstance(payload, InferRequest):
+            raise InvalidInput("this model speaks the v2 (Open Inference) protocol: POST /v2/models/"
+                               f"{self.name}/infer")
+        if not self.ready or self.ranker is None:
+            raise ModelNotReady(self.name, self.load_error)
+        req = parse_request(payload, self.spec, self.limits)
+        if self._batcher is None:
+            self._batcher = MicroBatcher(self._run_batch, self.batch_settings, self.name)
+        if isinstance(req, RankingRequest):
+            scores, unknown = await self._batcher.submit(req, req.rows)
+            ranked = self._split_ranked(scores, unknown, [req.candidates])[0]
+            return ranking_response(self.name, payload, ranked.scores, ranked.ranking, ranked.unknown_items)
+        score = await self._batcher.submit(req, req.rows)
+        return tensor_response(self.name, payload, score)
+
+    def batch_tensors(self, items: list[Item]) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+        """Model tensors for a batch: all ranking requests through one `Ranker.features` call (the pipeline's
+        transform), then the tensor requests. Returns tensors, the unknown-candidate mask of the ranking
+        rows, and the number of ranking rows (which come first)."""
+        rankings = [it for it in items if isinstance(it, RankingRequest)]
+        parts, unknown, n_rank = [], np.zeros(0, bool), 0
+        if rankings:
+            t, unknown = self.ranker.features([r.query for r in rankings], [r.history for r in rankings],
+                                              [r.candidates for r in rankings])
+            parts.append(t)
+            n_rank = len(unknown)
+        parts += [it.tensors for it in items if isinstance(it, TensorRequest)]
+        tensors = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in INPUTS}
+        return tensors, unknown, n_rank
+
+    @staticmethod
+    def split_results(items: list[Item], scores: np.ndarray, unknown: np.ndarray, n_rank: int) -> list:
+        """One result per item, in item order: (scores, unknown mask) for a ranking, scores for tensors."""
+        out, r_off, t_off = [], 0, n_rank
+        for it in items:
+            n = it.rows
+            if isinstance(it, RankingRequest):
+                out.append((scores[r_off: r_off + n], unknown[r_off: r_off + n]))
+                r_off += n
+            else:
+                out.append(scores[t_off: t_off + n])
+                t_off += n
+        return out
+
+    def _score(self, tensors: dict[str, np.ndarray], rows: int) -> np.ndarray:
+        scores = self.ranker.scorer.score(tensors)
+        if scores.shape != (rows,):
+            raise RuntimeError(f"the scorer returned shape {scores.shape} for {rows} rows")
+        return scores
+
+    def _batch_sync(self, items: list[Item]) -> list:
+        tensors, unknown, n_rank = self.batch_tensors(items)
+        return self.split_results(items, self._score(tensors, sum(it.rows for it in items)), unknown, n_rank)
+
+    async def _run_batch(self, items: list[Item]) -> list:
+        in_thread = self.batch_in_thread if self.batch_in_thread is not None else self.backend == "savedmodel"
+        if not in_thread:
+            return self._batch_sync(items)
+        if self._executor is None:
+            # One thread: the LiteRT interpreter is not thread-safe, so calls are serialised per model.
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoprank-batch")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._batch_sync, items)

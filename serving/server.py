@@ -1,0 +1,183 @@
+"""The KServe ModelServer, adjusted for shoprank.
+
+What differs from `kserve.ModelServer` and why:
+- A model that failed to load is registered anyway: the process stays up, `/v2/health/ready` and the model's
+  ready endpoint answer 503, and the reason is in the log (KServe would raise NoModelReady and exit, which on a
+  cluster is a crash loop).
+- Server readiness is "every registered model is ready" (KServe's DataPlane.ready() is always true).
+- Malformed bodies on KServe's own routes get 400 instead of FastAPI's 422.
+- The unversioned v2 infer route is served by serving.rest.FastInferMiddleware (see there), unless disabled.
+- With `--workers > 1` each worker listens on its own SO_REUSEPORT socket (see BalancedRESTServerMultiProcess).
+The REST server class is pickled into each worker process with `--workers > 1`, so these changes apply there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import Any
+
+import orjson
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from kserve import ModelServer
+from kserve import model_server as kserve_model_server
+from kserve.logging import logger
+from kserve.model import BaseKServeModel
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.rest.multiprocess.server import RESTServerMultiProcess, RESTServerProcess
+from kserve.protocol.rest.server import RESTServer
+
+from serving.logs import configure_logging
+from serving.rest import FastInferMiddleware
+
+
+class ShoprankDataPlane(DataPlane):
+    async def ready(self) -> bool:
+        if not await super().ready():  # the predictor's health, for a transformer with health checks on
+            return False
+        models = self.model_registry.get_models()
+        return bool(models) and all([await m.healthy() for m in models.values()])
+
+
+async def _validation_error(_: Any, exc: RequestValidationError) -> Response:
+    errors = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+    return Response(orjson.dumps({"error": "invalid request: " + "; ".join(errors)}), status_code=400,
+                    media_type="application/json")
+
+
+class ShoprankRESTServer(RESTServer):
+    def __init__(self, *args: Any, fast_infer: bool = True, max_body_bytes: int = 64 << 20,
+                 access_log: bool = False, trace_log: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fast_infer, self.max_body_bytes = fast_infer, max_body_bytes
+        self.access_log, self.trace_log = access_log, trace_log
+
+    def create_application(self) -> None:
+        super().create_application()
+        app = kserve_model_server.app
+        app.add_exception_handler(RequestValidationError, _validation_error)
+        if self.fast_infer:
+            # Added last, so it is the outermost user middleware: it sees infer requests first.
+            app.add_middleware(FastInferMiddleware, dataplane=self.dataplane, max_body_bytes=self.max_body_bytes)
+
+    def run(self, sockets: Any = None) -> None:
+        # Entry point of a worker process (--workers > 1): same log settings as the main process, then load
+        # the models' native handles here (they were dropped when the models were pickled).
+        configure_logging(self.access_log, self.trace_log)
+        for model in self.dataplane.model_registry.get_models().values():
+            if getattr(model, "needs_load", False):
+                model.load()
+        super().run(sockets)
+
+
+class BalancedRESTServerMultiProcess(RESTServerMultiProcess):
+    """KServe's multi-process REST server, with one SO_REUSEPORT listening socket per worker.
+
+    KServe shares one listening socket between the workers. asyncio and libuv accept connections in a loop, so
+    the worker that wakes first takes a whole burst of new connections; with keep-alive clients one worker then
+    serves most of the traffic (measured here: 2 workers no faster than 1, bimodal latency). Separate sockets
+    on one port let the kernel spread connections over the workers. A worker that is replaced takes over the
+    socket of the one it replaces, so no connection queue is orphaned.
+    """
+
+    def __init__(self, rest_server: RESTServer, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._rest_server = rest_server  # the object each worker process runs (pickled into it)
+        self._worker_sockets: list[socket.socket] = []
+
+    def _bind(self) -> socket.socket:
+        cfg = self._rest_server.config
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((cfg.host, cfg.port))
+        sock.listen(cfg.backlog)
+        sock.set_inheritable(True)
+        return sock
+
+    async def start(self) -> None:
+        workers = self._rest_server.config.workers
+        self._worker_sockets = [self._bind() for _ in range(workers)]
+        logger.info("Starting uvicorn with %s workers on port %s (one SO_REUSEPORT socket each), parent [%s]",
+                    workers, self._rest_server.config.port, os.getpid())
+        for sock in self._worker_sockets:
+            p = RESTServerProcess([sock], self._rest_server.run, log_config_file=self.log_config_file)
+            self._processes.append(p)
+            p.start()
+            logger.info("Started child process [%s]", p.pid)
+        while not self.should_exit.is_set():
+            await asyncio.sleep(0.5)
+            await self.keep_subprocess_alive(self._worker_sockets)
+        await self.terminate_all()
+
+    async def keep_subprocess_alive(self, sockets: list[socket.socket]) -> None:
+        # As KServe's, but a replacement gets the socket of the worker it replaces.
+        for idx, process in enumerate(self._processes):
+            if self.should_exit.is_set():
+                return
+            if not process.is_alive():
+                process.kill()
+                await process.wait_for_termination()
+                if self.should_exit.is_set():
+                    return
+                logger.info("Child process [%s] died", process.pid)
+                process = RESTServerProcess([self._worker_sockets[idx]], self._rest_server.run,
+                                            log_config_file=self.log_config_file)
+                process.start()
+                self._processes[idx] = process
+                logger.info("Started new child process [%s]", process.pid)
+
+
+class ShoprankModelServer(ModelServer):
+    def __init__(self, *, fast_infer: bool = True, max_body_bytes: int = 64 << 20, access_log: bool = False,
+                 trace_log: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.dataplane = ShoprankDataPlane(model_registry=self.registered_models)
+        self._rest_options = {"fast_infer": fast_infer, "max_body_bytes": max_body_bytes,
+                              "access_log": access_log, "trace_log": trace_log}
+
+    def _register_and_check_atleast_one_model_is_ready(self, models: list[BaseKServeModel]) -> None:
+        for model in models:
+            if not isinstance(model, BaseKServeModel):
+                raise RuntimeError("Model type should be 'BaseKServeModel'")
+            self.register_model(model)
+            model.enable_latency_logging = self.enable_latency_logging
+            model.start()
+            if not model.ready:
+                logger.error("model '%s' is NOT ready (%s); serving anyway with /v2/health/ready = 503",
+                             model.name, getattr(model, "load_error", None) or "load() returned False")
+
+    def _make_rest_server(self, workers: int) -> ShoprankRESTServer:
+        return ShoprankRESTServer(
+            kserve_model_server.FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
+            self.http_port, access_log_format=self.access_log_format, workers=workers,
+            grace_period=self.grace_period, event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive,
+            ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile, **self._rest_options)
+
+    def start(self, models: list[BaseKServeModel]) -> None:
+        """As ModelServer.start, with the REST server above (one process, or `workers` spawned processes)."""
+        self._register_and_check_atleast_one_model_is_ready(models)
+        if self.workers > 1:
+            multi = BalancedRESTServerMultiProcess(
+                self._make_rest_server(self.workers), app=kserve_model_server.FASTAPI_APP_IMPORT_STRING,
+                data_plane=self.dataplane, model_repository_extension=self.model_repository_extension,
+                http_port=self.http_port, access_log_format=self.access_log_format, workers=self.workers,
+                grace_period=self.grace_period, log_config_file=kserve_model_server.args.log_config_file,
+                event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive,
+                ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile)
+            self._rest_multiprocess_server = multi
+            self.servers.append(multi.start())
+        else:
+            self._rest_server = self._make_rest_server(1)
+            self.servers.append(self._rest_server.start())
+        if self.enable_grpc:
+            self._grpc_server = GRPCServer(self.grpc_port, self.dataplane, self.model_repository_extension,
+                                           kwargs=vars(kserve_model_server.args), grace_period=self.grace_period)
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())

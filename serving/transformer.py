@@ -1,0 +1,133 @@
+"""`python -m serving.transformer`: the shoprank request path as a KServe transformer in front of a separate v2
+predictor (for example KServe's Triton runtime serving an ONNX export of the ranker, manifests/overlays/
+gpu-triton).
+
+Same code path as the model server (serving.model.ShoprankModel): the same parsing and validation, the same
+micro-batcher, the same `Ranker.features` (catalogue look-up + the pipeline's transform) and `split_ranked`.
+Only the scoring step differs: a batch's model tensors go to the predictor as one v2 request (binary tensors,
+REST or gRPC) and its `score` output comes back. Tensor requests are passed through the same way.
+
+    python -m serving.transformer --model_name shoprank-ranker --predictor_host HOST:PORT --protocol v2 \\
+        [--model_dir /mnt/models] [--predictor_model_name NAME] [--http_port 8080]
+
+The transformer needs the bundle's transform/ folder (transform.json, catalogue.parquet) at --model_dir.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve.inference_client import InferenceGRPCClient, InferenceRESTClient, RESTConfig
+from kserve.logging import logger
+from kserve.predictor_config import PredictorConfig
+
+from serving.batcher import BatchSettings
+from serving.codec import Limits, score_of, tensor_request
+from serving.model import Item, ShoprankModel
+
+
+class ShoprankTransformer(ShoprankModel):
+    """ShoprankModel whose scores come from a v2 predictor instead of a local scorer."""
+
+    def __init__(self, name: str, model_dir: str | Path, predictor: PredictorConfig | None = None,
+                 predictor_model_name: str | None = None, batch: BatchSettings | None = None,
+                 limits: Limits | None = None):
+        super().__init__(name, model_dir, backend="remote", batch=batch, limits=limits)
+        self.predictor = predictor
+        self.predictor_model_name = predictor_model_name or name
+        self._rest: InferenceRESTClient | None = None
+        self._grpc: InferenceGRPCClient | None = None
+
+    def _init_args(self) -> dict:
+        return {"name": self.name, "model_dir": self.model_dir, "predictor": self.predictor,
+                "predictor_model_name": self.predictor_model_name, "batch": self.batch_settings,
+                "limits": self.limits}
+
+    def _load_ranker(self) -> Any:
+        from shoprank.ranker import Ranker
+        from shoprank.transform import Catalogue, FeatureTransform
+
+        t = Path(self.model_dir) / "transform"
+        # No local scorer: Ranker is used for its feature path (`features`), scores come from the predictor.
+        return Ranker(FeatureTransform.load(t), Catalogue.load(t / "catalogue.parquet"), scorer=None)
+
+    def _warm_up(self) -> None:
+        items = list(self.ranker.catalogue.item_id[:4]) or ["warm-up"]
+        self.ranker.features(["warm up"], [items[:1]], [items])
+
+    def _client_protocol(self) -> str:
+        if self.predictor is None or not self.predictor.predictor_host:
+            raise RuntimeError("the transformer needs --predictor_host")
+        return self.predictor.predictor_protocol
+
+    async def _remote_score(self, tensors: dict[str, np.ndarray], rows: int) -> np.ndarray:
+        p = self.predictor
+        request = tensor_request(self.predictor_model_name, tensors, binary=True)
+        if self._client_protocol() == "grpc-v2":
+            if self._grpc is None:
+                self._grpc = InferenceGRPCClient(url=p.predictor_host, use_ssl=p.predictor_use_ssl,
+                                                 timeout=p.predictor_request_timeout_seconds,
+                                                 retries=p.predictor_request_retries)
+            response = await self._grpc.infer(request)
+        else:
+            if self._rest is None:
+                self._rest = InferenceRESTClient(RESTConfig(protocol="v2", retries=p.predictor_request_retries,
+                                                            timeout=p.predictor_request_timeout_seconds))
+            response = await self._rest.infer(p.predictor_base_url, request, model_name=self.predictor_model_name)
+        return score_of(response, rows)
+
+    async def close(self) -> None:
+        await super().close()
+        if self._grpc is not None:
+            await self._grpc.close()
+            self._grpc = None
+        if self._rest is not None:
+            await self._rest.close()
+            self._rest = None
+
+    async def _run_batch(self, items: list[Item]) -> list:
+        tensors, unknown, n_rank = self.batch_tensors(items)
+        rows = sum(it.rows for it in items)
+        t0 = time.perf_counter()
+        scores = await self._remote_score(tensors, rows)
+        logger.debug("predictor scored %d rows in %.1f ms", rows, (time.perf_counter() - t0) * 1000)
+        return self.split_results(items, scores, unknown, n_rank)
+
+
+def predictor_config(args: Any) -> PredictorConfig:
+    # KServe appends --protocol (the deprecated spelling, used by manifests/overlays/gpu-triton) to a transformer;
+    # ModelServer itself reads only --predictor_protocol, so take whichever says v2.
+    protocol = args.predictor_protocol if args.predictor_protocol != "v1" else args.protocol
+    if protocol not in ("v2", "grpc-v2"):
+        raise SystemExit(f"the predictor must speak v2 or grpc-v2 (got '{protocol}'): pass --protocol v2")
+    if not args.predictor_host:
+        raise SystemExit("--predictor_host is required")
+    return PredictorConfig(predictor_host=args.predictor_host, predictor_protocol=protocol,
+                           predictor_use_ssl=args.predictor_use_ssl,
+                           predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
+                           predictor_request_retries=args.predictor_request_retries,
+                           predictor_health_check=args.enable_predictor_health_check)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from serving.logs import configure_logging
+    from serving.options import batch_settings, build_parser, limits, server_kwargs
+    from serving.server import ShoprankModelServer
+
+    parser = build_parser("shoprank transformer (KServe v2) in front of a v2 predictor")
+    parser.add_argument("--predictor_model_name", default=None,
+                        help="the model's name on the predictor (default: --model_name)")
+    args = parser.parse_args(argv)
+    configure_logging(access_log=args.access_log, trace_log=args.enable_latency_logging)
+    config = predictor_config(args)
+    model = ShoprankTransformer(args.model_name, args.model_dir, config, args.predictor_model_name,
+                                batch=batch_settings(args), limits=limits(args))
+    model.load()
+    ShoprankModelServer(predictor_config=config, **server_kwargs(args)).start([model])
+
+
+if __name__ == "__main__":
+    main()
