@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from shoprank.model import SCORE, SIGNATURE
+from shoprank.signature import SCORE, SIGNATURE
 from shoprank.transform import INPUTS
 
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from shoprank._tf import keras, tf
 from shoprank.config import FeatureConfig, ModelConfig
+from shoprank.signature import SCORE, SIGNATURE  # noqa: F401 (re-exported)
 from shoprank.transform import INPUTS
 
-SIGNATURE = "serving_default"
-SCORE = "score"
 L = keras.layers
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shoprank.inference import Scorer, load_scorer
-from shoprank.transform import Catalogue, FeatureTransform
+from shoprank.transform import ITEM_INPUTS, REQUEST_INPUTS, Catalogue, FeatureTransform, RawBatch
 
 BACKENDS = {"tflite": "model.tflite", "savedmodel": "saved_model"}
 
@@ -33,6 +33,19 @@ class RankedList:
 class Ranker:
     def __init__(self, transform: FeatureTransform, catalogue: Catalogue, scorer: Scorer):
         self.transform, self.catalogue, self.scorer = transform, catalogue, scorer
+        # Candidate-side tensors of every catalogue item, computed once by the same transform: a request
+        # then only transforms its query and history and gathers its candidates' rows.
+        self._item_tensors = self._encode_catalogue()
+        vocab = transform.vocabs["item"]
+        self._item_known = np.fromiter((vocab.known(v) for v in catalogue.item_id), bool, len(catalogue))
+
+    def _encode_catalogue(self) -> dict[str, np.ndarray]:
+        c = self.catalogue
+        batch = RawBatch(queries=[""], histories=[[]], history_categories=[[]], history_brands=[[]],
+                         row_request=np.zeros(len(c), np.int64), item_id=list(c.item_id), title=c.title,
+                         category=c.category, brand=c.brand, price=c.price)
+        tensors = self.transform.transform(batch)
+        return {k: tensors[k] for k in ITEM_INPUTS}
 
     @classmethod
     def from_paths(cls, transform_dir: str | Path, model_path: str | Path, num_threads: int | None = None
@@ -51,6 +64,19 @@ class Ranker:
     def features(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
                  candidates: Sequence[Sequence[str]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Model tensors for a batch of requests and a mask of candidates unknown to the model."""
+        flat = [c for cands in candidates for c in cands]
+        rows = self.catalogue.rows(flat)
+        if (rows < 0).any():
+            return self._features_full(queries, histories, candidates)
+        # Request-side tensors: one placeholder row per request through the same transform.
+        req_batch, _ = self.catalogue.batch(queries, histories, [[""] for _ in candidates])
+        req = self.transform.transform(req_batch)
+        rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
+        tensors = {k: req[k][rr] for k in REQUEST_INPUTS} | {k: v[rows] for k, v in self._item_tensors.items()}
+        return tensors, ~self._item_known[rows]
+
+    def _features_full(self, queries, histories, candidates) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Every field through the transform (some candidates are not in the catalogue)."""
         batch, unknown = self.catalogue.batch(queries, histories, candidates)
         tensors = self.transform.transform(batch)
         item_vocab = self.transform.vocabs["item"]

@@ -28,6 +28,9 @@ TOKEN_RE = re.compile(r"[a-z0-9]+")
 # Model input names, in signature order. The serving signature takes exactly these.
 INPUTS = ("query_tokens", "title_tokens", "history_items", "history_categories", "history_brands",
           "item_id", "category", "brand", "price_bucket")
+# Inputs that depend only on the candidate item, and those that depend only on the request.
+ITEM_INPUTS = ("title_tokens", "item_id", "category", "brand", "price_bucket")
+REQUEST_INPUTS = tuple(name for name in INPUTS if name not in ITEM_INPUTS)
 _CACHE_LIMIT = 500_000
 
 
