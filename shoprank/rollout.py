@@ -14,7 +14,7 @@ Layers, so that the decisions are plain functions and the Kubernetes calls are f
 Unit tests (tests/test_rollout.py) cover the decisions, the waiting logic and the sequencing of `run_rollout`
 with a recording stand-in that returns scripted objects. That stand-in does not emulate the API server: how
 the API server treats these requests (apply semantics, field ownership and conflicts, status, RBAC) is
-tested against a real kube-apiserver with KServe's CRDs in the cluster-test issue.
+tested against a real kube-apiserver with KServe's CRDs in tests/cluster (`make test-cluster`).
 
 Server-side apply: every write is an apply by the field manager `shoprank-promote` of `apply_body(...)`, so a
 rerun applies the same configuration (no change, no new revision), fields owned by other managers (a human's
@@ -577,6 +577,30 @@ def no_smoke(ctx: SmokeContext) -> SmokeResult:
 
 # --- the API -------------------------------------------------------------------------------------------------
 
+ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"  # KServe labels an InferenceService's pods with its name
+_WAITING_PROBLEMS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                     "CreateContainerError", "InvalidImageName", "RunContainerError")
+
+
+def pod_problems(pods: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Why pods are not Ready, from their status: unschedulable (with the scheduler's message, e.g.
+    "Insufficient nvidia.com/gpu") or a container stuck waiting. One line per distinct problem, with a count."""
+    seen: dict[str, int] = {}
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                line = f"Pending, {cond.get('reason') or 'not scheduled'}: {cond.get('message') or ''}".strip()
+                seen[line] = seen.get(line, 0) + 1
+        for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _WAITING_PROBLEMS:
+                line = f"container {container.get('name')} {waiting['reason']}: {waiting.get('message') or ''}"
+                seen[line.strip()] = seen.get(line.strip(), 0) + 1
+    return [f"{count} predictor pod{'s' if count > 1 else ''} {line}" for line, count in seen.items()]
+
 
 class ApplyConflict(Exception):
     def __init__(self, conflicts: list[Conflict], message: str) -> None:
@@ -597,8 +621,8 @@ class KServeApi:
 
     Written against the real API (`/apis/serving.kserve.io/v1beta1/...` with `application/apply-patch+yaml`,
     `fieldManager`, `force`); the generated CustomObjectsApi cannot send an apply patch in kubernetes 30.1
-    (it fixes the content type to merge patch), hence `call_api`. Exercised against kube-apiserver in the
-    cluster-test issue, not here.
+    (it fixes the content type to merge patch), hence `call_api`. Exercised against kube-apiserver and KServe's
+    controller in tests/cluster (`make test-cluster`).
     """
 
     def __init__(self, api_client: Any) -> None:
@@ -663,6 +687,22 @@ class KServeApi:
         return self.api_client.sanitize_for_serialization(deployment)
 
 
+    def predictor_pod_problems(self, namespace: str, name: str) -> list[str]:
+        """`pod_problems` of the InferenceService's pods; [] when pods cannot be read (the pipeline runner's
+        Role does not grant them: then the timeout alone is reported)."""
+        from kubernetes.client import CoreV1Api
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            pods = CoreV1Api(self.api_client).list_namespaced_pod(namespace,
+                                                                  label_selector=f"{ISVC_POD_LABEL}={name}")
+        except ApiException as exc:
+            if exc.status in (401, 403):
+                return []
+            raise
+        return pod_problems(self.api_client.sanitize_for_serialization(pods).get("items") or [])
+
+
 # --- driving a plan ----------------------------------------------------------------------------------------
 
 
@@ -699,6 +739,17 @@ def _apply(api: InferenceServiceApi, body: Mapping[str, Any], config: RolloutCon
             raise ApplyConflict(exc.conflicts, why) from exc
         api.apply(body, field_manager=config.field_manager, force=True)
         log.forced.extend(sorted({c.manager for c in exc.conflicts}))
+
+
+def _pod_problems(api: InferenceServiceApi, namespace: str, name: str) -> list[str]:
+    """The API's `predictor_pod_problems` where it has one (KServeApi); [] otherwise or on any error."""
+    reader = getattr(api, "predictor_pod_problems", None)
+    if reader is None:
+        return []
+    try:
+        return list(reader(namespace, name))
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must never change the outcome
+        return [f"predictor pods not inspected ({type(exc).__name__}: {exc})"]
 
 
 def run_rollout(api: InferenceServiceApi, plan: RolloutPlan, *, namespace: str, name: str, version: str,
@@ -747,8 +798,13 @@ def run_rollout(api: InferenceServiceApi, plan: RolloutPlan, *, namespace: str, 
             smoke_ok = outcome.ok
             record["smoke"] = {"ok": outcome.ok, "detail": outcome.detail, "url": url}
         result["phases"].append(record)
-        decision = decide_after_rollout(waited.ready, smoke_ok, waited.timed_out,
-                                        record.get("smoke", {}).get("detail") or waited.detail)
+        detail = record.get("smoke", {}).get("detail") or waited.detail
+        if not waited.ready:
+            problems = _pod_problems(api, namespace, name)
+            if problems:  # say why the pods are not Ready (unschedulable, crash looping...), not only that
+                record["pod_problems"] = problems
+                detail = f"{detail}; {'; '.join(problems)}"
+        decision = decide_after_rollout(waited.ready, smoke_ok, waited.timed_out, detail)
         log.add(step="verdict", phase=phase.name, status=decision.status, reason=decision.reason)
         last = decision.reason
         if not decision.promoted:

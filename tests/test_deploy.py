@@ -2,7 +2,7 @@
 
 The checks are tested as plain functions over `Probes` (what kubectl and KFP answered), and end to end against
 the two situations this machine really has: no kubeconfig, and a kubeconfig whose server does not answer.
-Applying to a real API server (including `--dry-run=server`) is the cluster-test issue's job.
+Applying to a real API server (including `--dry-run=server`) is tested in tests/cluster (`make test-cluster`).
 """
 
 from __future__ import annotations

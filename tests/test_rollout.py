@@ -7,7 +7,7 @@ real HTTP on loopback, and the order of calls `run_rollout` makes, through `Scri
 
 What is not tested here: the Kubernetes API server's behaviour. `ScriptedApi` records calls and answers reads
 from a script; it does not emulate server-side apply, field ownership, defaulting, validation or RBAC. Those
-are tested against a real kube-apiserver with KServe's CRDs in the cluster-test issue.
+are tested against a real kube-apiserver with KServe's CRDs in tests/cluster (`make test-cluster`).
 """
 
 from __future__ import annotations
@@ -765,3 +765,24 @@ def test_shoprank_promotion_modules_import_neither_kfp_nor_kserve():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kfp', 'kserve', 'kubernetes', 'boto3')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_pod_problems_say_why_pods_are_not_ready():
+    unschedulable = {"metadata": {"name": "p1"}, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/4 nodes are available: 2 Insufficient nvidia.com/gpu."}]}}
+    crashing = {"metadata": {"name": "p3"}, "status": {"conditions": [{"type": "PodScheduled", "status": "True"}],
+                                                       "containerStatuses": [{"name": "kserve-container", "state": {
+                                                           "waiting": {"reason": "CrashLoopBackOff"}}}]}}
+    leaving = {"metadata": {"name": "p4", "deletionTimestamp": "x"}, "status": unschedulable["status"]}
+    problems = rollout.pod_problems([unschedulable, dict(unschedulable, metadata={"name": "p2"}), crashing, leaving])
+    assert problems == ["2 predictor pods Pending, Unschedulable: 0/4 nodes are available: 2 Insufficient "
+                        "nvidia.com/gpu.", "1 predictor pod container kserve-container CrashLoopBackOff:"]
+
+
+def test_a_timed_out_phase_reports_the_pod_problems_the_api_sees():
+    api = ScriptedApi(live(desired(OLD)), status=lambda *_: not_ready("Progressing"))
+    api.predictor_pod_problems = lambda ns, name: ["1 predictor pod Pending, Unschedulable: no GPU"]
+    result = run(api, plan_rollout(api.current, desired(NEW)), FakeSmoke(True), timeout=10)
+    assert result["outcome"] == "rolled_back" and "Unschedulable: no GPU" in result["reason"]
+    assert result["phases"][0]["pod_problems"] == ["1 predictor pod Pending, Unschedulable: no GPU"]
