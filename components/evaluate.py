@@ -9,6 +9,7 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
              metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML],
              evaluation: Output[Artifact]):
     """Test-set metrics (classification, ranking, oracle, slices), the ROC for the UI, an HTML report."""
+    import math
     import shutil
     from pathlib import Path
 
@@ -22,7 +23,8 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
     m, c = result["metrics"], result["curves"]["baseline"]
     for key in ("auc", "log_loss", "accuracy", "precision", "recall", "f1", "mrr",
                 f"ndcg_at_{config.evaluation.top_k}", f"recall_at_{config.evaluation.top_k}"):
-        metrics.log_metric(key, round(m[key], 5))
+        if math.isfinite(m[key]):  # e.g. no positive in the test set: nothing to log
+            metrics.log_metric(key, round(m[key], 5))
     if "oracle" in m:
         metrics.log_metric("oracle_auc", round(m["oracle"]["auc"], 5))
         metrics.log_metric("oracle_auc_share", round(m["oracle_auc_share"], 5))

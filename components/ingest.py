@@ -6,11 +6,12 @@ from components import COMPONENT_IMAGE
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def ingest(source: str, preset: str, overrides: str, raw_data: Output[Dataset]):
-    """Land raw shop data: generate the synthetic shop ('synthetic') or read a directory of tables."""
+    """Land raw shop data as the shoprank tables: the synthetic shop ('synthetic'), a directory of tables,
+    or a real dataset converted by its loader ('esci:<path or URI>', 'events:<path or URI>?preset=...')."""
     from shoprank.config import resolve_config
     from shoprank.ingest import ingest as run
     from shoprank.telemetry import stage
 
     with stage("ingest") as rec:
         rec |= run(source, raw_data.path, resolve_config(preset, overrides))
-    raw_data.metadata.update({"source": source, "rows": rec.get("rows", {})})
+    raw_data.metadata.update({"source": source, "format": rec.get("format", ""), "rows": rec.get("rows", {})})

@@ -32,11 +32,16 @@ def _fmt_bytes(n: float) -> str:
 
 def summary_table(summary: dict) -> str:
     """The human-readable end-of-run table."""
-    lines = [f"{'':<24}{'baseline':>14}{'optimised int8':>16}{'oracle':>10}"]
+    data = summary.get("data", {})
+    lines = [f"data source: {summary.get('data_source', '?')}"
+             + (f" ({data['task']}, {data.get('split_mode')} split)" if data.get("task") else ""), ""]
+    lines.append(f"{'':<24}{'baseline':>14}{'optimised int8':>16}{'oracle':>10}")
     for label, key in SUMMARY_ROWS:
         o = summary.get("oracle", {}).get(key)
         lines.append(f"{label:<24}{summary['baseline'][key]:>14.4f}{summary['optimized'][key]:>16.4f}"
                      f"{(f'{o:.4f}' if o is not None else '-'):>10}")
+    if "oracle" not in summary:
+        lines.append("(no oracle: real data carry no true relevance)")
     if "oracle_auc_share" in summary:
         s = summary["oracle_auc_share"]
         lines.append(f"{'(AUC-.5)/(oracle-.5)':<24}{s['baseline']:>14.3f}{s['optimized']:>16.3f}")
@@ -107,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default", help="tiny | small | default | large")
     p.add_argument("--overrides", default="{}", help="JSON overrides of the config")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a directory with the three tables")
+    p.add_argument("--data", default="synthetic", help="'synthetic', a directory with the three tables, "
+                   "'esci:<dir>[?locale=us]' or 'events:<dir>[?preset=retailrocket|taobao]' (see the README)")
     p.add_argument("--runs-dir", default="runs", type=Path)
     p.add_argument("--run-id", default=None)
     a = p.parse_args(argv)

@@ -67,6 +67,40 @@ class FeatureConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """Reading real data (`shoprank.sources`): chunking and the label mapping of the ESCI format."""
+
+    chunk_rows: int = 1_000_000  # rows per parquet row-group batch / CSV block batch read and written
+    esci_positive_labels: str = "E"  # ESCI labels that count as the binary training label: "E" or "ES"
+    esci_locale: str = ""  # keep one product_locale ("us", "es", "jp"); "" keeps every locale
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    """Event logs without search impressions: next-interaction ranking with sampled negatives.
+
+    Every event of a `target_events` type is a request: its item is the positive, `negatives` items are
+    drawn from the training-period popularity (or uniformly from the catalogue), and the behaviour sequence
+    holds the user's `history_events` strictly before it.
+    """
+
+    negatives: int = 4
+    negative_sampling: str = "popularity"  # or "uniform"
+    target_events: tuple[str, ...] = ("click", "cart", "purchase")
+    history_events: tuple[str, ...] = ("view", "click", "cart", "purchase")
+    max_targets: int = 0  # sample about this many targets (deterministically); 0 keeps all
+    seed: int = 13
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Streaming preprocessing: bounded working set, whatever the data size."""
+
+    partition_rows: int = 1_000_000  # rows per on-disk hash partition (one is in memory at a time)
+    bucket_rows: int = 500_000  # output rows transformed and written per step
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     token_dim: int = 32
     item_dim: int = 32
@@ -107,6 +141,7 @@ class EvaluationConfig:
     top_k: int = 10
     batch_size: int = 4096
     roc_points: int = 200
+    max_slices: int = 24  # per-category slices reported (the largest); real catalogues have thousands
 
 
 @dataclass(frozen=True)
@@ -124,6 +159,9 @@ class ShoprankConfig:
     preset: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    sources: SourceConfig = field(default_factory=SourceConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -193,6 +231,8 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
         value = values[f.name]
         if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
             value = _build(f.default_factory, value)  # type: ignore[arg-type]
+        elif isinstance(f.default, tuple) and isinstance(value, list):
+            value = tuple(value)  # JSON has lists; the config keeps tuples (frozen, comparable)
         kwargs[f.name] = value
     return cls(**kwargs)
 
@@ -211,7 +251,28 @@ def resolve_config(preset: str = "default", overrides: str | dict[str, Any] | No
         raise ValueError(f"train.label must be 'clicked' or 'purchased', got {config.train.label!r}")
     if not 0.0 <= config.optimize.target_sparsity < 1.0:
         raise ValueError("optimize.target_sparsity must lie in [0, 1)")
+    check_config(config)
     return config
+
+
+def check_config(config: ShoprankConfig) -> None:
+    """Refuse settings of the data sources that cannot work, naming the key."""
+    from shoprank.schema import EVENT_TYPES
+
+    labels = config.sources.esci_positive_labels
+    if labels not in ("E", "ES"):
+        raise ValueError(f"sources.esci_positive_labels must be 'E' or 'ES', got {labels!r}")
+    rc = config.recommend
+    if rc.negative_sampling not in ("popularity", "uniform"):
+        raise ValueError(f"recommend.negative_sampling must be 'popularity' or 'uniform', got {rc.negative_sampling!r}")
+    if rc.negatives < 1:
+        raise ValueError("recommend.negatives must be at least 1")
+    for key in ("target_events", "history_events"):
+        values = getattr(rc, key)
+        if isinstance(values, str) or not set(values) <= set(EVENT_TYPES) or not values:
+            raise ValueError(f"recommend.{key} must be a non-empty list of {list(EVENT_TYPES)}, got {values!r}")
+    if config.preprocess.partition_rows < 1 or config.preprocess.bucket_rows < 1 or config.sources.chunk_rows < 1:
+        raise ValueError("preprocess.partition_rows, preprocess.bucket_rows and sources.chunk_rows must be >= 1")
 
 
 def config_from_json(text: str) -> ShoprankConfig:

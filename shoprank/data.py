@@ -424,9 +424,12 @@ def generate(config: DataConfig, out_dir: str | Path, progress: Progress = print
 
 def _to_table(columns: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     arrays = []
+    n = len(next(iter(columns.values())))
     for f in schema:
-        values = columns[f.name]
-        if values.dtype == object:
+        values = columns.get(f.name)
+        if values is None:  # an optional column the generator does not fill (relevance, split)
+            arrays.append(pa.nulls(n, f.type))
+        elif values.dtype == object:
             arrays.append(pa.array(list(values), type=f.type, from_pandas=True))
         else:
             arrays.append(pa.array(values, type=f.type))

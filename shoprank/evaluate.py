@@ -43,7 +43,9 @@ def evaluate_scores(split: SplitData, scores: np.ndarray, config: ShoprankConfig
     tops = np.asarray(split.column("top_category"))
     names = split.meta["top_categories"]
     slices = {}
-    for code in np.unique(tops):
+    codes, sizes = np.unique(tops, return_counts=True)
+    # Real catalogues can have thousands of top categories: report the largest `max_slices`.
+    for code in np.sort(codes[np.argsort(-sizes, kind="stable")][: config.evaluation.max_slices]):
         m = tops == code
         slices[names[code]] = {"rows": int(m.sum()), "auc": roc_auc(labels[m], scores[m]),
                                "positive_rate": float(labels[m].mean()), "mean_score": float(scores[m].mean())}
@@ -95,7 +97,8 @@ def evaluate_model(model_path, features_dir, out_dir, config: ShoprankConfig, na
     (out / "evaluation.json").write_text(json.dumps(metrics, indent=2))
     (out / "curves.json").write_text(json.dumps(curve))
     k = config.evaluation.top_k
-    rows = [(m, f"{metrics[m]:.4f}", f"{metrics.get('oracle', {}).get(m, float('nan')):.4f}")
+    oracle_m = metrics.get("oracle", {})
+    rows = [(m, f"{metrics[m]:.4f}", f"{oracle_m[m]:.4f}" if m in oracle_m else "-")
             for m in ("auc", "log_loss", f"ndcg_at_{k}", "mrr", f"recall_at_{k}", "accuracy", "precision",
                       "recall", "f1")]
     slices = [(s, v["rows"], f"{v['auc']:.4f}", f"{v['positive_rate']:.3f}") for s, v in metrics["slices"].items()]

@@ -73,7 +73,9 @@ def summarize(config: ShoprankConfig, baseline_eval: dict, artefacts: dict[str, 
     }
     if preprocess_report:
         summary["data"] = {"quarantined_rows": preprocess_report.get("quarantined_rows"),
-                           "splits": {s: v["rows"] for s, v in preprocess_report.get("splits", {}).items()}}
+                           "splits": {s: v["rows"] for s, v in preprocess_report.get("splits", {}).items()},
+                           "source": preprocess_report.get("source", {}), "task": preprocess_report.get("task"),
+                           "split_mode": preprocess_report.get("split_mode")}
     return summary
 
 
