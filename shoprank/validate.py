@@ -87,7 +87,6 @@ def validate(features_dir: str | Path, transform_dir: str | Path, optimized_dir:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     golden = golden_check(features_dir, transform_dir, optimized_dir)
-    artefacts = {n: a | {"auc": a["auc"]} for n, a in artefacts.items()}
     blessing = bless(artefacts, golden, config.blessing, f"ndcg_at_{config.evaluation.top_k}")
     report_path = Path(features_dir) / "report.json"
     pre = json.loads(report_path.read_text()) if report_path.exists() else None
