@@ -22,7 +22,8 @@ def optimize(preset: str, overrides: str, model: Input[Model], features: Input[D
         artefacts = compare_artefacts(model.path, optimized_model.path, features.path, config)
     with open(comparison.path, "w") as fh:
         json.dump({"artefacts": artefacts, "sparsity": result["sparsity"]}, fh, indent=2)
-    optimized_model.metadata.update({"framework": "tensorflow", "formats": ["savedmodel", "tflite-int8"],
+    formats = ["savedmodel", "tflite-int8"] + (["onnx"] if "onnx" in artefacts else [])
+    optimized_model.metadata.update({"framework": "tensorflow", "formats": formats,
                                      "sparsity": result["sparsity"]["overall"]})
     optimize_metrics.log_metric("sparsity", result["sparsity"]["overall"])
     for name, a in artefacts.items():

@@ -19,16 +19,19 @@ def promote(model_root: str, model_name: str, optimized_model: Input[Model], tra
             serving_max_replicas: int = 0, serving_scale_metric: str = "", serving_scale_target: int = 0,
             serving_deployment_mode: str = "", serving_canary_percent: int = 0,
             serving_ready_timeout_s: int = 600, serving_smoke: str = "ranking", serving_smoke_url: str = "",
-            serving_force_conflicts: bool = False, pvc_mount_path: str = "/mnt/shoprank-models"):
+            serving_force_conflicts: bool = False, serving_transformer_image: str = "",
+            pvc_mount_path: str = "/mnt/shoprank-models"):
     """Publish the blessed bundle to <model_root>/<model_name>/<version>/.
 
     deploy_target "local" (the default, `make run`): publish to a local path and point LATEST at it.
     deploy_target "kserve": upload to s3://, gs:// or pvc:// and roll the InferenceService to the new version
     (server-side apply, canary in Knative mode, wait for Ready, smoke request, roll back on failure; see
     shoprank.rollout). The serving_* values left at "", 0 or -1 come from the overlay named by
-    serving_profile (gpu, cpu, kind). The output metadata holds the previous and new versions and the
-    outcome; an outcome of "failed" (refused, or failed with nothing to restore) also fails the task, while
-    "rolled_back" does not: the previous model serves and the record says why.
+    serving_profile (gpu, gpu-triton, cpu, kind); gpu-triton serves the ONNX export on KServe's Triton runtime
+    (the bundle's triton/ model repository) behind the shoprank transformer (serving_transformer_image).
+    The output metadata holds the previous and new versions and the outcome; an outcome of "failed" (refused,
+    or failed with nothing to restore) also fails the task, while "rolled_back" does not: the previous model
+    serves and the record says why.
     """
     import json
 
@@ -49,7 +52,7 @@ def promote(model_root: str, model_name: str, optimized_model: Input[Model], tra
                 scale_metric=serving_scale_metric, scale_target=serving_scale_target,
                 deployment_mode=serving_deployment_mode, canary_percent=serving_canary_percent,
                 ready_timeout_s=serving_ready_timeout_s, smoke=serving_smoke, smoke_url=serving_smoke_url,
-                force_conflicts=serving_force_conflicts)
+                force_conflicts=serving_force_conflicts, transformer_image=serving_transformer_image)
             record = promote_to_kserve(optimized_model.path, transform.path, summary.path, model_root=model_root,
                                        model_name=model_name, params=params, pvc_mount_path=pvc_mount_path)
         else:

@@ -52,7 +52,7 @@ RUNNER_ROLE = "shoprank-pipeline-runner"
 KFP_RUNNER_BINDING = "shoprank-pipeline-runner-kfp"
 KSERVE_GROUP = "serving.kserve.io"
 KSERVE_RESOURCES = ("inferenceservices", "servingruntimes")
-PROFILE_OF_OVERLAY = {"gpu": "gpu", "cpu": "cpu", "kind": "kind"}  # shoprank.rollout.PROFILES
+PROFILE_OF_OVERLAY = {"gpu": "gpu", "gpu-triton": "gpu-triton", "cpu": "cpu", "kind": "kind"}  # rollout.PROFILES
 
 
 @dataclass
@@ -189,8 +189,7 @@ def check_options(opts: Options) -> list[str]:
             problems.append("CREATE_RUN=1 needs KFP_UPLOAD=1 (a run starts from the uploaded version)")
         if opts.overlay not in PROFILE_OF_OVERLAY:
             problems.append(f"CREATE_RUN=1 with OVERLAY={opts.overlay}: the promote step serves the profiles "
-                            f"{sorted(PROFILE_OF_OVERLAY)} only (the Triton/ONNX variant is not promoted by the "
-                            "pipeline)")
+                            f"{sorted(PROFILE_OF_OVERLAY)} only")
         if not opts.kfp_runner and opts.kfp_namespace != opts.namespace:
             problems.append(f"CREATE_RUN=1: the run's pods need the pipeline runner Role in {opts.namespace}: set "
                             "KFP_RUNNER=kubeflow/pipeline-runner (standalone KFP) or "
@@ -382,6 +381,8 @@ def run_params(opts: Options) -> dict[str, Any]:
     """Pipeline parameters of a run started by deploy: promote to this cluster, then RUN_PARAMS on top."""
     params: dict[str, Any] = {"deploy_target": "kserve", "serving_namespace": opts.namespace,
                               "serving_profile": PROFILE_OF_OVERLAY.get(opts.overlay, "gpu")}
+    if params["serving_profile"] == "gpu-triton" and opts.serving_image:
+        params["serving_transformer_image"] = opts.serving_image  # the transformer runs the serving image
     if opts.model_root:
         params["model_root"] = opts.model_root
     params.update(opts.run_params)

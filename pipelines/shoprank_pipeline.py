@@ -51,6 +51,7 @@ def shoprank_pipeline(
     serving_canary_percent: int = 0,
     serving_ready_timeout_s: int = 600,
     serving_smoke: str = "ranking",
+    serving_transformer_image: str = "",
 ) -> dsl.Artifact:
     """`preset` picks the size (tiny/small/default/large); `overrides` is JSON on top of it, e.g.
     {"optimize": {"target_sparsity": 0.7}}. `gpu_node_label` is key=value of the GPU nodes' label.
@@ -60,10 +61,12 @@ def shoprank_pipeline(
 
     Promotion: `deploy_target` "local" publishes to the local path `model_root`; "kserve" uploads to
     `model_root` (s3://, gs:// or pvc://) and rolls out the InferenceService in `serving_namespace`. The
-    serving_* values left at "", 0 or -1 take the defaults of manifests/overlays/<serving_profile> (gpu, cpu,
-    kind): `serving_gpu` "true"/"false", `serving_gpu_node_label` key=value, `serving_deployment_mode`
+    serving_* values left at "", 0 or -1 take the defaults of manifests/overlays/<serving_profile> (gpu,
+    gpu-triton, cpu, kind): `serving_gpu` "true"/"false", `serving_gpu_node_label` key=value, `serving_deployment_mode`
     Standard/Knative, `serving_canary_percent` (Knative only) the new revision's traffic share before the full
-    rollout, `serving_ready_timeout_s` per wait, `serving_smoke` "ranking" (a v2 request) or "none"."""
+    rollout, `serving_ready_timeout_s` per wait, `serving_smoke` "ranking" (a v2 request) or "none",
+    `serving_transformer_image` the shoprank serving image for gpu-triton's transformer (Triton serves the ONNX
+    export, laid out by this step as a Triton model repository)."""
     raw = ingest(source=data_source, preset=preset, overrides=overrides)
     _resources(raw, "1", "4G").set_caching_options(True)
     pre = preprocess(preset=preset, overrides=overrides, raw_data=raw.outputs["raw_data"])
@@ -101,7 +104,8 @@ def shoprank_pipeline(
                       serving_scale_metric=serving_scale_metric, serving_scale_target=serving_scale_target,
                       serving_deployment_mode=serving_deployment_mode,
                       serving_canary_percent=serving_canary_percent,
-                      serving_ready_timeout_s=serving_ready_timeout_s, serving_smoke=serving_smoke)
+                      serving_ready_timeout_s=serving_ready_timeout_s, serving_smoke=serving_smoke,
+                      serving_transformer_image=serving_transformer_image)
         # Retries are safe on a cluster too: a rerun plans from the live InferenceService (a rollout already
         # applied is verified, not repeated); a rolled-back promotion does not fail the task, so is not retried.
         _resources(pub, "1", "2G", retries=2).set_caching_options(False)

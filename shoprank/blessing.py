@@ -41,8 +41,8 @@ def _check(name: str, value: float, limit: float, ok: bool, what: str) -> Check:
 
 def bless(artefacts: dict[str, dict], golden_max_diff: dict[str, float], config: BlessingConfig,
           ndcg_key: str = "ndcg_at_10") -> Blessing:
-    """Apply every check. `artefacts` maps baseline_savedmodel / optimized_savedmodel / int8_tflite to
-    their metrics (auc, ndcg, gzip_bytes, latency_ms); `golden_max_diff` maps a serving backend to the
+    """Apply every check. `artefacts` maps baseline_savedmodel / optimized_savedmodel / int8_tflite (and onnx,
+    when exported) to their metrics (auc, ndcg, gzip_bytes, latency_ms); `golden_max_diff` maps a serving backend to the
     largest |serving score - evaluator score| over the golden requests."""
     base = artefacts["baseline_savedmodel"]
     checks = [_check("baseline_quality_floor", base["auc"], config.min_auc, base["auc"] >= config.min_auc,
@@ -65,6 +65,10 @@ def bless(artefacts: dict[str, dict], golden_max_diff: dict[str, float], config:
         _check("int8_latency_b256", tfl["latency_ms"]["256"], config.max_tflite_latency_ms_b256,
                tfl["latency_ms"]["256"] <= config.max_tflite_latency_ms_b256, "int8 latency at batch 256 (ms)"),
     ]
+    if "onnx" in artefacts:  # exported for Triton: it must score as the SavedModel it was converted from
+        diff = artefacts["onnx"]["max_abs_diff_vs_optimized_savedmodel"]
+        checks.append(_check("onnx_matches_savedmodel", diff, config.onnx_tolerance, diff <= config.onnx_tolerance,
+                             "ONNX export max |score - optimised SavedModel score| on the test set"))
     if not golden_max_diff:
         checks.append(Check("serving_path", False, float("nan"), config.golden_tolerance,
                             "no golden requests were scored through the serving path"))

@@ -9,6 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
+from shoprank.onnx_export import MODEL_FILE, ONNX_DIR, TRITON_DIR, triton_repository
+
 LATEST = "LATEST"  # file beside the versions naming the version in service
 
 
@@ -30,7 +32,11 @@ def local_root(model_root: str) -> Path:
 def publish_bundle(optimized_dir: str | Path, transform_dir: str | Path, summary_path: str | Path,
                    model_root: str, model_name: str) -> dict:
     """Copy the optimised SavedModel, the int8 model, the transform and the summary into a new version
-    folder and point LATEST at it. Returns the promotion record (previous and new version)."""
+    folder, lay out the ONNX export (when there is one) as a Triton model repository under triton/ with the
+    model named `model_name`, and point LATEST at it. Returns the promotion record (previous and new version).
+
+    The version is keyed on the int8 model and the transform only: the ONNX export is derived from the same
+    optimised weights, and a newer tf2onnx writing different bytes is not a new model."""
     opt, tr = Path(optimized_dir), Path(transform_dir)
     version = bundle_version(opt, tr)
     home = local_root(model_root) / model_name
@@ -46,6 +52,8 @@ def publish_bundle(optimized_dir: str | Path, transform_dir: str | Path, summary
         (staging / "transform").mkdir()
         for f in ("transform.json", "catalogue.parquet"):
             shutil.copy(tr / f, staging / "transform" / f)
+        if (opt / ONNX_DIR / MODEL_FILE).is_file():  # the Triton/ONNX variant's model repository
+            triton_repository(opt / ONNX_DIR, staging / TRITON_DIR, model_name)
         shutil.copy(summary_path, staging / "summary.json")
         (staging / "manifest.json").write_text(json.dumps(
             {"model_name": model_name, "version": version, "created": int(time.time()),
@@ -54,6 +62,7 @@ def publish_bundle(optimized_dir: str | Path, transform_dir: str | Path, summary
     latest.write_text(version + "\n")
     record = {"model_name": model_name, "version": version, "previous_version": previous,
               "outcome": "unchanged" if previous == version else "promoted", "bundle_dir": str(dest.resolve()),
-              "model_dir": str((dest / "saved_model").resolve()), "tflite_path": str((dest / "model.tflite").resolve())}
+              "model_dir": str((dest / "saved_model").resolve()), "tflite_path": str((dest / "model.tflite").resolve()),
+              "triton_repository": str((dest / TRITON_DIR).resolve()) if (dest / TRITON_DIR).is_dir() else None}
     print(f"[promote] {record['outcome']}: {model_name} {previous or '-'} -> {version} at {dest}", flush=True)
     return record

@@ -133,6 +133,30 @@ class OptimizeConfig:
     pruning_frequency: int = 50
     representative_batches: int = 256
     latency_repeats: int = 30
+    # ONNX export of the optimised SavedModel (tf2onnx) for KServe's Triton runtime (onnxruntime backend).
+    export_onnx: bool = True
+    onnx_opset: int = 17
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """The Triton model configuration (config.pbtxt) written beside the ONNX export.
+
+    max_batch_size 0: Triton does not batch on its own, the tensors keep the shapes this server's tensor
+    requests use ([rows] and [rows, length]), and the shoprank transformer in front of Triton does the
+    micro-batching. TensorRT runs as onnxruntime's execution provider; its engines are built at load time by
+    a warm-up request of `warmup_rows` rows (the transformer's largest batch, --max_batch_size), so no
+    client request waits for an engine build, and cached under `engine_cache_path` (a writable emptyDir).
+    """
+
+    tensorrt: bool = True
+    # FP32: what the blessing gate checked (ONNX on CPU vs the SavedModel) is what the GPU computes. FP16 is
+    # faster on tensor cores but its scores are not checked here (no GPU on the build machines).
+    precision: str = "FP32"  # TensorRT precision_mode: FP32 | FP16
+    workspace_bytes: int = 1 << 30
+    engine_cache_path: str = "/tmp/trt-cache"
+    instance_count: int = 1
+    warmup_rows: int = 8192
 
 
 @dataclass(frozen=True)
@@ -152,6 +176,8 @@ class BlessingConfig:
     max_tflite_gzip_bytes: int = 8_000_000
     max_tflite_latency_ms_b256: float = 100.0
     golden_tolerance: float = 1e-4
+    # |ONNX score - optimised SavedModel score| over the test set (both float32; measured ~1e-7).
+    onnx_tolerance: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -166,6 +192,7 @@ class ShoprankConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    triton: TritonConfig = field(default_factory=TritonConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     blessing: BlessingConfig = field(default_factory=BlessingConfig)
 
@@ -255,6 +282,10 @@ def resolve_config(preset: str = "default", overrides: str | dict[str, Any] | No
     return config
 
 
+# INT8 would need a TensorRT calibration table, which the export does not produce.
+TRITON_PRECISIONS = ("FP32", "FP16")
+
+
 def check_config(config: ShoprankConfig) -> None:
     """Refuse settings of the data sources that cannot work, naming the key."""
     from shoprank.schema import EVENT_TYPES
@@ -262,6 +293,11 @@ def check_config(config: ShoprankConfig) -> None:
     labels = config.sources.esci_positive_labels
     if labels not in ("E", "ES"):
         raise ValueError(f"sources.esci_positive_labels must be 'E' or 'ES', got {labels!r}")
+    tc = config.triton
+    if tc.precision not in TRITON_PRECISIONS:
+        raise ValueError(f"triton.precision must be one of {list(TRITON_PRECISIONS)}, got {tc.precision!r}")
+    if tc.instance_count < 1 or tc.warmup_rows < 0 or tc.workspace_bytes < 1:
+        raise ValueError("triton.instance_count and triton.workspace_bytes must be >= 1, triton.warmup_rows >= 0")
     rc = config.recommend
     if rc.negative_sampling not in ("popularity", "uniform"):
         raise ValueError(f"recommend.negative_sampling must be 'popularity' or 'uniform', got {rc.negative_sampling!r}")

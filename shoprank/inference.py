@@ -1,5 +1,6 @@
-"""Scoring backends over model tensors: the SavedModel signature (GPU path) and int8 TFLite via LiteRT
-(CPU default). The evaluator, the blessing gate and the model server all score through these."""
+"""Scoring backends over model tensors: the SavedModel signature (GPU path), int8 TFLite via LiteRT
+(CPU default) and the ONNX export via onnxruntime (what Triton runs). The evaluator, the blessing gate and
+the model server all score through these."""
 
 from __future__ import annotations
 
@@ -73,10 +74,30 @@ class TFLiteScorer:
         return np.asarray(out[SCORE], dtype=np.float32).reshape(-1)
 
 
+class OnnxScorer:
+    """onnxruntime on CPU over the ONNX export: what Triton's onnxruntime backend runs, minus the GPU."""
+
+    backend = "onnx"
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or min(4, os.cpu_count() or 1)
+        self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        out = self._session.run([SCORE], {k: np.ascontiguousarray(features[k], dtype=np.int32) for k in INPUTS})
+        return np.asarray(out[0], dtype=np.float32).reshape(-1)
+
+
 def load_scorer(path: str | Path, num_threads: int | None = None) -> Scorer:
     p = Path(path)
     if p.suffix == ".tflite":
         return TFLiteScorer(p, num_threads)
+    if p.suffix == ".onnx":
+        return OnnxScorer(p, num_threads)
     return SavedModelScorer(p)
 
 

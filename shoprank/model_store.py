@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from shoprank.bundle import LATEST
-from shoprank.promotion import versioned_storage_uri
+from shoprank.promotion import TRITON_REPOSITORY, versioned_storage_uri
 
 MANIFEST = "manifest.json"  # written last: its presence marks a complete version
 DEFAULT_PVC_MOUNT = "/mnt/shoprank-models"
@@ -103,7 +103,8 @@ def version_location(root: str, model_name: str, version: str) -> StorageLocatio
 
 
 def version_of_uri(storage_uri: str | None, root: str, model_name: str) -> str | None:
-    """The version a storageUri points at, when it lies under `<root>/<model_name>/`; else None.
+    """The version a storageUri points at, when it is `<root>/<model_name>/<version>` (or the Triton variant's
+    `<version>/triton`); else None.
 
     Used to report the previous version from the live InferenceService (a placeholder such as the overlays'
     `.../latest` is reported as such, a URI outside the root as None)."""
@@ -115,8 +116,11 @@ def version_of_uri(storage_uri: str | None, root: str, model_name: str) -> str |
         return None
     if (loc.scheme, loc.bucket) != (base.scheme, base.bucket):
         return None
-    head, _, version = loc.path.rpartition("/")
-    return version if head == base.path and version else None
+    if not loc.path.startswith(base.path.rstrip("/") + "/"):
+        return None
+    # `.../<version>`, or the Triton variant's model repository inside it (`.../<version>/triton`).
+    parts = loc.path[len(base.path.rstrip("/")) + 1:].split("/")
+    return parts[0] if parts[0] and parts[1:] in ([], [TRITON_REPOSITORY]) else None
 
 
 # --- backends ----------------------------------------------------------------------------------------------

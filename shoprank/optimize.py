@@ -110,6 +110,13 @@ def optimize(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
     tflite = to_int8_tflite(out / "saved_model", load_split(features_dir, "train"), config)
     (out / "model.tflite").write_bytes(tflite)
     progress(f"[optimize] int8 TFLite: {len(tflite):,} bytes ({time.perf_counter() - tq:.1f}s)")
+    if config.optimize.export_onnx:
+        from shoprank.onnx_export import MODEL_FILE, ONNX_DIR, export_for_triton
+
+        to = time.perf_counter()
+        onnx_dir = export_for_triton(out / "saved_model", out / ONNX_DIR, config.optimize.onnx_opset, config.triton)
+        progress(f"[optimize] ONNX export (opset {config.optimize.onnx_opset}) + Triton config: "
+                 f"{(onnx_dir / MODEL_FILE).stat().st_size:,} bytes ({time.perf_counter() - to:.1f}s)")
     result = {"sparsity": sparsity, "parameters": int(stripped.count_params()),
               "seconds": round(time.perf_counter() - t0, 2)}
     (out / "optimization.json").write_text(json.dumps(result, indent=2))
@@ -119,8 +126,10 @@ def optimize(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
 def compare_artefacts(baseline_dir: str | Path, optimized_dir: str | Path, features_dir: str | Path,
                       config: ShoprankConfig, progress: Progress = print) -> dict[str, dict]:
     """Side by side in one process: size, gzip size, CPU latency at batch 1 and 256, and test quality of
-    the baseline SavedModel, the optimised SavedModel and the int8 TFLite model. Test scores of each are
-    saved next to the optimised bundle as scores_<name>.npy (the golden check compares against them)."""
+    the baseline SavedModel, the optimised SavedModel, the int8 TFLite model and (when exported) the ONNX
+    export. Test scores of each are saved next to the optimised bundle as scores_<name>.npy (the golden check
+    compares against them); the ONNX entry also records its largest |score difference| from the optimised
+    SavedModel over the whole test set (the blessing gate's export check)."""
     from shoprank.evaluate import evaluate_scores
     from shoprank.inference import artefact_size, latency_ms, load_scorer, score_in_batches
 
@@ -129,6 +138,11 @@ def compare_artefacts(baseline_dir: str | Path, optimized_dir: str | Path, featu
     paths = {"baseline_savedmodel": Path(baseline_dir) / "saved_model",
              "optimized_savedmodel": Path(optimized_dir) / "saved_model",
              "int8_tflite": Path(optimized_dir) / "model.tflite"}
+    from shoprank.onnx_export import MODEL_FILE, ONNX_DIR
+
+    onnx_model = Path(optimized_dir) / ONNX_DIR / MODEL_FILE
+    if onnx_model.is_file():
+        paths["onnx"] = onnx_model
     k = config.evaluation.top_k
     out: dict[str, dict] = {}
     for name, path in paths.items():
@@ -140,6 +154,11 @@ def compare_artefacts(baseline_dir: str | Path, optimized_dir: str | Path, featu
         lat = {str(b): round(latency_ms(scorer, columns, b, config.optimize.latency_repeats), 4) for b in (1, 256)}
         out[name] = {"path": str(path), **artefact_size(path), "latency_ms": lat, "auc": m["auc"],
                      f"ndcg_at_{k}": m[f"ndcg_at_{k}"], "log_loss": m["log_loss"], "mrr": m["mrr"]}
+        if name == "onnx":
+            reference = np.load(Path(optimized_dir) / "scores_optimized_savedmodel.npy")
+            out[name]["max_abs_diff_vs_optimized_savedmodel"] = float(np.abs(scores - reference).max())
+            progress(f"[optimize] onnx vs optimised SavedModel: max |score diff| "
+                     f"{out[name]['max_abs_diff_vs_optimized_savedmodel']:.2e} over {len(scores):,} test rows")
         progress(f"[optimize] {name}: AUC {m['auc']:.4f}, NDCG@{k} {m[f'ndcg_at_{k}']:.4f}, "
                  f"{out[name]['gzip_bytes']:,} gzip bytes, {lat['1']:.3f} ms @1, {lat['256']:.3f} ms @256 "
                  f"({time.perf_counter() - t0:.1f}s)")

@@ -45,7 +45,12 @@ FORMAT_BACKENDS = {
     "shoprank-tflite": "tflite",
     "shoprank-savedmodel": "savedmodel",
     "tensorflow": "savedmodel",
+    "onnx": "triton",  # the ONNX export on KServe's Triton runtime, behind the shoprank transformer
 }
+TRITON_RUNTIME = "kserve-tritonserver"  # KServe's stock ClusterServingRuntime for Triton
+TRITON_REPOSITORY = "triton"  # the bundle's Triton model repository folder (shoprank.onnx_export.TRITON_DIR)
+MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts a storage URI's files
+SCRATCH_VOLUME = "tmp"  # emptyDir at /tmp: the root filesystem is read-only
 # Metrics each autoscaler understands: HPA (Standard, or Knative with the HPA class) and Knative's KPA.
 HPA_METRICS = ("cpu", "memory")
 KPA_METRICS = ("concurrency", "rps")
@@ -64,6 +69,15 @@ MANAGED_PREDICTOR_FIELDS = (
 MANAGED_MODEL_FIELDS = (
     "modelFormat", "runtime", "storageUri", "args", "resources", "securityContext", "readinessProbe",
     "livenessProbe",
+)
+# Owned only where the desired object has them (the Triton variant): other profiles leave them to whoever
+# set them (an overlay's scratch volume), so that a rerun stays a no-op.
+OPTIONAL_PREDICTOR_FIELDS = ("volumes",)
+OPTIONAL_MODEL_FIELDS = ("volumeMounts",)
+# The transformer (Triton variant) is owned whole: compared whenever the desired or the live object has one.
+MANAGED_TRANSFORMER_FIELDS = (
+    "serviceAccountName", "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "autoScaling",
+    "storageUris", "volumes", "containers",
 )
 _SERVER_METADATA = (
     "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
@@ -155,6 +169,13 @@ class ServingSettings:
     deployment_mode: str = STANDARD
     canary_traffic_percent: int | None = None
     resources: Resources = field(default_factory=Resources)
+    # The Triton variant (model_format "onnx"): the shoprank transformer in front of Triton does the ranking
+    # requests (catalogue look-up + the pipeline's transform) and micro-batching; it reads the bundle's
+    # transform/ through its own storage URI.
+    transformer_image: str = ""
+    transformer_resources: Resources = field(default_factory=lambda: Resources("500m", "512Mi", "1", "1Gi"))
+    transformer_max_replicas: int = 4
+    transformer_scale_target: int = 70  # CPU utilisation %: the transformer's work is all on the CPU
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deployment_mode", normalize_deployment_mode(self.deployment_mode))
@@ -174,6 +195,18 @@ class ServingSettings:
         expected_backend = FORMAT_BACKENDS.get(self.model_format)
         if expected_backend and self.backend != expected_backend:
             yield f"model format {self.model_format} needs backend {expected_backend}, not {self.backend}"
+        if self.backend == "triton":
+            if self.runtime != TRITON_RUNTIME:
+                yield f"model format {self.model_format} is served by the {TRITON_RUNTIME} runtime, not {self.runtime}"
+            if not self.transformer_image.strip():
+                yield ("the Triton variant needs transformer_image (the shoprank serving image): Triton answers "
+                       "tensor requests only, the transformer turns ranking requests into them")
+            if self.transformer_max_replicas < max(1, self.min_replicas):
+                yield "transformer_max_replicas must be >= max(1, min_replicas)"
+            if not 1 <= self.transformer_scale_target <= 100:
+                yield "transformer_scale_target is a CPU utilisation percentage: 1..100"
+        elif self.transformer_image:
+            yield "transformer_image is used by the Triton variant (model format onnx) only"
         if self.use_gpu and self.gpu_count < 1:
             yield "use_gpu needs gpu_count >= 1"
         knative = self.deployment_mode == KNATIVE
@@ -209,8 +242,9 @@ class ServingSettings:
             values["tolerations"] = tuple(
                 t if isinstance(t, Toleration) else Toleration(**t) for t in values["tolerations"]
             )
-        if isinstance(values.get("resources"), Mapping):
-            values["resources"] = Resources(**values["resources"])
+        for key in ("resources", "transformer_resources"):
+            if isinstance(values.get(key), Mapping):
+                values[key] = Resources(**values[key])
         return cls(**values)
 
 
@@ -240,9 +274,65 @@ def _probe(path: str, initial_delay: int, period: int, failures: int) -> dict[st
     }
 
 
+def _autoscaling(mode: str, metric: str, target: int, annotations: dict[str, str] | None = None
+                 ) -> dict[str, Any]:
+    """A component's scaling fields: the autoScaling block (HPA, Standard) or Knative's scaleMetric/Target."""
+    if mode == STANDARD:
+        return {"autoScaling": {"metrics": [{
+            "type": "Resource",
+            "resource": {"name": metric, "target": {"type": "Utilization", "averageUtilization": target}},
+        }]}}
+    if metric in HPA_METRICS and annotations is not None:  # Knative's own autoscaler knows concurrency, rps
+        annotations[KNATIVE_CLASS_ANNOTATION] = KNATIVE_HPA_CLASS
+    return {"scaleMetric": metric, "scaleTarget": target}
+
+
+def _scratch_volume(size: str) -> dict[str, Any]:
+    return {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": size}}
+
+
+def _scratch_mount() -> dict[str, str]:
+    return {"name": SCRATCH_VOLUME, "mountPath": "/tmp"}
+
+
+def build_transformer(s: ServingSettings) -> dict[str, Any]:
+    """The shoprank transformer of the Triton variant: `python -m serving.transformer` reading the bundle
+    (its transform/ and catalogue) from the version's storage URI; KServe adds --model_name, --predictor_host
+    and --http_port. Same container settings as manifests/overlays/gpu-triton."""
+    transformer: dict[str, Any] = {}
+    if s.service_account:
+        transformer["serviceAccountName"] = s.service_account
+    transformer["minReplicas"] = max(1, s.min_replicas)
+    transformer["maxReplicas"] = s.transformer_max_replicas
+    if s.deployment_mode == STANDARD:  # its own HPA on CPU: the transformer's work is all on the CPU
+        transformer.update(_autoscaling(STANDARD, "cpu", s.transformer_scale_target))
+    else:  # Knative: one autoscaler class per InferenceService, so the predictor's metric
+        transformer.update(_autoscaling(s.deployment_mode, s.scale_metric, s.scale_target))
+    transformer["storageUris"] = [{"uri": s.storage_uri, "mountPath": MODEL_MOUNT}]
+    transformer["volumes"] = [_scratch_volume("256Mi")]
+    transformer["containers"] = [{
+        "name": "kserve-container",
+        "image": s.transformer_image,
+        "command": ["python", "-m", "serving.transformer"],
+        "args": ["--protocol=v2", f"--model_dir={MODEL_MOUNT}"],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "volumeMounts": [_scratch_mount()],
+        "resources": s.transformer_resources.to_k8s(),
+        "securityContext": _security_context(),
+        "readinessProbe": _probe("/v2/health/ready", 5, 10, 3),
+        "livenessProbe": _probe("/v2/health/live", 30, 15, 4),
+    }]
+    return transformer
+
+
 def build_inference_service(settings: ServingSettings) -> dict[str, Any]:
-    """The InferenceService the promote step wants, as a manifest dict (same shape as the overlays)."""
+    """The InferenceService the promote step wants, as a manifest dict (same shape as the overlays).
+
+    The Triton variant (backend "triton") serves `<storage_uri>/triton` (the bundle's Triton model
+    repository) on KServe's Triton runtime and puts the shoprank transformer in front of it."""
     s = settings
+    triton = s.backend == "triton"
     annotations = {DEPLOYMENT_MODE_ANNOTATION: s.deployment_mode}
     predictor: dict[str, Any] = {}
     if s.service_account:
@@ -251,34 +341,35 @@ def build_inference_service(settings: ServingSettings) -> dict[str, Any]:
     predictor["maxReplicas"] = s.max_replicas
     if s.deployment_mode == STANDARD:
         annotations[AUTOSCALER_CLASS_ANNOTATION] = "hpa"
-        predictor["autoScaling"] = {"metrics": [{
-            "type": "Resource",
-            "resource": {"name": s.scale_metric,
-                         "target": {"type": "Utilization", "averageUtilization": s.scale_target}},
-        }]}
-    else:
-        if s.scale_metric in HPA_METRICS:  # Knative's own autoscaler only knows concurrency and rps
-            annotations[KNATIVE_CLASS_ANNOTATION] = KNATIVE_HPA_CLASS
-        predictor["scaleMetric"] = s.scale_metric
-        predictor["scaleTarget"] = s.scale_target
-        if s.canary_traffic_percent is not None:
-            predictor["canaryTrafficPercent"] = s.canary_traffic_percent
+    predictor.update(_autoscaling(s.deployment_mode, s.scale_metric, s.scale_target, annotations))
+    if s.deployment_mode != STANDARD and s.canary_traffic_percent is not None:
+        predictor["canaryTrafficPercent"] = s.canary_traffic_percent
     if s.use_gpu:
         if s.gpu_node_selector:
             predictor["nodeSelector"] = dict(s.gpu_node_selector)
         if s.tolerations:
             predictor["tolerations"] = [t.to_k8s() for t in s.tolerations]
-    predictor["model"] = {
-        "modelFormat": {"name": s.model_format},
+    model: dict[str, Any] = {
+        "modelFormat": {"name": s.model_format, "version": "1"} if triton else {"name": s.model_format},
         "runtime": s.runtime,
-        "storageUri": s.storage_uri,
-        "args": [f"--backend={s.backend}"],
+        "storageUri": posixpath.join(s.storage_uri, TRITON_REPOSITORY) if triton else s.storage_uri,
+    }
+    if not triton:  # Triton's arguments come from its ServingRuntime
+        model["args"] = [f"--backend={s.backend}"]
+    if triton:  # TensorRT engine cache (config.pbtxt's trt_engine_cache_path) on a writable scratch volume
+        predictor["volumes"] = [_scratch_volume("1Gi")]
+        model["volumeMounts"] = [_scratch_mount()]
+    predictor["model"] = model
+    model.update({
         "resources": s.resources.to_k8s(s.gpu_count if s.use_gpu else 0),
         "securityContext": _security_context(),
         # GPU replicas load CUDA and warm up the graph first: give them longer.
         "readinessProbe": _probe("/v2/health/ready", 10 if s.use_gpu else 5, 10, 6 if s.use_gpu else 3),
         "livenessProbe": _probe("/v2/health/live", 60 if s.use_gpu else 30, 15, 4),
-    }
+    })
+    spec: dict[str, Any] = {"predictor": predictor}
+    if triton:
+        spec["transformer"] = build_transformer(s)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -288,7 +379,7 @@ def build_inference_service(settings: ServingSettings) -> dict[str, Any]:
             "annotations": annotations,
             "labels": {"app.kubernetes.io/name": s.name, "app.kubernetes.io/part-of": "shoprank"},
         },
-        "spec": {"predictor": predictor},
+        "spec": spec,
     }
 
 
@@ -375,6 +466,21 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _owned(always: tuple[str, ...], optional: tuple[str, ...], desired: Mapping[str, Any]) -> tuple[str, ...]:
+    return always + tuple(k for k in optional if k in desired)
+
+
+def _field_patch(where: str, current: Mapping[str, Any], desired: Mapping[str, Any], keys: Iterable[str],
+                 changes: list[str]) -> dict[str, Any]:
+    """Merge patch of the owned `keys` that differ; appends `where.key` to `changes` for each."""
+    patch: dict[str, Any] = {}
+    for key in keys:
+        if _norm(desired.get(key)) != _norm(current.get(key)):
+            changes.append(f"{where}.{key}")
+            patch[key] = _merge_diff(current.get(key), desired.get(key))
+    return patch
+
+
 def plan_promotion(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> Plan:
     """Decide between create, patch and noop by comparing the fields the promote step owns.
 
@@ -422,16 +528,19 @@ def plan_promotion(current: Mapping[str, Any] | None, desired: Mapping[str, Any]
         if d_annotations.get(key) != c_annotations.get(key):
             changes.append(f"metadata.annotations[{key}]")
             annotations_patch[key] = d_annotations.get(key)
-    predictor_patch: dict[str, Any] = {}
-    for key in MANAGED_PREDICTOR_FIELDS:
-        if _norm(d_predictor.get(key)) != _norm(c_predictor.get(key)):
-            changes.append(f"spec.predictor.{key}")
-            predictor_patch[key] = _merge_diff(c_predictor.get(key), d_predictor.get(key))
-    model_patch: dict[str, Any] = {}
-    for key in MANAGED_MODEL_FIELDS:
-        if _norm(d_model.get(key)) != _norm(c_model.get(key)):
-            changes.append(f"spec.predictor.model.{key}")
-            model_patch[key] = _merge_diff(c_model.get(key), d_model.get(key))
+    predictor_patch = _field_patch("spec.predictor", c_predictor, d_predictor, _owned(
+        MANAGED_PREDICTOR_FIELDS, OPTIONAL_PREDICTOR_FIELDS, d_predictor), changes)
+    model_patch = _field_patch("spec.predictor.model", c_model, d_model, _owned(
+        MANAGED_MODEL_FIELDS, OPTIONAL_MODEL_FIELDS, d_model), changes)
+    d_transformer = desired["spec"].get("transformer")
+    c_transformer = (current.get("spec") or {}).get("transformer")
+    transformer_patch: dict[str, Any] | None = {}
+    if d_transformer is None and c_transformer is not None:
+        changes.append("spec.transformer")
+        transformer_patch = None  # the new spec has no transformer: remove it
+    elif d_transformer is not None:
+        transformer_patch = _field_patch("spec.transformer", c_transformer or {}, d_transformer,
+                                         MANAGED_TRANSFORMER_FIELDS, changes)
 
     if changes:
         if d_canary != c_canary:
@@ -446,6 +555,8 @@ def plan_promotion(current: Mapping[str, Any] | None, desired: Mapping[str, Any]
     if model_patch:
         predictor_patch["model"] = model_patch
     body: dict[str, Any] = {"spec": {"predictor": predictor_patch}}
+    if transformer_patch is None or transformer_patch:
+        body["spec"]["transformer"] = transformer_patch
     if annotations_patch:
         body["metadata"] = {"annotations": annotations_patch}
     details = []

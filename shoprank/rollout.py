@@ -52,7 +52,11 @@ from shoprank.promotion import (
     MANAGED_ANNOTATIONS,
     MANAGED_MODEL_FIELDS,
     MANAGED_PREDICTOR_FIELDS,
+    MANAGED_TRANSFORMER_FIELDS,
+    OPTIONAL_MODEL_FIELDS,
+    OPTIONAL_PREDICTOR_FIELDS,
     STANDARD,
+    TRITON_RUNTIME,
     PlanError,
     Resources,
     ServingSettings,
@@ -96,6 +100,11 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile({"model_format": "shoprank-tflite", "backend": "tflite", "use_gpu": False,
                     "min_replicas": 1, "max_replicas": 8, "scale_metric": "cpu", "scale_target": 70,
                     "resources": Resources("1", "1Gi", "2", "2Gi")}),
+    # The ONNX export on KServe's Triton runtime (onnxruntime + TensorRT) behind the shoprank transformer;
+    # manifests/overlays/gpu-triton. The transformer image is a parameter (serving_transformer_image).
+    "gpu-triton": Profile({"model_format": "onnx", "backend": "triton", "runtime": TRITON_RUNTIME, "use_gpu": True,
+                           "gpu_count": 1, "min_replicas": 1, "max_replicas": 4, "scale_metric": "cpu",
+                           "scale_target": 60, "resources": Resources("2", "4Gi", "4", "8Gi")}),
     "kind": Profile({"model_format": "shoprank-tflite", "backend": "tflite", "use_gpu": False,
                      "min_replicas": 1, "max_replicas": 1, "scale_metric": "cpu", "scale_target": 70,
                      "resources": Resources("100m", "256Mi", "500m", "512Mi")}, autoscaling=False),
@@ -128,6 +137,7 @@ class PromoteParams:
     smoke: str = "ranking"
     smoke_url: str = ""
     force_conflicts: bool = False
+    transformer_image: str = ""  # gpu-triton: the shoprank serving image that runs the transformer
 
 
 def _parse_label(label: str) -> dict[str, str]:
@@ -151,9 +161,7 @@ def serving_settings(params: PromoteParams, storage_uri: str, name: str) -> tupl
     """ServingSettings from a profile with the parameters that are set on top; also whether to autoscale and
     notes on what was adjusted (recorded in the outcome)."""
     if params.profile not in PROFILES:
-        hint = " (the Triton/ONNX variant is deployed by its overlay, not by this step)" if "triton" in \
-            params.profile else ""
-        raise ValueError(f"unknown serving profile {params.profile!r}: one of {sorted(PROFILES)}{hint}")
+        raise ValueError(f"unknown serving profile {params.profile!r}: one of {sorted(PROFILES)}")
     profile = PROFILES[params.profile]
     values: dict[str, Any] = dict(profile.settings, storage_uri=storage_uri, name=name, namespace=params.namespace)
     notes: list[str] = []
@@ -161,6 +169,8 @@ def serving_settings(params: PromoteParams, storage_uri: str, name: str) -> tupl
         values["use_gpu"] = _parse_bool(params.gpu)
     if params.gpu_count:
         values["gpu_count"] = params.gpu_count
+    if params.transformer_image:
+        values["transformer_image"] = params.transformer_image
     if params.gpu_node_label:
         values["gpu_node_selector"] = _parse_label(params.gpu_node_label)
     if params.min_replicas >= 0:
@@ -223,12 +233,17 @@ def apply_body(manifest: Mapping[str, Any], *, canary_percent: int | None = None
         body_meta["labels"] = labels
     if annotations:
         body_meta["annotations"] = annotations
-    body_predictor: dict[str, Any] = {k: predictor[k] for k in MANAGED_PREDICTOR_FIELDS if k in predictor}
+    body_predictor: dict[str, Any] = {k: predictor[k] for k in MANAGED_PREDICTOR_FIELDS + OPTIONAL_PREDICTOR_FIELDS
+                                      if k in predictor}
     if canary_percent is not None:
         body_predictor["canaryTrafficPercent"] = canary_percent
-    body_predictor["model"] = {k: model[k] for k in MANAGED_MODEL_FIELDS if k in model}
+    body_predictor["model"] = {k: model[k] for k in MANAGED_MODEL_FIELDS + OPTIONAL_MODEL_FIELDS if k in model}
+    spec: dict[str, Any] = {"predictor": body_predictor}
+    transformer = (manifest.get("spec") or {}).get("transformer")
+    if transformer:  # left out, a transformer this manager applied before is removed by the apply
+        spec["transformer"] = {k: transformer[k] for k in MANAGED_TRANSFORMER_FIELDS if k in transformer}
     return {"apiVersion": manifest.get("apiVersion", API_VERSION), "kind": manifest.get("kind", KIND),
-            "metadata": body_meta, "spec": {"predictor": body_predictor}}
+            "metadata": body_meta, "spec": spec}
 
 
 @dataclass(frozen=True)
@@ -910,6 +925,9 @@ def promote_to_kserve(optimized_dir: str | Path, transform_dir: str | Path, summ
         storage_uri = model_store.version_location(model_root, model_name, version).uri
         # Validate every setting before anything is written anywhere.
         settings, autoscaling, notes = serving_settings(params, storage_uri, model_name)
+        if settings.backend == "triton" and not staged.get("triton_repository"):
+            raise ValueError(f"serving profile {params.profile!r} serves the ONNX export, and this model has none "
+                             "(optimize.export_onnx is off): re-run with it on, or promote with profile gpu")
         upload = model_store.upload_bundle(staged["bundle_dir"], model_root, model_name, version, store=store,
                                            pvc_mount_path=pvc_mount_path)
     print(f"[promote] bundle {version} {'uploaded to' if upload.uploaded else 'already at'} {storage_uri}",
@@ -931,8 +949,10 @@ def promote_to_kserve(optimized_dir: str | Path, transform_dir: str | Path, summ
     except PlanError as exc:
         return build_record(plan=None, rollout={"outcome": "failed", "reason": str(exc)}, notes=notes, **common)
     print(f"[promote] {plan.action}: {plan.reason}", flush=True)
+    # What the predictor itself loads (the Triton variant: the bundle's triton/ repository).
+    predictor_uri = desired["spec"]["predictor"]["model"]["storageUri"]
     rollout = run_rollout(api, plan, namespace=settings.namespace, name=settings.name, version=version,
-                          storage_uri=storage_uri, smoke=smoke, config=config, smoke_url_override=params.smoke_url)
+                          storage_uri=predictor_uri, smoke=smoke, config=config, smoke_url_override=params.smoke_url)
     if rollout["outcome"] in ("promoted", "unchanged"):
         pointer = model_store.write_latest(model_root, model_name, version, store=store,
                                            pvc_mount_path=pvc_mount_path)

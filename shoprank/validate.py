@@ -60,6 +60,9 @@ def summarize(config: ShoprankConfig, baseline_eval: dict, artefacts: dict[str, 
         "model_dir": None,
         "tflite_path": None,
     }
+    if "onnx" in artefacts:
+        summary["onnx"] = {**quality(artefacts["onnx"]), "max_abs_diff_vs_optimized_savedmodel":
+                           artefacts["onnx"]["max_abs_diff_vs_optimized_savedmodel"]}
     if "oracle" in baseline_eval:
         o = baseline_eval["oracle"]
         summary["oracle"] = {"auc": o["auc"], k: o[k]}

@@ -77,13 +77,20 @@ def test_good_options_and_environment_have_no_problems():
      "needs KFP_UPLOAD=1"),
     ({"create_run": True, "kfp_runner": "kubeflow/pipeline-runner"}, "needs MODEL_ROOT"),
     ({"create_run": True, "model_root": "s3://b01"}, "KFP_RUNNER=kubeflow/pipeline-runner"),
-    ({"create_run": True, "model_root": "s3://b01", "kfp_runner": "kubeflow/pipeline-runner",
-      "overlay": "gpu-triton"}, "Triton"),
     ({"run_params": {"preset": "tiny", "learning_rate": 1}}, "['learning_rate']"),
 ])
 def test_option_problems(changes, expected):
     problems = cli.check_options(opts(**changes))
     assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_a_gpu_triton_run_promotes_the_onnx_export_with_the_serving_image_as_transformer():
+    o = opts(create_run=True, model_root="s3://b01", kfp_runner="kubeflow/pipeline-runner", overlay="gpu-triton")
+    assert cli.check_options(o) == []
+    params = cli.run_params(o)
+    assert params["serving_profile"] == "gpu-triton"
+    assert params["serving_transformer_image"] == o.serving_image
+    assert "serving_transformer_image" not in cli.run_params(opts(create_run=True, overlay="gpu"))
 
 
 def test_component_image_is_not_needed_without_the_kfp_upload():

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,44 @@ def test_profile_defaults_are_the_overlays_inference_service(profile):
     assert plan_rollout(live(rendered), built).action == "noop"
 
 
+def test_gpu_triton_profile_is_the_overlays_inference_service():
+    rendered = next(d for d in kustomize("gpu-triton") if d["kind"] == "InferenceService")
+    bundle = rendered["spec"]["transformer"]["storageUris"][0]["uri"]
+    assert rendered["spec"]["predictor"]["model"]["storageUri"] == bundle + "/triton"
+    image = rendered["spec"]["transformer"]["containers"][0]["image"]
+    built = desired(bundle, profile="gpu-triton", transformer_image=image)
+    assert built["spec"] == rendered["spec"]
+    assert built["metadata"]["annotations"] == rendered["metadata"]["annotations"]
+    assert plan_rollout(live(rendered), built).action == "noop"
+
+
+def test_gpu_triton_rollout_moves_triton_and_the_transformer_together():
+    old = live(desired(OLD, profile="gpu-triton", transformer_image="reg/serving:1"))
+    new = desired(NEW, profile="gpu-triton", transformer_image="reg/serving:1")
+    plan = plan_rollout(old, new)
+    assert plan.action == "patch"
+    assert set(plan.changes) == {"spec.predictor.model.storageUri", "spec.transformer.storageUris"}
+    body = plan.phases[0].body
+    assert body["spec"]["predictor"]["model"]["storageUri"] == NEW + "/triton"
+    assert body["spec"]["transformer"]["storageUris"] == [{"uri": NEW, "mountPath": "/mnt/models"}]
+    assert "args" not in body["spec"]["predictor"]["model"]  # Triton's arguments are its runtime's
+    restore = plan.rollback[0]
+    assert restore["spec"]["transformer"]["storageUris"][0]["uri"] == OLD
+    assert restore["spec"]["predictor"]["model"]["storageUri"] == OLD + "/triton"
+
+
+def test_leaving_gpu_triton_removes_the_transformer_and_going_back_restores_it():
+    triton = live(desired(OLD, profile="gpu-triton", transformer_image="reg/serving:1"))
+    plan = plan_rollout(triton, desired(NEW, profile="gpu"))
+    assert "spec.transformer" in plan.changes
+    assert "transformer" not in plan.phases[0].body["spec"]  # the apply leaves it out: SSA removes what it owned
+    assert plan.rollback[0]["spec"]["transformer"]["containers"][0]["image"] == "reg/serving:1"
+    plain = live(desired(OLD, profile="gpu"))
+    plan = plan_rollout(plain, desired(NEW, profile="gpu-triton", transformer_image="reg/serving:1"))
+    assert "spec.transformer.containers" in plan.changes
+    assert "transformer" not in plan.rollback[0]["spec"]
+
+
 def test_default_parameters_match_the_default_overlay():
     assert PromoteParams().profile == rollout.DEFAULT_PROFILE == "gpu"
     settings, autoscaling, notes = serving_settings(PromoteParams(), NEW, NAME)
@@ -147,7 +186,8 @@ def test_min_replicas_zero_is_a_real_value_in_knative():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"profile": "gpu-triton"}, "Triton"),
+    ({"profile": "gpu-triton"}, "transformer_image"),
+    ({"profile": "cpu", "transformer_image": "reg/serving:1"}, "Triton variant"),
     ({"profile": "tpu"}, "unknown serving profile"),
     ({"gpu": "maybe"}, "true or false"),
     ({"gpu_node_label": "a=b=c"}, "key=value"),
@@ -663,6 +703,39 @@ def test_promote_to_kserve_uploads_rolls_out_and_records(tmp_path):
     again = rollout.promote_to_kserve(opt, tr, summary, model_root=root, model_name=NAME, params=params,
                                       api=ScriptedApi(api.get(NS, NAME)), pvc_mount_path=mount)
     assert again["outcome"] == "unchanged" and again["previous_version"] == version and not again["uploaded"]
+
+
+def test_promote_to_kserve_gpu_triton_lays_out_the_model_repository_and_adds_the_transformer(tmp_path):
+    opt, tr, summary = fake_artefacts(tmp_path)
+    mount = tmp_path / "pvc"
+    mount.mkdir()
+    params = PromoteParams(profile="gpu-triton", smoke="none", ready_timeout_s=30)
+    with pytest.raises(ValueError, match="no ONNX export|has none"):  # refused before anything is written
+        rollout.promote_to_kserve(opt, tr, summary, model_root="pvc://m", model_name=NAME,
+                                  params=replace(params, transformer_image="reg/serving:1"),
+                                  api=ScriptedApi(None), pvc_mount_path=mount)
+    assert list(mount.iterdir()) == []
+    (opt / "onnx").mkdir()
+    (opt / "onnx" / "model.onnx").write_bytes(b"onnx")
+    (opt / "onnx" / "config.pbtxt").write_text('backend: "onnxruntime"\n')
+    with pytest.raises(ValueError, match="transformer_image"):
+        rollout.promote_to_kserve(opt, tr, summary, model_root="pvc://m", model_name=NAME, params=params,
+                                  api=ScriptedApi(None), pvc_mount_path=mount)
+    api = ScriptedApi(None)
+    record = rollout.promote_to_kserve(opt, tr, summary, model_root="pvc://m", model_name=NAME,
+                                       params=replace(params, transformer_image="reg/serving:1"), api=api,
+                                       pvc_mount_path=mount)
+    version = record["version"]
+    bundle = mount / NAME / version  # pvc://CLAIM/PATH is mounted at the claim
+    assert (bundle / "triton" / NAME / "config.pbtxt").read_text() == 'backend: "onnxruntime"\n'
+    assert (bundle / "triton" / NAME / "1" / "model.onnx").read_bytes() == b"onnx"
+    assert (bundle / "transform" / "catalogue.parquet").exists()  # what the transformer reads
+    spec = api.applies[0][0]["spec"]
+    assert spec["predictor"]["model"]["storageUri"] == f"pvc://m/{NAME}/{version}/triton"
+    assert spec["predictor"]["model"]["runtime"] == "kserve-tritonserver"
+    assert spec["transformer"]["storageUris"] == [{"uri": record["storage_uri"], "mountPath": "/mnt/models"}]
+    assert spec["transformer"]["containers"][0]["image"] == "reg/serving:1"
+    assert record["outcome"] == "promoted"
 
 
 def test_promote_to_kserve_refuses_a_local_root_and_bad_settings_before_writing(tmp_path):
