@@ -87,6 +87,23 @@ def fetch_crds(version: str = KSERVE_VERSION) -> Path:
     return target
 
 
+def runtime_manifest(name: str, version: str = KSERVE_VERSION) -> Path:
+    """KServe's own (Cluster)ServingRuntime `name` (config/runtimes/<name>.yaml of the release), cached beside
+    the CRDs: e.g. the `kserve-tritonserver` runtime that the gpu-triton overlay selects."""
+    target = cache_dir(version) / "runtimes" / f"{name}.yaml"
+    if target.is_file():
+        return target
+    source = _download_module(version) / "config" / "runtimes" / f"{name}.yaml"
+    if not source.is_file():
+        raise CRDFetchError(f"{KSERVE_MODULE}@{version} has no config/runtimes/{name}.yaml")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    shutil.copyfile(source, tmp)
+    os.chmod(tmp, 0o644)
+    tmp.replace(target)
+    return target
+
+
 def crd_path(kind: str, version: str = KSERVE_VERSION) -> Path:
     """Path of the cached CRD YAML for `kind` (e.g. for `kubectl apply -f` in a cluster test)."""
     return fetch_crds(version) / CRD_FILES[kind]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from shoprank import rollout
 from shoprank.model_store import LocalStore
 from shoprank.rollout import KServeApi, PromoteParams, RolloutConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import kserve_crds  # noqa: E402
+
 pytestmark = pytest.mark.cluster
 
 Cluster = Any  # tests/cluster/conftest.py's Cluster (conftest modules are not imported by name)
@@ -34,7 +38,7 @@ NAME = "shoprank-ranker"
 RUNNER = "shoprank-pipeline-runner"
 RUN = os.urandom(2).hex()  # namespaces are new each session, so a kept cluster (SHOPRANK_KEEP_CLUSTER=1) reruns
 NS_DRY, NS_CPU, NS_GPU = f"shoprank-dry-{RUN}", f"shoprank-cpu-{RUN}", f"shoprank-gpu-{RUN}"
-NS_PROMOTE, NS_SCALE = f"shoprank-promote-{RUN}", f"shoprank-scale-{RUN}"
+NS_PROMOTE, NS_SCALE, NS_TRITON = f"shoprank-promote-{RUN}", f"shoprank-scale-{RUN}", f"shoprank-triton-{RUN}"
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 SOURCE_URI = "internal.serving.kserve.io/storage-initializer-sourceuri"
 GPU_LABEL = ("nvidia.com/gpu.present", "true")
@@ -118,11 +122,15 @@ def isvc(cluster: Cluster, namespace: str, name: str = NAME) -> dict[str, Any]:
 
 
 def artefacts(base: Path, content: bytes) -> tuple[Path, Path, Path]:
-    """Stand-in optimised model + transform (the bundle version is a hash of the content)."""
+    """Stand-in optimised model (SavedModel, int8, ONNX export + Triton config) + transform (the bundle version
+    is a hash of the content)."""
     opt, tr = base / "optimized", base / "transform"
     (opt / "saved_model").mkdir(parents=True)
     (opt / "saved_model" / "saved_model.pb").write_bytes(b"pb " + content)
     (opt / "model.tflite").write_bytes(b"int8 " + content)
+    (opt / "onnx").mkdir()
+    (opt / "onnx" / "model.onnx").write_bytes(b"onnx " + content)
+    (opt / "onnx" / "config.pbtxt").write_text('backend: "onnxruntime"\n')
     tr.mkdir()
     (tr / "transform.json").write_text("{}")
     (tr / "catalogue.parquet").write_bytes(b"PAR1")
@@ -443,6 +451,60 @@ def test_promotion_takes_over_from_make_deploy_but_not_from_a_person(cluster: Cl
     live = isvc(cluster, NS_CPU)
     assert live["spec"]["predictor"]["maxReplicas"] == 12
     assert live["spec"]["predictor"]["model"]["storageUri"] == record["storage_uri"]
+
+
+# --- the Triton variant -----------------------------------------------------------------------------------------
+
+
+def test_gpu_triton_promotion_runs_triton_on_gpu_behind_the_transformer(cluster: Cluster, tmp_path_factory):
+    """`make deploy OVERLAY=gpu-triton`, then the promote step with serving_profile=gpu-triton: KServe's controller
+    makes a Triton predictor (KServe's own kserve-tritonserver runtime, on a GPU node) that loads the bundle's
+    triton/ model repository, and a transformer Deployment whose storage initializer fetches the bundle."""
+    runtime = kserve_crds.runtime_manifest("kserve-tritonserver")
+    cluster.kubectl("apply", "--server-side", "-f", str(runtime))  # a cluster-wide runtime, as KServe installs it
+    # The storage secret the model reader's ServiceAccount names (manifests/base says to create it). KServe's
+    # controller builds the transformer's storage initializer itself and refuses to reconcile without it
+    # ("secrets \"shoprank-storage\" not found"), where the predictor's is left to the pod webhook.
+    cluster.kubectl("create", "namespace", NS_TRITON, check=False)
+    cluster.kubectl("create", "secret", "generic", "shoprank-storage", "-n", NS_TRITON,
+                    "--from-literal=AWS_ACCESS_KEY_ID=test", "--from-literal=AWS_SECRET_ACCESS_KEY=test", check=False)
+    ensure_deployed(cluster, "gpu-triton", NS_TRITON)
+    tmp = tmp_path_factory.getbasetemp() / "triton"
+    record = promote(cluster.api_client, tmp, b"o1", namespace=NS_TRITON, name=NAME, profile="gpu-triton",
+                     transformer_image=SERVING_IMAGE)
+    assert (record["outcome"], record["action"]) == ("promoted", "patch"), record
+    bundle = record["storage_uri"]
+    repository = f"{bundle}/triton"
+    stored = tmp / "bucket" / "cluster-test" / NAME / record["version"]
+    assert (stored / "triton" / NAME / "1" / "model.onnx").read_bytes() == b"onnx o1"
+    assert (stored / "triton" / NAME / "config.pbtxt").is_file() and (stored / "transform").is_dir()
+    obj = isvc(cluster, NS_TRITON)
+    assert obj["spec"]["predictor"]["model"]["storageUri"] == repository
+    assert obj["spec"]["transformer"]["storageUris"][0]["uri"] == bundle
+    dep = wait_rolled_out(cluster, NS_TRITON, NAME, repository)
+    kinds = node_kinds(cluster)
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "tritonserver" and "--model-store=/mnt/models" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {kinds[p["spec"]["nodeName"]] for p in predictor_pods(cluster, NS_TRITON, NAME)
+            if p["metadata"]["labels"].get("component") == "predictor"} == {"gpu"}
+
+    def transformer_rolled_out():
+        got = cluster.kubectl("get", "deployment", f"{NAME}-transformer", "-n", NS_TRITON, "-o", "json", check=False)
+        if got.returncode:
+            return None
+        found = json.loads(got.stdout)
+        inits = found["spec"]["template"]["spec"].get("initContainers") or []
+        fetches = any(bundle in (c.get("args") or []) for c in inits)
+        ok, _ = rollout.deployment_rolled_out(found)
+        return found if ok and fetches else None
+    transformer = cluster.wait_for("the transformer Deployment fetching the bundle", transformer_rolled_out, 90)
+    spec = transformer["spec"]["template"]["spec"]
+    [main] = [c for c in spec["containers"] if c["name"] == "kserve-container"]
+    assert main["image"] == SERVING_IMAGE and "--model_dir=/mnt/models" in main["args"]
+    assert any(a.startswith("--predictor_host") for a in main["args"]), main["args"]  # KServe wires it to Triton
+    assert "nvidia.com/gpu" not in json.dumps(main["resources"])
+    cluster.wait_for("the InferenceService Ready", lambda: condition(isvc(cluster, NS_TRITON), "Ready") == "True", 90)
 
 
 # --- scale -------------------------------------------------------------------------------------------------------
