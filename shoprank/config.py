@@ -144,8 +144,8 @@ class TritonConfig:
 
     max_batch_size 0: Triton does not batch on its own, the tensors keep the shapes this server's tensor
     requests use ([rows] and [rows, length]), and the shoprank transformer in front of Triton does the
-    micro-batching. TensorRT runs as onnxruntime's execution provider; its engines are built at load time by
-    a warm-up request of `warmup_rows` rows (the transformer's largest batch, --max_batch_size), so no
+    micro-batching. TensorRT runs as onnxruntime's execution provider; its engine is built at load time by
+    warm-up requests of 1 and `warmup_rows` rows (the transformer's largest batch, --max_batch_size), so no
     client request waits for an engine build, and cached under `engine_cache_path` (a writable emptyDir).
     """
 

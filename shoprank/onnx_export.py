@@ -108,15 +108,19 @@ def triton_config(inputs: list[TensorInfo], outputs: list[TensorInfo], tc: Trito
         lines += ["optimization {", "  execution_accelerators {", "    gpu_execution_accelerator [",
                   "      {", '          name: "tensorrt"', body, "      }", "    ]", "  }", "}"]
     if tc.warmup_rows:
-        # Zero ids are the padding / first bucket of every input: a valid request of the largest batch size.
-        warm = []
-        for i in inputs:
-            dims = ", ".join(str(tc.warmup_rows if d < 0 else d) for d in i.dims)
-            warm.append(f'      inputs {{\n        key: "{i.name}"\n        value {{\n'
-                        f'          data_type: {i.triton_type}\n          dims: [ {dims} ]\n'
-                        '          zero_data: true\n        }\n      }')
-        lines += ["model_warmup [", "  {", f'    name: "rows_{tc.warmup_rows}"', "    batch_size: 1",
-                  *warm, "  }", "]"]
+        # Two requests, of 1 row and of the largest batch: TensorRT's engine is then built at load time for the
+        # whole range of row counts the transformer sends, and no client request waits for a rebuild. Zero ids
+        # are the padding / first bucket of every input: valid requests.
+        samples = []
+        for rows in sorted({1, tc.warmup_rows}):
+            warm = []
+            for i in inputs:
+                dims = ", ".join(str(rows if d < 0 else d) for d in i.dims)
+                warm.append(f'    inputs {{\n      key: "{i.name}"\n      value {{\n'
+                            f'        data_type: {i.triton_type}\n        dims: [ {dims} ]\n'
+                            '        zero_data: true\n      }\n    }')
+            samples.append("\n".join(["  {", f'    name: "rows_{rows}"', "    batch_size: 1", *warm, "  }"]))
+        lines += ["model_warmup [", ",\n".join(samples), "]"]
     return "\n".join(lines) + "\n"
 
 

@@ -85,11 +85,12 @@ def test_triton_config_is_a_model_config_that_matches_the_onnx_graph(repository)
     assert config["instance_group"] == [{"kind": "KIND_GPU", "count": 1}]
     [trt] = config["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
     assert trt["name"] == "tensorrt" and trt["parameters"]["precision_mode"] == "FP32"
-    [warmup] = config["model_warmup"]
-    rows = TritonConfig().warmup_rows
-    for i in infos[:len(INPUTS)]:
-        value = warmup["inputs"][i.name]
-        assert [int(d) for d in value["dims"]] == [rows, *i.dims[1:]] and value["zero_data"]
+    small, large = config["model_warmup"]  # the engine's shape range: 1 row to the transformer's largest batch
+    for warmup, rows in ((small, 1), (large, TritonConfig().warmup_rows)):
+        assert warmup["batch_size"] == 1 and sorted(warmup["inputs"]) == sorted(INPUTS)
+        for i in infos[:len(INPUTS)]:
+            value = warmup["inputs"][i.name]
+            assert [int(d) for d in value["dims"]] == [rows, *i.dims[1:]] and value["zero_data"]
 
 
 def test_the_config_parser_refuses_what_triton_would(tmp_path):
@@ -112,7 +113,7 @@ def test_triton_config_settings(tmp_path):
     config = parse_model_config(fp16)
     [trt] = config["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
     assert trt["parameters"]["precision_mode"] == "FP16"
-    assert [int(d) for d in config["model_warmup"][0]["inputs"]["query_tokens"]["dims"]] == [64, 6]
+    assert [int(d) for d in config["model_warmup"][1]["inputs"]["query_tokens"]["dims"]] == [64, 6]
     with pytest.raises(ValueError, match="triton.precision"):
         resolve_config("tiny", {"triton": {"precision": "INT8"}})
 
