@@ -13,6 +13,13 @@ of requests per cell, closed loop over keep-alive connections from a Go load gen
            options and bodies, 1 and 2 workers; e-stock on KServe's own REST route
   loadgen  the generator against its own in-process constant server: its ceiling on this machine
 
+The compute bound: the CPU a ranking request needs beyond the protocol floor, measured in process on the same
+requests, batched as the server batches them at c=32 (16 requests per call, one per connection of a worker):
+the int8 model alone (LiteRT invoke, 1 thread, as the server runs it) and the ranking path around it
+(Ranker.features + split_ranked). With F the floor's CPU per request at c=32 (server + generator: they share
+the cores), the best ratio the ranker can reach against the floor on this machine is about F / (F + model +
+transform); it is reported beside the measured ratio.
+
 All servers are started first and stay up (idle ones cost nothing); then each round measures every cell in
 turn, config after config, and the report gives per cell the median over the rounds (default 3). Interleaving
 keeps a change in background load on this shared 2-core machine from favouring whichever config ran first.
@@ -235,6 +242,49 @@ def in_process(ranker, requests: list[dict], n: int, k: int) -> Cell:
     return cell
 
 
+def compute_bound(ranker, requests: list[dict], n: int, k: int = 16) -> dict:
+    """CPU ms per request of the int8 model alone and of the ranking path around it, k requests per call."""
+    from shoprank.ranker import split_ranked
+
+    calls = max(1, n // k)
+    batches = []
+    for i in range(calls):
+        rs = [requests[(i * k + j) % len(requests)] for j in range(k)]
+        batches.append(([r["query"] for r in rs], [r["history"] for r in rs], [r["candidates"] for r in rs]))
+    for b in batches[:10]:  # warm-up
+        ranker.rank(*b)
+    model = transform = 0.0
+    for q, h, c in batches:
+        t0 = time.process_time()
+        tensors, unknown = ranker.features(q, h, c)
+        t1 = time.process_time()
+        scores = ranker.scorer.score(tensors)
+        t2 = time.process_time()
+        split_ranked(scores, unknown, c)
+        t3 = time.process_time()
+        model += t2 - t1
+        transform += (t1 - t0) + (t3 - t2)
+    per = calls * k
+    out = {"requests_per_call": k, "rows_per_call": sum(len(x) for x in batches[0][2]),
+           "model_cpu_ms": round(model / per * 1000, 4), "transform_cpu_ms": round(transform / per * 1000, 4)}
+    print(f"  compute: int8 model {out['model_cpu_ms']:.3f} ms CPU per request, ranking path around it "
+          f"{out['transform_cpu_ms']:.3f} ms ({k} requests of {len(requests[0]['candidates'])} candidates per call)",
+          flush=True)
+    return out
+
+
+def bound_vs_floor(cells: list[Cell], compute: dict, measured: float | None) -> dict | None:
+    """The best ratio to the floor that the model's and the transform's CPU allow at c=32 on this machine."""
+    floor = best(cells, ("e", "e2"), 32)
+    if floor is None or floor.server_cpu is None or floor.loadgen_cpu is None or not floor.rps:
+        return None
+    f = (floor.server_cpu + floor.loadgen_cpu) / floor.rps * 1000  # CPU ms per request, server + generator
+    m, t = compute["model_cpu_ms"], compute["transform_cpu_ms"]
+    return {"floor": f"{floor.config} {floor.rps:.0f} req/s", "floor_cpu_ms": round(f, 4), **compute,
+            "bound_ratio": round(f / (f + m + t), 3), "bound_ratio_model_only": round(f / (f + m), 3),
+            "measured_ratio": measured}
+
+
 # --- configurations -----------------------------------------------------------------------------------------
 def shoprank_server(name: str, bundle: Path, workers: int, extra: list[str], log_dir: Path,
                     module: str = "serving") -> Server:
@@ -344,11 +394,10 @@ def main() -> None:
     gen = loadgen(args.loadgen, "", bodies, 20000, 32, 1000, selftest=True)
     print(f"  loadgen self-test (c=32): {gen['rps']:.0f} req/s with generator + constant server in one process "
           f"using {gen['loadgen_cpu_share']:.2f} cores", flush=True)
-    ranker = None
-    if want("a"):
-        from shoprank.ranker import Ranker
+    from shoprank.ranker import Ranker
 
-        ranker = Ranker.load(bundle, "tflite", num_threads=1)
+    bound_ranker = Ranker.load(bundle, "tflite", num_threads=1)  # as the server runs it: 1 LiteRT thread
+    ranker = bound_ranker if want("a") else None
 
     servers: list[Server] = []
     if want("b"):
@@ -398,12 +447,15 @@ def main() -> None:
     cells = [median_cell(rounds[(name, c)]) for name in order for c in CONCURRENCY if (name, c) in rounds]
 
     targets = evaluate(cells)
+    compute = compute_bound(bound_ranker, requests, args.requests)
+    measured = targets.get("c32_vs_floor_same_server", {}).get("ratio")
+    bound = bound_vs_floor(cells, compute, measured)
     report = {
         "bundle": str(bundle), "requests_per_cell": args.requests, "candidates": args.candidates,
         "rounds": args.rounds,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
-        "loadgen_selftest": gen, "startup_to_ready_s": startup, "targets": targets,
+        "loadgen_selftest": gen, "startup_to_ready_s": startup, "targets": targets, "compute_bound": bound,
         "cells": [c.__dict__ for c in cells],
     }
     out.write_text(json.dumps(report, indent=2))
@@ -411,6 +463,13 @@ def main() -> None:
     print("\nstartup to ready (s): " + ", ".join(f"{k} {v}" for k, v in startup.items()))
     for k, v in targets.items():
         print(f"target {k}: {'MET' if v['met'] else 'MISSED'}  {v}")
+    if bound:
+        print(f"compute bound at c=32: the floor ({bound['floor']}) costs {bound['floor_cpu_ms']:.3f} ms CPU per "
+              f"request (server + generator), the int8 model alone {bound['model_cpu_ms']:.3f} ms, the ranking path "
+              f"around it {bound['transform_cpu_ms']:.3f} ms\n  -> best possible ratio vs the floor "
+              f"~ {bound['floor_cpu_ms']:.3f} / ({bound['floor_cpu_ms']:.3f} + {bound['model_cpu_ms']:.3f} + "
+              f"{bound['transform_cpu_ms']:.3f}) = {bound['bound_ratio']:.2f} (model alone, zero transform: "
+              f"{bound['bound_ratio_model_only']:.2f}); measured {bound['measured_ratio']}")
     print(f"\nwritten to {out}")
 
 

@@ -1,6 +1,6 @@
 """`python -m serving`: the shoprank KServe model server (v2 / Open Inference protocol, REST and gRPC).
 
-    python -m serving --model_name shoprank-ranker --model_dir BUNDLE [--backend tflite|savedmodel]
+    python -m serving --model_name shoprank-ranker --model_dir BUNDLE [--backend tflite|savedmodel|onnx]
                       [--http_port 8080] [--grpc_port 8081] [--workers N] [--max_batch_size ROWS]
                       [--max_batch_wait_ms MS] [--max_candidates N]
 
@@ -19,13 +19,14 @@ from serving.server import ShoprankModelServer
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser("shoprank model server (KServe v2)")
-    parser.add_argument("--backend", choices=["auto", "tflite", "savedmodel"], default="auto",
-                        help="auto: the int8 model when the bundle has model.tflite, else the SavedModel")
+    parser.add_argument("--backend", choices=["auto", "tflite", "savedmodel", "onnx"], default="auto",
+                        help="auto: the int8 model when the bundle has model.tflite, else the SavedModel; "
+                             "onnx: the ONNX export (triton/) through onnxruntime")
     parser.add_argument("--num_threads", type=int, default=1,
                         help="LiteRT threads per worker process (the batch is the parallelism that pays here)")
     parser.add_argument("--batch_in_thread", type=as_bool, default=None,
                         help="run model calls on a dedicated thread instead of the event loop "
-                             "(default: yes for savedmodel, no for tflite)")
+                             "(default: yes for savedmodel and onnx, no for tflite)")
     args = parser.parse_args(argv)
     configure_logging(access_log=args.access_log, trace_log=args.enable_latency_logging)
     model = ShoprankModel(args.model_name, args.model_dir, backend=None if args.backend == "auto" else args.backend,

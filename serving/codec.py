@@ -359,19 +359,21 @@ def _response_id(payload: InferRequest) -> str:
 
 
 def ranking_response(model_name: str, payload: InferRequest, scores: np.ndarray, ranking: list[str],
-                     unknown_items: list[str]) -> InferResponse:
+                     unknown_items: list[str], model_version: str | None = None) -> InferResponse:
     values = {SCORES: ("FP32", np.asarray(scores, dtype=np.float32)), RANKING: ("BYTES", ranking)}
     outputs = [_output(name, *values[name], binary) for name, binary in _wanted(payload, RANKING_OUTPUTS)]
     # v2 parameters are scalars: the list of unknown ids travels as a JSON string.
     params = {"unknown_count": len(unknown_items), "unknown_items": orjson.dumps(unknown_items).decode()}
     return InferResponse(response_id=_response_id(payload), model_name=model_name, infer_outputs=outputs,
-                         parameters=params)
+                         parameters=params, model_version=model_version or None)
 
 
-def tensor_response(model_name: str, payload: InferRequest, score: np.ndarray) -> InferResponse:
+def tensor_response(model_name: str, payload: InferRequest, score: np.ndarray,
+                    model_version: str | None = None) -> InferResponse:
     arr = np.asarray(score, dtype=np.float32).reshape(-1)
     outputs = [_output(name, "FP32", arr, binary) for name, binary in _wanted(payload, TENSOR_OUTPUTS)]
-    return InferResponse(response_id=_response_id(payload), model_name=model_name, infer_outputs=outputs)
+    return InferResponse(response_id=_response_id(payload), model_name=model_name, infer_outputs=outputs,
+                         model_version=model_version or None)
 
 
 def tensor_request(model_name: str, tensors: dict[str, np.ndarray], binary: bool = True) -> InferRequest:

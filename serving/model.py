@@ -80,6 +80,7 @@ class ShoprankModel(Model):
         self._batcher: MicroBatcher[Item] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._split_ranked: Any = None
+        self.version = ""  # the bundle's version (manifest.json), reported in metadata and infer responses
         self.needs_load = False  # set in a worker process: load before serving (see ShoprankRESTServer.run)
 
     # --- pickling for worker processes ------------------------------------------------------------------
@@ -114,17 +115,18 @@ class ShoprankModel(Model):
             from shoprank.ranker import split_ranked
 
             self._split_ranked = split_ranked
+            self.version = self.bundle_version()
             self.ranker = self._load_ranker()
             self.spec = TensorSpec.from_transform(self.ranker.transform)
             self._warm_up()
         except Exception as e:  # anything: a bad bundle must not crash-loop the pod
-            self.ranker, self.ready = None, False
+            self.ranker, self.ready, self.version = None, False, ""
             self.load_error = f"{type(e).__name__}: {e}"
             logger.error("model '%s' failed to load from %s (backend %s): %s", self.name, self.model_dir,
                          self.backend or "auto", self.load_error)
             return False
         self.load_error, self.ready = None, True
-        MODEL_INFO.labels(self.name, self.backend, self.bundle_version(), str(os.getpid())).set(1)
+        MODEL_INFO.labels(self.name, self.backend, self.version, str(os.getpid())).set(1)
         logger.info("model '%s' ready: backend %s, %d catalogue items, bundle %s, loaded in %.2fs", self.name,
                     self.backend, len(self.ranker.catalogue), self.model_dir, time.perf_counter() - t0)
         return True
@@ -182,11 +184,11 @@ class ShoprankModel(Model):
         if self._batcher is None:
             self._batcher = MicroBatcher(self._run_batch, self.batch_settings, self.name)
         if isinstance(req, RankingRequest):
-            scores, unknown = await self._batcher.submit(req, req.rows)
-            ranked = self._split_ranked(scores, unknown, [req.candidates])[0]
-            return ranking_response(self.name, payload, ranked.scores, ranked.ranking, ranked.unknown_items)
+            ranked = await self._batcher.submit(req, req.rows)
+            return ranking_response(self.name, payload, ranked.scores, ranked.ranking, ranked.unknown_items,
+                                    model_version=self.version)
         score = await self._batcher.submit(req, req.rows)
-        return tensor_response(self.name, payload, score)
+        return tensor_response(self.name, payload, score, model_version=self.version)
 
     def batch_tensors(self, items: list[Item]) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
         """Model tensors for a batch: all ranking requests through one `Ranker.features` call (the pipeline's
@@ -203,18 +205,18 @@ class ShoprankModel(Model):
         tensors = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in INPUTS}
         return tensors, unknown, n_rank
 
-    @staticmethod
-    def split_results(items: list[Item], scores: np.ndarray, unknown: np.ndarray, n_rank: int) -> list:
-        """One result per item, in item order: (scores, unknown mask) for a ranking, scores for tensors."""
-        out, r_off, t_off = [], 0, n_rank
+    def split_results(self, items: list[Item], scores: np.ndarray, unknown: np.ndarray, n_rank: int) -> list:
+        """One result per item, in item order: a RankedList for a ranking (all rankings of the batch sorted by
+        one `split_ranked` call), scores for tensors."""
+        rankings = [it.candidates for it in items if isinstance(it, RankingRequest)]
+        ranked = iter(self._split_ranked(scores[:n_rank], unknown, rankings) if rankings else ())
+        out, t_off = [], n_rank
         for it in items:
-            n = it.rows
             if isinstance(it, RankingRequest):
-                out.append((scores[r_off: r_off + n], unknown[r_off: r_off + n]))
-                r_off += n
+                out.append(next(ranked))
             else:
-                out.append(scores[t_off: t_off + n])
-                t_off += n
+                out.append(scores[t_off: t_off + it.rows])
+                t_off += it.rows
         return out
 
     def _score(self, tensors: dict[str, np.ndarray], rows: int) -> np.ndarray:
@@ -228,7 +230,8 @@ class ShoprankModel(Model):
         return self.split_results(items, self._score(tensors, sum(it.rows for it in items)), unknown, n_rank)
 
     async def _run_batch(self, items: list[Item]) -> list:
-        in_thread = self.batch_in_thread if self.batch_in_thread is not None else self.backend == "savedmodel"
+        # TensorFlow and onnxruntime release the GIL while they run: a thread lets the loop parse meanwhile.
+        in_thread = self.batch_in_thread if self.batch_in_thread is not None else self.backend != "tflite"
         if not in_thread:
             return self._batch_sync(items)
         if self._executor is None:

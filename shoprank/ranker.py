@@ -13,14 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
 
 from shoprank.inference import Scorer, load_scorer
-from shoprank.transform import ITEM_INPUTS, REQUEST_INPUTS, Catalogue, FeatureTransform, RawBatch
+from shoprank.transform import ITEM_INPUTS, Catalogue, FeatureTransform, RawBatch
 
-BACKENDS = {"tflite": "model.tflite", "savedmodel": "saved_model"}
+# Backend -> its model in a bundle. onnx: the ONNX export in the bundle's Triton model repository
+# (triton/<model name>/1/model.onnx), through onnxruntime: the same file Triton serves.
+BACKENDS = {"tflite": "model.tflite", "savedmodel": "saved_model", "onnx": "triton"}
 
 
 @dataclass
@@ -38,6 +41,11 @@ class Ranker:
         self._item_tensors = self._encode_catalogue()
         vocab = transform.vocabs["item"]
         self._item_known = np.fromiter((vocab.known(v) for v in catalogue.item_id), bool, len(catalogue))
+        self._item_unknown = ~self._item_known
+        # What the transform gives a history item that is in the catalogue, by catalogue row: its item, category
+        # and brand indices (the same look-ups as the candidate columns above), so a request's history is a gather.
+        t = self._item_tensors
+        self._history_of_row = np.ascontiguousarray(np.stack([t["item_id"], t["category"], t["brand"]], axis=1))
 
     def _encode_catalogue(self) -> dict[str, np.ndarray]:
         c = self.catalogue
@@ -59,21 +67,66 @@ class Ranker:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}', choose one of {sorted(BACKENDS)}")
         b = Path(bundle_dir)
-        return cls.from_paths(b / "transform", b / BACKENDS[backend], num_threads)
+        model = b / BACKENDS[backend]
+        if backend == "onnx":
+            found = sorted(model.glob("*/1/model.onnx"))
+            if len(found) != 1:
+                raise FileNotFoundError(f"{model} should hold one Triton model with 1/model.onnx, found "
+                                        f"{[str(f.relative_to(b)) for f in found]} (bundles without the ONNX "
+                                        "export have none)")
+            model = found[0]
+        return cls.from_paths(b / "transform", model, num_threads)
+
+    def _rows(self, ids) -> np.ndarray:
+        """Catalogue row per id (-1: not in the catalogue), one C-level pass over `ids`."""
+        return np.fromiter(map(self.catalogue.index.get, ids, repeat(-1)), np.int64)
+
+    def _histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """history_items, history_categories, history_brands of R requests as one (3, R, L) array: the last L
+        ids, right-aligned, 0-padded (FeatureTransform._sequence), looked up through the catalogue rows."""
+        length = self.transform.config.history_len
+        out = np.zeros((3, len(histories), length), np.int32)
+        recent = [h[-length:] for h in histories]
+        lens = np.fromiter(map(len, recent), np.int64, len(recent))
+        m = int(lens.sum())
+        if not m:
+            return out
+        flat = list(chain.from_iterable(recent))
+        rows = self._rows(flat)
+        vals = self._history_of_row[rows] if len(self.catalogue) else np.zeros((m, 3), np.int32)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:  # not in the catalogue: the item's own look-up (OOV bucket), no category or brand
+            lookup = self.transform.vocabs["item"].lookup
+            vals[missing] = [(lookup(flat[j]), 0, 0) for j in missing.tolist()]
+        ends = np.cumsum(lens)
+        req = np.repeat(np.arange(len(recent)), lens)
+        col = np.arange(m) - np.repeat(ends, lens) + length
+        out[:, req, col] = vals.T
+        return out
 
     def features(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
                  candidates: Sequence[Sequence[str]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Model tensors for a batch of requests and a mask of candidates unknown to the model."""
-        flat = [c for cands in candidates for c in cands]
-        rows = self.catalogue.rows(flat)
-        if (rows < 0).any():
+        """Model tensors for a batch of requests and a mask of candidates unknown to the model.
+
+        The same tensors as `FeatureTransform.transform` on the whole batch (tests/test_ranker.py checks it),
+        computed per request and per catalogue row instead of per candidate: the candidates' columns are rows
+        of the precomputed catalogue tensors, the query and history columns are computed once per request and
+        repeated over its candidates."""
+        counts = [len(c) for c in candidates]
+        rows = self._rows(chain.from_iterable(candidates))
+        if rows.size and rows.min() < 0:
             return self._features_full(queries, histories, candidates)
-        # Request-side tensors: one placeholder row per request through the same transform.
-        req_batch, _ = self.catalogue.batch(queries, histories, [[""] for _ in candidates])
-        req = self.transform.transform(req_batch)
-        rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
-        tensors = {k: req[k][rr] for k in REQUEST_INPUTS} | {k: v[rows] for k, v in self._item_tensors.items()}
-        return tensors, ~self._item_known[rows]
+        n = len(rows)
+        ql = self.transform.config.query_len
+        tokens = self.transform.tokens  # the transform's own tokeniser and its (bounded) cache
+        q = np.stack([tokens(s, ql) for s in queries]) if len(queries) else np.zeros((0, ql), np.int32)
+        hist = self._histories(histories)
+        rr = np.repeat(np.arange(len(counts)), counts)  # row -> request
+        tensors = {"query_tokens": np.take(q, rr, axis=0), "history_items": np.take(hist[0], rr, axis=0),
+                   "history_categories": np.take(hist[1], rr, axis=0), "history_brands": np.take(hist[2], rr, axis=0)}
+        for k, v in self._item_tensors.items():
+            tensors[k] = np.take(v, rows, axis=0) if n else v[:0]
+        return tensors, np.take(self._item_unknown, rows) if n else np.zeros(0, bool)
 
     def _features_full(self, queries, histories, candidates) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Every field through the transform (some candidates are not in the catalogue)."""
@@ -91,12 +144,18 @@ class Ranker:
 
 
 def split_ranked(scores: np.ndarray, unknown: np.ndarray, candidates: Sequence[Sequence[str]]) -> list[RankedList]:
-    """Cut flat per-row scores back into one ranked list per request."""
+    """Cut flat per-row scores back into one ranked list per request (a stable sort on the negated scores:
+    ties keep request order). Requests of one size, the usual batch, are sorted in one call."""
+    counts = [len(c) for c in candidates]
+    same = bool(counts) and counts[0] > 0 and counts.count(counts[0]) == len(counts)
+    orders = np.argsort(-scores.reshape(len(counts), counts[0]), axis=1, kind="stable") if same else None
+    any_unknown = bool(unknown.any())
     out, lo = [], 0
-    for cands in candidates:
-        hi = lo + len(cands)
+    for i, cands in enumerate(candidates):
+        hi = lo + counts[i]
         s = scores[lo:hi]
-        order = np.argsort(-s, kind="stable")
-        out.append(RankedList(s, [cands[i] for i in order], [c for c, u in zip(cands, unknown[lo:hi]) if u]))
+        order = orders[i] if same else np.argsort(-s, kind="stable")
+        unk = [c for c, u in zip(cands, unknown[lo:hi].tolist()) if u] if any_unknown else []
+        out.append(RankedList(s, [cands[j] for j in order.tolist()], unk))
         lo = hi
     return out

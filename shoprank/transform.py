@@ -134,7 +134,8 @@ class FeatureTransform:
         return {k: v.size for k, v in self.vocabs.items()} | {"price": len(self.price_edges) + 2}
 
     # --- the transform ------------------------------------------------------------------------
-    def _tokens(self, text: str, length: int) -> np.ndarray:
+    def tokens(self, text: str, length: int) -> np.ndarray:
+        """Token ids of `text`, cut or 0-padded to `length` (cached: queries repeat)."""
         key = (text, length)
         hit = self._token_cache.get(key)
         if hit is None:
@@ -163,12 +164,12 @@ class FeatureTransform:
     def transform(self, batch: RawBatch) -> dict[str, np.ndarray]:
         """Model tensors for every candidate row of `batch` (the one function, see module doc)."""
         rr = np.asarray(batch.row_request, dtype=np.int64)
-        q = np.stack([self._tokens(s, self.config.query_len) for s in batch.queries]) if len(batch.queries) \
+        q = np.stack([self.tokens(s, self.config.query_len) for s in batch.queries]) if len(batch.queries) \
             else np.zeros((0, self.config.query_len), np.int32)
         hist = self._sequence(batch.histories, self.vocabs["item"])
         hist_cat = self._sequence(batch.history_categories, self.vocabs["category"])
         hist_brand = self._sequence(batch.history_brands, self.vocabs["brand"])
-        titles = [self._tokens(s, self.config.title_len) for s in batch.title]
+        titles = [self.tokens(s, self.config.title_len) for s in batch.title]
         items, cats, brands = self.vocabs["item"], self.vocabs["category"], self.vocabs["brand"]
         return {
             "query_tokens": q[rr],

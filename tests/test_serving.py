@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import numpy as np
@@ -16,6 +17,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 
 from serving.codec import SCORE, Limits, join_bytes_tensor
 from serving.model import ShoprankModel, detect_backend
+from serving.rest import FastInferMiddleware, encode_response
 from serving.server import ShoprankModelServer, ShoprankRESTServer
 from shoprank.preprocess import load_split
 from shoprank.transform import INPUTS
@@ -336,3 +338,62 @@ def test_models_pickle_without_native_handles_and_reload(served):
     clone = pickle.loads(pickle.dumps(model))
     assert clone.needs_load and clone.ranker is None and clone.limits == model.limits
     assert clone.load() and clone.ready
+
+
+# --- the bundle's version -----------------------------------------------------------------------------------
+def test_the_bundle_version_is_in_the_metadata_and_every_infer_response(served, golden, tiny_bundle):
+    from shoprank.rollout import served_versions
+
+    version = json.loads((tiny_bundle["bundle_dir"] / "manifest.json").read_text())["version"]
+    assert re.fullmatch(r"v[0-9a-f]{12}", version)
+    meta = call(served, "GET", f"/v2/models/{NAME}").json()
+    assert meta["versions"] == [version] and served_versions(meta) == [version]
+    g = golden["requests"][0]
+    body = ranking_body(g["query"], g["user_id"], g["history"], g["candidates"])
+    # The lean route, JSON and binary outputs.
+    assert infer(served, body).json()["model_version"] == version
+    res = infer(served, {**body, "parameters": {"binary_data_output": True}})
+    head = orjson.loads(res.content[: int(res.headers["inference-header-content-length"])])
+    assert head["model_version"] == version
+    tensors, headers = tensor_body(golden["columns"], 0, 3, binary=False)
+    assert infer(served, tensors, headers=headers).json()["model_version"] == version
+    # KServe's own route: the app below the lean middleware (the rest of the middleware stack and the router).
+    inner = kserve_model_server.app.middleware_stack
+    while not isinstance(inner, FastInferMiddleware):
+        inner = inner.app
+    inner = inner.app
+
+    async def stock():
+        transport = httpx.ASGITransport(app=inner)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post(f"/v2/models/{NAME}/infer", content=orjson.dumps(body),
+                                     headers={"content-type": "application/json"})
+    res = served["loop"].run_until_complete(stock())
+    assert res.status_code == 200, res.text
+    assert res.json()["model_version"] == version
+    np.testing.assert_allclose(res.json()["outputs"][0]["data"], outputs(infer(served, body))["scores"]["data"])
+    assert served["models"][NAME].version == version
+    assert served_versions({"versions": [version, "1", None]}) == [version]
+
+
+def test_a_bundle_without_a_manifest_reports_no_version(tmp_path, tiny_bundle, golden):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle["bundle_dir"], copy)
+    (copy / "manifest.json").unlink()
+    model = ShoprankModel("no-manifest", copy, "tflite")
+    assert model.load(), model.load_error
+    assert model.version == ""
+    g = golden["requests"][0]
+    inputs = []
+    for name, values in (("query", [g["query"]]), ("user_id", [g["user_id"]]), ("candidates", g["candidates"])):
+        inputs.append(InferInput(name, [len(values)], "BYTES", data=values))
+    loop = asyncio.new_event_loop()
+    try:
+        response = loop.run_until_complete(model.predict(InferRequest("no-manifest", inputs, request_id="x")))
+        loop.run_until_complete(model.close())
+    finally:
+        loop.close()
+    assert isinstance(response, InferResponse) and response.model_version is None
+    assert "model_version" not in orjson.loads(encode_response(response)[0])

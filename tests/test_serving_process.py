@@ -87,12 +87,16 @@ def servers(tiny_bundle, tmp_path_factory):
     two = Server(logs / "two.log", "--model_dir", bundle, "--workers", "2", "--max_batch_wait_ms", "1500",
                  "--enable_grpc", "false")
     broken = Server(logs / "broken.log", "--model_dir", str(logs / "no-such-bundle"), "--enable_grpc", "false")
-    all_ = {"one": one, "two": two, "broken": broken}
+    # The ONNX export (the file Triton serves from the bundle's triton/ repository) on onnxruntime: the v2
+    # predictor the transformer is tested against in place of Triton, which cannot run here.
+    onnx = Server(logs / "onnx.log", "--model_dir", bundle, "--backend", "onnx", "--enable_grpc", "false")
+    all_ = {"one": one, "two": two, "broken": broken, "onnx": onnx}
     try:
         one.wait()
         two.wait()
+        onnx.wait()
         broken.wait("/v2/health/live")
-        yield all_
+        yield {**all_, "bundle": bundle}
     finally:
         for s in all_.values():
             s.stop()
@@ -119,6 +123,10 @@ def ranking_request(g: dict, binary: bool = False) -> InferRequest:
 
 def expected(golden: dict, g: dict) -> np.ndarray:
     return golden["scores"][g["test_rows"][0]: g["test_rows"][1]]
+
+
+def bundle_version(servers) -> str:
+    return json.loads((Path(servers["bundle"]) / "manifest.json").read_text())["version"]
 
 
 def run(coro):
@@ -157,8 +165,23 @@ def test_kserve_grpc_client(servers, golden):
         finally:
             await client.close()
 
+    version = bundle_version(servers)
     for g, res in run(go()):
         np.testing.assert_allclose(res.get_output_by_name("scores").as_numpy(), expected(golden, g), atol=TOL)
+        assert res.model_version == version
+
+
+def test_grpc_model_metadata_lists_the_bundle_version(servers):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    async def go():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['one'].grpc}") as channel:
+            return await GRPCInferenceServiceStub(channel).ModelMetadata(pb.ModelMetadataRequest(name=NAME))
+
+    meta = run(go())
+    assert meta.name == NAME and list(meta.versions) == [bundle_version(servers)]
+    assert {t.name for t in meta.inputs} >= {"query", "user_id", "history", "candidates", *INPUTS}
 
 
 def test_tritonclient_http(servers, golden):
@@ -268,9 +291,14 @@ def test_two_workers_serve_and_batch(servers, golden):
     for t in threads:
         t.join()
     assert len(results) == len(threads)
+    version = bundle_version(servers)
     for g, res in results:
         assert res.status_code == 200, res.text
         np.testing.assert_allclose(res.json()["outputs"][0]["data"], expected(golden, g), atol=TOL)
+        assert res.json()["model_version"] == version
+    for _ in range(4):  # every worker loaded the bundle itself: each reports its version
+        meta = httpx.get(f"{two.url}/v2/models/{NAME}", headers={"connection": "close"}).json()
+        assert meta["versions"] == [version]
     # Both workers served: /metrics is per worker, and fresh connections reach both (one socket each).
     served_by = {}
     for _ in range(16):
@@ -281,10 +309,14 @@ def test_two_workers_serve_and_batch(servers, golden):
     assert len(served_by) == 2 and all(n > 0 for n in served_by.values()), served_by
 
 
-@pytest.mark.parametrize("protocol", ["v2", "grpc-v2"])
-def test_transformer_scores_through_a_v2_predictor(servers, golden, tiny_bundle, protocol):
-    one = servers["one"]
+@pytest.mark.parametrize("predictor, protocol", [("one", "v2"), ("one", "grpc-v2"), ("onnx", "v2")])
+def test_transformer_scores_through_a_v2_predictor(servers, golden, tiny_bundle, predictor, protocol):
+    """The transformer's ranking and tensor requests through a v2 predictor serving the int8 model (REST,
+    gRPC) or the ONNX export; scores equal the evaluator's for that artefact."""
+    one = servers[predictor]
     host = f"127.0.0.1:{one.http if protocol == 'v2' else one.grpc}"
+    if predictor == "onnx":
+        golden = {**golden, "scores": np.load(tiny_bundle["optimized_dir"] / "scores_onnx.npy")}
     transformer = ShoprankTransformer("shoprank-transformer", tiny_bundle["bundle_dir"],
                                       PredictorConfig(host, protocol), predictor_model_name=NAME)
     assert transformer.load(), transformer.load_error
