@@ -52,6 +52,9 @@ RUNNER_ROLE = "shoprank-pipeline-runner"
 KFP_RUNNER_BINDING = "shoprank-pipeline-runner-kfp"
 KSERVE_GROUP = "serving.kserve.io"
 KSERVE_RESOURCES = ("inferenceservices", "servingruntimes")
+TRITON_OVERLAY = "gpu-triton"
+TRITON_RUNTIME = "kserve-tritonserver"  # shoprank.promotion.TRITON_RUNTIME
+STORAGE_SECRET = "shoprank-storage"  # named by manifests/base/model-reader-serviceaccount.yaml
 PROFILE_OF_OVERLAY = {"gpu": "gpu", "gpu-triton": "gpu-triton", "cpu": "cpu", "kind": "kind"}  # rollout.PROFILES
 
 
@@ -158,6 +161,9 @@ class Probes:
     kserve_error: str = ""
     namespace_exists: bool = True
     kfp_error: str | None = None  # None: not probed
+    # gpu-triton only (None: not probed, or not allowed to read it):
+    triton_runtime: bool | None = None  # KServe's kserve-tritonserver ClusterServingRuntime is installed
+    storage_secret: bool | None = None  # the secret the model reader's ServiceAccount names exists
 
 
 def _image_problems(image: str, env: str, hint: str) -> list[str]:
@@ -228,6 +234,16 @@ def _cluster_problems(opts: Options, probes: Probes) -> list[str]:
     elif missing:
         problems.append(f"KServe is not installed on context {probes.context!r}: no {', '.join(missing)} in "
                         f"{KSERVE_GROUP} (install KServe v0.20 in Standard mode; `make kind-up` does on kind)")
+    if opts.overlay == TRITON_OVERLAY:
+        if probes.triton_runtime is False:
+            problems.append(f"the {TRITON_RUNTIME} ClusterServingRuntime that {TRITON_OVERLAY} selects is not "
+                            "installed: apply KServe's cluster resources (kserve-cluster-resources.yaml of the "
+                            "release, or its config/runtimes)")
+        if probes.storage_secret is False:
+            problems.append(f"secret {STORAGE_SECRET} is missing in namespace {opts.namespace}: KServe's controller "
+                            f"refuses to reconcile {TRITON_OVERLAY}'s transformer (storageUris) without the secret "
+                            f"its ServiceAccount names; create it first (manifests/base/"
+                            "model-reader-serviceaccount.yaml says how)")
     if opts.dry_run and not probes.namespace_exists:
         problems.append(f"namespace {opts.namespace} does not exist: a dry run cannot create it "
                         f"(kubectl create namespace {opts.namespace}, or deploy without DRY_RUN)")
@@ -276,6 +292,13 @@ def kfp_healthz(host: str, timeout: float = 5.0) -> str:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _exists(proc: subprocess.CompletedProcess[str]) -> bool | None:
+    """True when kubectl found it, False when the API server says NotFound, None when it may not be read."""
+    if proc.returncode == 0:
+        return True
+    return False if "NotFound" in proc.stderr or "not found" in proc.stderr else None
+
+
 def probe(opts: Options) -> Probes:
     probes = Probes(kubectl=shutil.which("kubectl"))
     if probes.kubectl is None:
@@ -306,6 +329,11 @@ def probe(opts: Options) -> Probes:
             probes.kserve_error = proc.stderr.strip()
         probes.kserve_resources = {line.split(".")[0] for line in proc.stdout.split()}
         probes.namespace_exists = kubectl("get", "namespace", opts.namespace, check=False).returncode == 0
+        if opts.overlay == TRITON_OVERLAY and opts.command == "deploy":
+            probes.triton_runtime = _exists(kubectl("get", "clusterservingruntime", TRITON_RUNTIME, "-o", "name",
+                                                    check=False))
+            probes.storage_secret = False if not probes.namespace_exists else _exists(
+                kubectl("get", "secret", STORAGE_SECRET, "-n", opts.namespace, "-o", "name", check=False))
     if opts.uses_kfp and opts.kfp_host:
         probes.kfp_error = kfp_healthz(opts.kfp_host)
     return probes

@@ -133,6 +133,19 @@ def test_dry_run_needs_the_namespace_and_no_kfp():
     assert len(problems) == 1 and "dry run cannot create it" in problems[0]
 
 
+def test_gpu_triton_needs_tritons_runtime_and_the_storage_secret():
+    triton = opts(overlay="gpu-triton")
+    missing = Probes(**{**READY.__dict__, "triton_runtime": False, "storage_secret": False})
+    problems = cli.check_environment(triton, missing)
+    assert len(problems) == 2, problems
+    assert "kserve-tritonserver ClusterServingRuntime" in problems[0]
+    assert "secret shoprank-storage is missing" in problems[1] and "transformer" in problems[1]
+    present = Probes(**{**READY.__dict__, "triton_runtime": True, "storage_secret": True})
+    unreadable = Probes(**{**READY.__dict__, "triton_runtime": None, "storage_secret": None})  # Forbidden: not judged
+    assert cli.check_environment(triton, present) == cli.check_environment(triton, unreadable) == []
+    assert cli.check_environment(opts(overlay="gpu"), missing) == []  # other overlays do not use them
+
+
 def test_undeploy_needs_no_kserve():
     probes = Probes(kubectl="k", context="c", kfp_error="")
     assert cli.check_environment(opts("undeploy"), probes) == []

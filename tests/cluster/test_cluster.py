@@ -66,6 +66,18 @@ def deploy(cluster: Cluster, overlay: str, namespace: str, *extra: str) -> str:
 _deployed: set[tuple[str, str]] = set()
 
 
+def triton_prerequisites(cluster: Cluster, namespace: str) -> None:
+    """What `make deploy OVERLAY=gpu-triton` checks for: KServe's own kserve-tritonserver ClusterServingRuntime
+    (from the release's module, as KServe's cluster resources install it) and the storage secret the model
+    reader's ServiceAccount names (manifests/base says to create it). KServe's controller builds the
+    transformer's storage initializer itself and refuses to reconcile without that secret."""
+    runtime = kserve_crds.runtime_manifest("kserve-tritonserver")
+    cluster.kubectl("apply", "--server-side", "-f", str(runtime))
+    cluster.kubectl("create", "namespace", namespace, check=False)
+    cluster.kubectl("create", "secret", "generic", "shoprank-storage", "-n", namespace,
+                    "--from-literal=AWS_ACCESS_KEY_ID=test", "--from-literal=AWS_SECRET_ACCESS_KEY=test", check=False)
+
+
 def undeploy(cluster: Cluster, overlay: str, namespace: str) -> None:
     """`make undeploy`: the objects go, and so does the namespace deploy created (Terminating, then gone)."""
     proc = cluster.make("undeploy", f"OVERLAY={overlay}", f"NAMESPACE={namespace}", "KFP_UPLOAD=0")
@@ -181,6 +193,8 @@ def test_control_plane_nodes_crds_and_kserve_controller(cluster: Cluster):
 @pytest.mark.parametrize("overlay", cli.available_overlays())
 def test_every_overlay_passes_server_side_dry_run(cluster: Cluster, overlay: str):
     cluster.kubectl("create", "namespace", NS_DRY, check=False)
+    if overlay == "gpu-triton":
+        triton_prerequisites(cluster, NS_DRY)
     out = deploy(cluster, overlay, NS_DRY, "DRY_RUN=1")
     assert "dry run: the API server accepted all" in out
     # The same objects with plain (client-side) apply, as the issue words it.
@@ -460,14 +474,12 @@ def test_gpu_triton_promotion_runs_triton_on_gpu_behind_the_transformer(cluster:
     """`make deploy OVERLAY=gpu-triton`, then the promote step with serving_profile=gpu-triton: KServe's controller
     makes a Triton predictor (KServe's own kserve-tritonserver runtime, on a GPU node) that loads the bundle's
     triton/ model repository, and a transformer Deployment whose storage initializer fetches the bundle."""
-    runtime = kserve_crds.runtime_manifest("kserve-tritonserver")
-    cluster.kubectl("apply", "--server-side", "-f", str(runtime))  # a cluster-wide runtime, as KServe installs it
-    # The storage secret the model reader's ServiceAccount names (manifests/base says to create it). KServe's
-    # controller builds the transformer's storage initializer itself and refuses to reconcile without it
-    # ("secrets \"shoprank-storage\" not found"), where the predictor's is left to the pod webhook.
-    cluster.kubectl("create", "namespace", NS_TRITON, check=False)
-    cluster.kubectl("create", "secret", "generic", "shoprank-storage", "-n", NS_TRITON,
-                    "--from-literal=AWS_ACCESS_KEY_ID=test", "--from-literal=AWS_SECRET_ACCESS_KEY=test", check=False)
+    # Without the storage secret (KServe's controller would fail the transformer with `secrets
+    # "shoprank-storage" not found`, as this test found out), make deploy stops and says so.
+    refused = cluster.make("deploy", "OVERLAY=gpu-triton", f"NAMESPACE={NS_TRITON}", "KFP_UPLOAD=0",
+                           f"SERVING_IMAGE={SERVING_IMAGE}")
+    assert refused.returncode != 0 and "secret shoprank-storage is missing" in refused.stdout + refused.stderr
+    triton_prerequisites(cluster, NS_TRITON)
     ensure_deployed(cluster, "gpu-triton", NS_TRITON)
     tmp = tmp_path_factory.getbasetemp() / "triton"
     record = promote(cluster.api_client, tmp, b"o1", namespace=NS_TRITON, name=NAME, profile="gpu-triton",
