@@ -145,18 +145,20 @@ def compare_artefacts(baseline_dir: str | Path, optimized_dir: str | Path, featu
         paths["onnx"] = onnx_model
     k = config.evaluation.top_k
     out: dict[str, dict] = {}
+    scored: dict[str, np.ndarray] = {}
     for name, path in paths.items():
         t0 = time.perf_counter()
         scorer = load_scorer(path)
         scores = score_in_batches(scorer, columns, config.evaluation.batch_size)
         np.save(Path(optimized_dir) / f"scores_{name}.npy", scores)
+        scored[name] = scores
         m = evaluate_scores(test, scores, config)
         lat = {str(b): round(latency_ms(scorer, columns, b, config.optimize.latency_repeats), 4) for b in (1, 256)}
         out[name] = {"path": str(path), **artefact_size(path), "latency_ms": lat, "auc": m["auc"],
                      f"ndcg_at_{k}": m[f"ndcg_at_{k}"], "log_loss": m["log_loss"], "mrr": m["mrr"]}
         if name == "onnx":
-            reference = np.load(Path(optimized_dir) / "scores_optimized_savedmodel.npy")
-            out[name]["max_abs_diff_vs_optimized_savedmodel"] = float(np.abs(scores - reference).max())
+            diff = np.abs(scores - scored["optimized_savedmodel"]).max()
+            out[name]["max_abs_diff_vs_optimized_savedmodel"] = float(diff)
             progress(f"[optimize] onnx vs optimised SavedModel: max |score diff| "
                      f"{out[name]['max_abs_diff_vs_optimized_savedmodel']:.2e} over {len(scores):,} test rows")
         progress(f"[optimize] {name}: AUC {m['auc']:.4f}, NDCG@{k} {m[f'ndcg_at_{k}']:.4f}, "

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
 from shoprank.inference import Scorer, load_scorer
+from shoprank.onnx_export import MODEL_FILE, TRITON_DIR, TRITON_VERSION
 from shoprank.transform import ITEM_INPUTS, Catalogue, FeatureTransform, RawBatch
 
 # Backend -> its model in a bundle. onnx: the ONNX export in the bundle's Triton model repository
 # (triton/<model name>/1/model.onnx), through onnxruntime: the same file Triton serves.
-BACKENDS = {"tflite": "model.tflite", "savedmodel": "saved_model", "onnx": "triton"}
+BACKENDS = {"tflite": "model.tflite", "savedmodel": "saved_model", "onnx": TRITON_DIR}
 
 
 @dataclass
@@ -40,8 +41,7 @@ class Ranker:
         # then only transforms its query and history and gathers its candidates' rows.
         self._item_tensors = self._encode_catalogue()
         vocab = transform.vocabs["item"]
-        self._item_known = np.fromiter((vocab.known(v) for v in catalogue.item_id), bool, len(catalogue))
-        self._item_unknown = ~self._item_known
+        self._item_unknown = ~np.fromiter((vocab.known(v) for v in catalogue.item_id), bool, len(catalogue))
         # What the transform gives a history item that is in the catalogue, by catalogue row: its item, category
         # and brand indices (the same look-ups as the candidate columns above), so a request's history is a gather.
         t = self._item_tensors
@@ -69,17 +69,13 @@ class Ranker:
         b = Path(bundle_dir)
         model = b / BACKENDS[backend]
         if backend == "onnx":
-            found = sorted(model.glob("*/1/model.onnx"))
+            found = sorted(model.glob(f"*/{TRITON_VERSION}/{MODEL_FILE}"))
             if len(found) != 1:
-                raise FileNotFoundError(f"{model} should hold one Triton model with 1/model.onnx, found "
-                                        f"{[str(f.relative_to(b)) for f in found]} (bundles without the ONNX "
-                                        "export have none)")
+                raise FileNotFoundError(f"{model} should hold one Triton model with {TRITON_VERSION}/{MODEL_FILE}, "
+                                        f"found {[str(f.relative_to(b)) for f in found]} (bundles without the "
+                                        "ONNX export have none)")
             model = found[0]
         return cls.from_paths(b / "transform", model, num_threads)
-
-    def _rows(self, ids) -> np.ndarray:
-        """Catalogue row per id (-1: not in the catalogue), one C-level pass over `ids`."""
-        return np.fromiter(map(self.catalogue.index.get, ids, repeat(-1)), np.int64)
 
     def _histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """history_items, history_categories, history_brands of R requests as one (3, R, L) array: the last L
@@ -92,7 +88,7 @@ class Ranker:
         if not m:
             return out
         flat = list(chain.from_iterable(recent))
-        rows = self._rows(flat)
+        rows = self.catalogue.rows(flat)
         vals = self._history_of_row[rows] if len(self.catalogue) else np.zeros((m, 3), np.int32)
         missing = np.flatnonzero(rows < 0)
         if missing.size:  # not in the catalogue: the item's own look-up (OOV bucket), no category or brand
@@ -113,7 +109,7 @@ class Ranker:
         of the precomputed catalogue tensors, the query and history columns are computed once per request and
         repeated over its candidates."""
         counts = [len(c) for c in candidates]
-        rows = self._rows(chain.from_iterable(candidates))
+        rows = self.catalogue.rows(chain.from_iterable(candidates))
         if rows.size and rows.min() < 0:
             return self._features_full(queries, histories, candidates)
         n = len(rows)
