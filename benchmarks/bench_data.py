@@ -31,10 +31,10 @@ step, a, b, preset, overrides = sys.argv[1:6]
 config = resolve_config(preset, overrides)
 t0 = time.perf_counter()
 if step == "ingest":
-    from shoprank.ingest import ingest
+    from shoprank.data.ingest import ingest
     result = ingest(a, b, config)
 else:
-    from shoprank.preprocess import preprocess
+    from shoprank.features.preprocess import preprocess
     result = preprocess(a, b + "/features", b + "/transform", config, progress=lambda s: print(s, flush=True))
 print("RESULT " + json.dumps({"seconds": time.perf_counter() - t0, "result": result}, default=str), flush=True)
 """
@@ -66,7 +66,7 @@ def _du(path: Path) -> int:
 
 
 def bench_scale(n: int, runs: Path, keep: bool) -> dict:
-    from shoprank.sources.samples import write_event_log
+    from shoprank.data.sources.samples import write_event_log
 
     base = runs / f"events-{n}"
     src = base / "source"

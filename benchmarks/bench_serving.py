@@ -244,7 +244,7 @@ def in_process(ranker, requests: list[dict], n: int, k: int) -> Cell:
 
 def compute_bound(ranker, requests: list[dict], n: int, k: int = 16) -> dict:
     """CPU ms per request of the int8 model alone and of the ranking path around it, k requests per call."""
-    from shoprank.ranker import split_ranked
+    from shoprank.scoring.ranker import split_ranked
 
     calls = max(1, n // k)
     batches = []
@@ -394,7 +394,7 @@ def main() -> None:
     gen = loadgen(args.loadgen, "", bodies, 20000, 32, 1000, selftest=True)
     print(f"  loadgen self-test (c=32): {gen['rps']:.0f} req/s with generator + constant server in one process "
           f"using {gen['loadgen_cpu_share']:.2f} cores", flush=True)
-    from shoprank.ranker import Ranker
+    from shoprank.scoring.ranker import Ranker
 
     bound_ranker = Ranker.load(bundle, "tflite", num_threads=1)  # as the server runs it: 1 LiteRT thread
     ranker = bound_ranker if want("a") else None

@@ -1,4 +1,4 @@
-"""The peer for the serving benchmark: the same ranking function (shoprank.ranker.Ranker on the int8 model)
+"""The peer for the serving benchmark: the same ranking function (shoprank.scoring.ranker.Ranker on the int8 model)
 as a small custom MLServer runtime. Runs only in MLServer's own virtualenv (build/venv-mlserver, made by
 `make bench-serve`), because MLServer pins a FastAPI that KServe's does not accept.
 
@@ -15,7 +15,7 @@ from mlserver import MLModel
 from mlserver.errors import InferenceError
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
-from shoprank.ranker import Ranker
+from shoprank.scoring.ranker import Ranker
 
 
 def _strings(data) -> list[str]:

@@ -14,7 +14,7 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
     from pathlib import Path
 
     from shoprank.config import resolve_config
-    from shoprank.evaluate import evaluate_model
+    from shoprank.evaluation.evaluate import evaluate_model
     from shoprank.telemetry import stage
 
     config = resolve_config(preset, overrides)

@@ -9,7 +9,7 @@ def ingest(source: str, preset: str, overrides: str, raw_data: Output[Dataset]):
     """Land raw shop data as the shoprank tables: the synthetic shop ('synthetic'), a directory of tables,
     or a real dataset converted by its loader ('esci:<path or URI>', 'events:<path or URI>?preset=...')."""
     from shoprank.config import resolve_config
-    from shoprank.ingest import ingest as run
+    from shoprank.data.ingest import ingest as run
     from shoprank.telemetry import stage
 
     with stage("ingest") as rec:

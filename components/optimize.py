@@ -12,8 +12,8 @@ def optimize(preset: str, overrides: str, model: Input[Model], features: Input[D
     import json
 
     from shoprank.config import resolve_config
-    from shoprank.optimize import compare_artefacts
-    from shoprank.optimize import optimize as run
+    from shoprank.evaluation.compare import compare_artefacts
+    from shoprank.modeling.optimize import optimize as run
     from shoprank.telemetry import stage
 
     config = resolve_config(preset, overrides)

@@ -12,7 +12,7 @@ def preprocess(preset: str, overrides: str, raw_data: Input[Dataset], features: 
     from pathlib import Path
 
     from shoprank.config import resolve_config
-    from shoprank.preprocess import preprocess as run
+    from shoprank.features.preprocess import preprocess as run
     from shoprank.telemetry import stage
 
     with stage("preprocess"):

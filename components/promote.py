@@ -26,7 +26,7 @@ def promote(model_root: str, model_name: str, optimized_model: Input[Model], tra
     deploy_target "local" (the default, `make run`): publish to a local path and point LATEST at it.
     deploy_target "kserve": upload to s3://, gs:// or pvc:// and roll the InferenceService to the new version
     (server-side apply, canary in Knative mode, wait for Ready, smoke request, roll back on failure; see
-    shoprank.rollout). The serving_* values left at "", 0 or -1 come from the overlay named by
+    shoprank.release.kserve.rollout). The serving_* values left at "", 0 or -1 come from the overlay named by
     serving_profile (gpu, gpu-triton, cpu, kind); gpu-triton serves the ONNX export on KServe's Triton runtime
     (the bundle's triton/ model repository) behind the shoprank transformer (serving_transformer_image).
     The output metadata holds the previous and new versions and the outcome; an outcome of "failed" (refused,
@@ -39,11 +39,11 @@ def promote(model_root: str, model_name: str, optimized_model: Input[Model], tra
 
     with stage("promote"):
         if deploy_target == "local":
-            from shoprank.bundle import publish_bundle
+            from shoprank.release.bundle import publish_bundle
 
             record = publish_bundle(optimized_model.path, transform.path, summary.path, model_root, model_name)
         elif deploy_target == "kserve":
-            from shoprank.rollout import PromoteParams, promote_to_kserve
+            from shoprank.release.kserve.rollout import PromoteParams, promote_to_kserve
 
             params = PromoteParams(
                 profile=serving_profile, namespace=serving_namespace, gpu=serving_gpu,

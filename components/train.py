@@ -9,8 +9,8 @@ def train(preset: str, overrides: str, features: Input[Dataset], transform: Inpu
           model: Output[Model], train_metrics: Output[Metrics]):
     """Train the ranking model under the tf.distribute strategy the environment implies."""
     from shoprank.config import resolve_config
+    from shoprank.modeling.train import train as run
     from shoprank.telemetry import stage
-    from shoprank.train import train as run
 
     with stage("train"):
         result = run(features.path, transform.path, model.path, resolve_config(preset, overrides))

@@ -17,8 +17,8 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
     from pathlib import Path
 
     from shoprank.config import resolve_config
+    from shoprank.evaluation.gate import validate as run
     from shoprank.telemetry import stage
-    from shoprank.validate import validate as run
 
     config = resolve_config(preset, overrides)
     baseline = json.loads((Path(evaluation.path) / "evaluation.json").read_text())

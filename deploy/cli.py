@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 OVERLAYS_DIR = REPO / "manifests" / "overlays"
 COMPILED = REPO / "pipelines" / "compiled" / "shoprank_pipeline.yaml"
 FIELD_MANAGER = "shoprank-deploy"
-PROMOTE_MANAGER = "shoprank-promote"  # shoprank.rollout.FIELD_MANAGER (not imported: keep this CLI light)
+PROMOTE_MANAGER = "shoprank-promote"  # shoprank.release.kserve.rollout.FIELD_MANAGER (not imported: keep this CLI light)
 SERVING_IMAGE_NAME = "shoprank-serving"  # the image name the manifests use, replaced by --serving-image
 BASE_NAMESPACE = "shoprank"  # the namespace the manifests are written for
 CREATED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -53,7 +53,7 @@ KFP_RUNNER_BINDING = "shoprank-pipeline-runner-kfp"
 KSERVE_GROUP = "serving.kserve.io"
 KSERVE_RESOURCES = ("inferenceservices", "servingruntimes")
 TRITON_OVERLAY = "gpu-triton"
-TRITON_RUNTIME = "kserve-tritonserver"  # shoprank.promotion.TRITON_RUNTIME
+TRITON_RUNTIME = "kserve-tritonserver"  # shoprank.release.kserve.spec.TRITON_RUNTIME
 STORAGE_SECRET = "shoprank-storage"  # named by manifests/base/model-reader-serviceaccount.yaml
 PROFILE_OF_OVERLAY = {"gpu": "gpu", "gpu-triton": "gpu-triton", "cpu": "cpu", "kind": "kind"}  # rollout.PROFILES
 

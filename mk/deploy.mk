@@ -27,7 +27,7 @@ MODEL_PVC ?=
 DRY_RUN ?= 0
 RESET_ISVC ?= 0
 KIND_CLUSTER ?= shoprank
-# Pinned: KServe as tests/kserve_crds.py (CRD schemas the manifests are validated against); KFP as the
+# Pinned: KServe as tests/support/kserve_crds.py (CRD schemas the manifests are validated against); KFP as the
 # kfp-server-api the venv installs with kfp 2.17.3.
 KSERVE_VERSION ?= v0.20.0
 KFP_VERSION ?= 2.17.3

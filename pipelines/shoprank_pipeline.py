@@ -56,7 +56,7 @@ def shoprank_pipeline(
     """`preset` picks the size (tiny/small/default/large); `overrides` is JSON on top of it, e.g.
     {"optimize": {"target_sparsity": 0.7}}. `gpu_node_label` is key=value of the GPU nodes' label.
     `data_source`: "synthetic", a path or storage URI (s3://, gs://) of a directory with the shoprank tables,
-    "esci:<path or URI>[?locale=us]" or "events:<path or URI>[?preset=retailrocket|taobao]" (shoprank.sources).
+    "esci:<path or URI>[?locale=us]" or "events:<path or URI>[?preset=retailrocket|taobao]" (shoprank.data.sources).
     Returns the run summary (JSON).
 
     Promotion: `deploy_target` "local" publishes to the local path `model_root`; "kserve" uploads to

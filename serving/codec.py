@@ -7,7 +7,7 @@ requests share one validation path. Everything a client can get wrong raises `ks
 Two request kinds on one model:
   ranking  query (BYTES, one value, may be ""), user_id (BYTES or INT, one value), history (BYTES or INT,
            optional), candidates (BYTES or INT, 1..max_candidates)  ->  scores (FP32), ranking (BYTES)
-  tensor   the model's own input tensors (shoprank.transform.INPUTS, INT32)  ->  score (FP32)
+  tensor   the model's own input tensors (shoprank.features.transform.INPUTS, INT32)  ->  score (FP32)
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse, RequestedOutput
 
-from shoprank.transform import INPUTS, FeatureTransform
+from shoprank.features.transform import INPUTS, FeatureTransform, input_shapes
 
-# shoprank.model imports TensorFlow; it is imported where needed so that a worker process can unpickle the
+# shoprank.modeling.model imports TensorFlow; it is imported where needed so that a worker process can unpickle the
 # model (and answer KServe's liveness ping) before paying for that import.
-SCORE = "score"  # == shoprank.model.SCORE, checked by tests/test_serving.py
+SCORE = "score"  # == shoprank.layout.SCORE, checked by tests/serving/test_serving.py
 
 QUERY, USER_ID, HISTORY, CANDIDATES = "query", "user_id", "history", "candidates"
 RANKING_INPUTS = (QUERY, USER_ID, HISTORY, CANDIDATES)
@@ -61,8 +61,6 @@ class TensorSpec:
 
     @classmethod
     def from_transform(cls, transform: FeatureTransform) -> TensorSpec:
-        from shoprank.model import input_shapes
-
         sizes = transform.sizes
         return cls(shapes=input_shapes(transform.config), upper={k: int(sizes[v]) for k, v in _VOCAB_OF.items()})
 

@@ -35,19 +35,19 @@ from serving.codec import (
     ranking_response,
     tensor_response,
 )
-from shoprank.transform import INPUTS
+from shoprank.features.transform import INPUTS
 
 MODEL_INFO = Gauge("shoprank_model_info", "The bundle this worker process serves (value 1)",
                    ["model_name", "backend", "version", "pid"])
 
-# shoprank.ranker pulls in TensorFlow (via shoprank.model): imported in load(), not here, so that a spawned
+# shoprank.scoring.ranker pulls in TensorFlow (via shoprank.modeling.model): imported in load(), not here, so that a spawned
 # worker unpickles this class in about a second and answers KServe's 5-second liveness ping while it loads.
 Item = RankingRequest | TensorRequest
 
 
 def detect_backend(model_dir: str | Path) -> str:
     """The int8 model when the bundle has one (the CPU default), else the SavedModel."""
-    from shoprank.ranker import BACKENDS
+    from shoprank.scoring.ranker import BACKENDS
 
     d = Path(model_dir)
     if (d / BACKENDS["tflite"]).is_file():
@@ -74,7 +74,7 @@ class ShoprankModel(Model):
         # so handing batches to a thread only adds switches (measured: inline is 10-30% faster); TensorFlow
         # releases the GIL while it runs, so the SavedModel backend gets its own thread.
         self.batch_in_thread = batch_in_thread
-        self.ranker: Any = None  # shoprank.ranker.Ranker once loaded
+        self.ranker: Any = None  # shoprank.scoring.ranker.Ranker once loaded
         self.spec: TensorSpec | None = None
         self.load_error: str | None = None
         self._batcher: MicroBatcher[Item] | None = None
@@ -101,7 +101,7 @@ class ShoprankModel(Model):
 
     # --- lifecycle --------------------------------------------------------------------------------------
     def _load_ranker(self) -> Any:
-        from shoprank.ranker import Ranker
+        from shoprank.scoring.ranker import Ranker
 
         backend = self.backend or detect_backend(self.model_dir)
         self.backend = backend
@@ -112,7 +112,7 @@ class ShoprankModel(Model):
         t0 = time.perf_counter()
         self.needs_load = False
         try:
-            from shoprank.ranker import split_ranked
+            from shoprank.scoring.ranker import split_ranked
 
             self._split_ranked = split_ranked
             self.version = self.bundle_version()

@@ -62,7 +62,7 @@ class ShoprankDataPlane(DataPlane):
     async def model_metadata(self, model_name: str) -> dict:
         metadata = await super().model_metadata(model_name)
         version = getattr(self.get_model_from_registry(model_name), "version", "")
-        if version:  # the bundle's version (shoprank.rollout.served_versions reads it from here)
+        if version:  # the bundle's version (shoprank.release.kserve.rollout.served_versions reads it from here)
             metadata["versions"] = [version]
         return metadata
 

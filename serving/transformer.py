@@ -47,8 +47,8 @@ class ShoprankTransformer(ShoprankModel):
                 "limits": self.limits}
 
     def _load_ranker(self) -> Any:
-        from shoprank.ranker import Ranker
-        from shoprank.transform import Catalogue, FeatureTransform
+        from shoprank.features.transform import Catalogue, FeatureTransform
+        from shoprank.scoring.ranker import Ranker
 
         t = Path(self.model_dir) / "transform"
         # No local scorer: Ranker is used for its feature path (`features`), scores come from the predictor.

@@ -1,6 +1,6 @@
 """Documented table schemas: the contract between data sources, validation and preprocessing.
 
-Three tables, stored as parquet (`shoprank.sources` converts other layouts into them):
+Three tables, stored as parquet (`shoprank.data.sources` converts other layouts into them):
 
 * catalogue   one row per item: `item_id`, and optionally `title`, `category` ("top/leaf" path), `brand`,
               `price` (>= 0). Real catalogues lack fields (ESCI has no price or category, event logs often
@@ -14,7 +14,7 @@ Three tables, stored as parquet (`shoprank.sources` converts other layouts into 
               and `split` (train/validation/test: honoured by preprocess instead of the time split).
 
 A source may declare required columns it does not have at all ("absent", e.g. ESCI has no timestamps and
-no users): validation then does not require them (see `shoprank.sources`). Loaders may add two meta
+no users): validation then does not require them (see `shoprank.data.sources`). Loaders may add two meta
 columns: `_defect` (why a row could not be converted, e.g. invalid UTF-8; such rows are quarantined with
 that reason) and `_record` (the source row as JSON, for the quarantine file).
 """

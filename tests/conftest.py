@@ -26,7 +26,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory, tiny_config) -> Path:
-    from shoprank.data import generate
+    from shoprank.data.synthetic import generate
 
     out = tmp_path_factory.mktemp("raw")
     generate(tiny_config.data, out, progress=quiet)
@@ -35,7 +35,7 @@ def tiny_raw(tmp_path_factory, tiny_config) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_features(tmp_path_factory, tiny_raw, tiny_config) -> tuple[Path, Path, dict]:
-    from shoprank.preprocess import preprocess
+    from shoprank.features.preprocess import preprocess
 
     base = tmp_path_factory.mktemp("features")
     report = preprocess(tiny_raw, base / "features", base / "transform", tiny_config, progress=quiet, now=NOW)
@@ -44,7 +44,7 @@ def tiny_features(tmp_path_factory, tiny_raw, tiny_config) -> tuple[Path, Path, 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_features, tiny_config) -> Path:
-    from shoprank.train import train
+    from shoprank.modeling.train import train
 
     features, transform, _ = tiny_features
     out = tmp_path_factory.mktemp("model") / "model"
@@ -59,8 +59,9 @@ def tiny_bundle(tmp_path_factory, tiny_model, tiny_features, tiny_config) -> dic
     Returns bundle_dir, optimized_dir (with the scores), features_dir (golden_requests.json, test split)."""
     import json
 
-    from shoprank.bundle import publish_bundle
-    from shoprank.optimize import compare_artefacts, optimize
+    from shoprank.evaluation.compare import compare_artefacts
+    from shoprank.modeling.optimize import optimize
+    from shoprank.release.bundle import publish_bundle
 
     features, transform, _ = tiny_features
     base = tmp_path_factory.mktemp("bundle")

@@ -47,7 +47,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RECIPE_VERSION = "1"  # bump to force a rebuild when the build steps below change
 KSERVE_MODULE = "github.com/kserve/kserve"
-KSERVE_VERSION = "v0.20.0"  # tests/kserve_crds.py pins the same
+KSERVE_VERSION = "v0.20.0"  # tests/support/kserve_crds.py pins the same
 KSERVE_NAMESPACE = "kserve"
 GPU_LABEL = ("nvidia.com/gpu.present", "true")  # manifests/overlays/gpu/gpu-node-selector.yaml
 GPU_RESOURCE = "nvidia.com/gpu"

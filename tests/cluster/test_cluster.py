@@ -2,7 +2,7 @@
 
 In order: the cluster itself; every overlay through the API server's dry run; `make deploy` of the CPU and GPU
 overlays (KServe turns them into Deployments, Services and HPAs; the scheduler places the pods on the simulated
-nodes); the pipeline runner's RBAC as the API server decides it; the promote step (shoprank.rollout) creating,
+nodes); the pipeline runner's RBAC as the API server decides it; the promote step (shoprank.release.kserve.rollout) creating,
 patching, re-running, rolling back, and reporting an unschedulable GPU request, as admin and as the pipeline's
 own ServiceAccount; a scale check (100 GPU nodes, 20 InferenceServices); `make undeploy`.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,10 @@ from typing import Any
 import pytest
 
 from deploy import cli
-from shoprank import rollout
-from shoprank.model_store import LocalStore
-from shoprank.rollout import KServeApi, PromoteParams, RolloutConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kserve_crds  # noqa: E402
+from shoprank.release.kserve import rollout
+from shoprank.release.kserve.rollout import KServeApi, PromoteParams, RolloutConfig
+from shoprank.release.model_store import LocalStore
+from tests.support import kserve_crds  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -42,7 +39,7 @@ NS_PROMOTE, NS_SCALE, NS_TRITON = f"shoprank-promote-{RUN}", f"shoprank-scale-{R
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 SOURCE_URI = "internal.serving.kserve.io/storage-initializer-sourceuri"
 GPU_LABEL = ("nvidia.com/gpu.present", "true")
-# s3:// as in production; the test's object store is a local folder (shoprank.model_store.LocalStore). On kind,
+# s3:// as in production; the test's object store is a local folder (shoprank.release.model_store.LocalStore). On kind,
 # KServe's storage initializer gets a dummy credential secret and the simulated pods never run it.
 MODEL_ROOT = "s3://shoprank-models/cluster-test"
 OVERLAY_HPA = {"cpu": (1, 8, 70), "gpu": (1, 4, 60)}  # min, max, CPU target of manifests/overlays/*

@@ -1,0 +1,122 @@
+"""Evaluation: classification, ranking and per-category slice metrics for a set of scores."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shoprank.config import ShoprankConfig
+from shoprank.evaluation.metrics import (
+    calibration,
+    log_loss,
+    precision_recall_curve,
+    ranking_metrics,
+    roc_auc,
+    roc_curve,
+    threshold_metrics,
+)
+from shoprank.features.dataset import SplitData
+
+
+def _core(labels: np.ndarray, gains: np.ndarray, groups: np.ndarray, scores: np.ndarray,
+          config: ShoprankConfig) -> dict:
+    ec = config.evaluation
+    ranking = ranking_metrics(groups, gains, scores, ec.top_k)
+    out = {"auc": roc_auc(labels, scores), "log_loss": log_loss(labels, scores)}
+    out |= threshold_metrics(labels, scores, ec.threshold)
+    out |= {f"ndcg_at_{ec.top_k}": ranking["ndcg_at_k"], "mrr": ranking["mrr"],
+            f"recall_at_{ec.top_k}": ranking["recall_at_k"], "lists": ranking["lists"],
+            "rows": int(labels.size), "positive_rate": float(np.mean(labels))}
+    return out
+
+
+def evaluate_scores(split: SplitData, scores: np.ndarray, config: ShoprankConfig) -> dict:
+    """Metrics of `scores` on `split`, the oracle's metrics when the data carry an oracle, and slices."""
+    labels = np.asarray(split.column(config.train.label))
+    gains = np.asarray(split.column("gain"))
+    groups = np.asarray(split.column("request"))
+    metrics = _core(labels, gains, groups, scores, config)
+    oracle = np.asarray(split.column("oracle"))
+    if np.isfinite(oracle).all():
+        metrics["oracle"] = _core(labels, gains, groups, oracle, config)
+        gap = metrics["oracle"]["auc"] - 0.5
+        metrics["oracle_auc_share"] = (metrics["auc"] - 0.5) / gap if gap > 0 else float("nan")
+    tops = np.asarray(split.column("top_category"))
+    names = split.meta["top_categories"]
+    slices = {}
+    codes, sizes = np.unique(tops, return_counts=True)
+    # Real catalogues can have thousands of top categories: report the largest `max_slices`.
+    for code in np.sort(codes[np.argsort(-sizes, kind="stable")][: config.evaluation.max_slices]):
+        m = tops == code
+        slices[names[code]] = {"rows": int(m.sum()), "auc": roc_auc(labels[m], scores[m]),
+                               "positive_rate": float(labels[m].mean()), "mean_score": float(scores[m].mean())}
+    metrics["slices"] = slices
+    return metrics
+
+
+def curves(split: SplitData, scores: np.ndarray, config: ShoprankConfig) -> dict:
+    """Curve points for plots and the KFP ClassificationMetrics (ROC, PR, calibration, histogram)."""
+    labels = np.asarray(split.column(config.train.label))
+    fpr, tpr, thr = roc_curve(labels, scores, config.evaluation.roc_points)
+    recall, precision = precision_recall_curve(labels, scores, config.evaluation.roc_points)
+    pred, obs, count = calibration(labels, scores)
+    hist_pos, edges = np.histogram(scores[labels == 1], bins=40, range=(0, 1))
+    hist_neg, _ = np.histogram(scores[labels == 0], bins=40, range=(0, 1))
+    tm = threshold_metrics(labels, scores, config.evaluation.threshold)
+    return {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": thr.tolist()},
+            "pr": {"recall": recall.tolist(), "precision": precision.tolist()},
+            "calibration": {"predicted": pred.tolist(), "observed": obs.tolist(), "count": count.tolist()},
+            "histogram": {"edges": edges.tolist(), "positive": hist_pos.tolist(), "negative": hist_neg.tolist()},
+            "confusion": {"labels": ["no click", "click"], "matrix": [[tm["tn"], tm["fp"]], [tm["fn"], tm["tp"]]]}}
+
+
+def evaluate_model(model_path, features_dir, out_dir, config: ShoprankConfig, name: str = "baseline",
+                   progress=print) -> dict:
+    """Score the test split with a model artefact; write evaluation.json, curves.json, scores.npy and
+    report.html to `out_dir`. Returns {"metrics", "curves"}."""
+    import json
+    import time
+    from pathlib import Path
+
+    from shoprank.evaluation.report import (
+        calibration_figure,
+        histogram_figure,
+        pr_figure,
+        render,
+        roc_figure,
+        table_html,
+    )
+    from shoprank.features.dataset import load_split
+    from shoprank.features.transform import INPUTS
+    from shoprank.scoring.backends import load_scorer, score_in_batches
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    split = load_split(features_dir, "test")
+    scorer = load_scorer(model_path)
+    scores = score_in_batches(scorer, {k: split.column(k) for k in INPUTS}, config.evaluation.batch_size)
+    metrics = evaluate_scores(split, scores, config)
+    curve = {name: curves(split, scores, config)}
+    oracle = np.asarray(split.column("oracle"))
+    if np.isfinite(oracle).all():
+        curve["oracle"] = curves(split, oracle, config)
+    np.save(out / "scores.npy", scores)
+    (out / "evaluation.json").write_text(json.dumps(metrics, indent=2))
+    (out / "curves.json").write_text(json.dumps(curve))
+    k = config.evaluation.top_k
+    oracle_m = metrics.get("oracle", {})
+    rows = [(m, f"{metrics[m]:.4f}", f"{oracle_m[m]:.4f}" if m in oracle_m else "-")
+            for m in ("auc", "log_loss", f"ndcg_at_{k}", "mrr", f"recall_at_{k}", "accuracy", "precision",
+                      "recall", "f1")]
+    slices = [(s, v["rows"], f"{v['auc']:.4f}", f"{v['positive_rate']:.3f}") for s, v in metrics["slices"].items()]
+    html_page = render(
+        f"shoprank evaluation: {name}",
+        [("Test metrics", table_html(rows, ["metric", name, "oracle"])),
+         ("Slices by top-level category", table_html(slices, ["category", "rows", "AUC", "click rate"]))],
+        [roc_figure(curve), pr_figure(curve), calibration_figure(curve), histogram_figure(curve[name], name)],
+        metrics)
+    (out / "report.html").write_text(html_page)
+    progress(f"[evaluate] {name}: AUC {metrics['auc']:.4f}, NDCG@{k} {metrics[f'ndcg_at_{k}']:.4f}"
+             + (f", oracle AUC {metrics['oracle']['auc']:.4f}" if "oracle" in metrics else "")
+             + f" on {split.rows:,} test rows ({time.perf_counter() - t0:.1f}s)")
+    return {"metrics": metrics, "curves": curve}

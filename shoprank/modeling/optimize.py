@@ -1,0 +1,124 @@
+"""Optimisation for deployment: magnitude pruning while fine-tuning, then full-int8 post-training
+quantisation to TFLite. Produces the optimised SavedModel (GPU serving) and the int8 model (CPU)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from shoprank.config import ShoprankConfig
+from shoprank.features.dataset import SplitData, load_split
+from shoprank.features.transform import INPUTS
+from shoprank.layout import MODEL_FILE, ONNX_DIR, SAVED_MODEL_DIR, SCORE, SIGNATURE, TFLITE_FILE
+from shoprank.modeling._tf import keras, tf
+from shoprank.modeling.model import load_keras_model, save_model_bundle
+from shoprank.modeling.train import ProgressLogger, compile_model, make_dataset
+
+Progress = Callable[[str], None]
+PRUNABLE = (keras.layers.Embedding, keras.layers.Conv1D, keras.layers.Dense)
+
+
+def _tfmot():
+    import tensorflow_model_optimization as tfmot  # after shoprank.modeling._tf: tf_keras is already chosen
+
+    return tfmot
+
+
+def is_prunable(layer, min_params: int) -> bool:
+    """Embedding, Conv1D and Dense layers with at least `min_params` weights, except the output layer."""
+    return (isinstance(layer, PRUNABLE) and layer.name != SCORE
+            and int(np.prod(layer.get_weights()[0].shape)) >= min_params)
+
+
+def sparsity_report(model: keras.Model, min_params: int = 0) -> dict[str, dict]:
+    """Share of zero weights per prunable layer's kernel / embedding table, and over those layers."""
+    layers, zeros, total = {}, 0, 0
+    for layer in model.layers:
+        if not is_prunable(layer, min_params):
+            continue
+        w = layer.get_weights()[0]
+        z = int((w == 0).sum())
+        layers[layer.name] = {"params": int(w.size), "sparsity": round(z / w.size, 4)}
+        zeros, total = zeros + z, total + w.size
+    all_params = sum(int(np.prod(w.shape)) for w in model.get_weights())
+    return {"layers": layers, "overall": round(zeros / max(total, 1), 4), "pruned_params": int(total),
+            "zero_share_of_all_weights": round(zeros / max(all_params, 1), 4)}
+
+
+def prune(model_dir: str | Path, features_dir: str | Path, config: ShoprankConfig,
+          progress: Progress = print) -> keras.Model:
+    """Fine-tune a copy of the trained model under a PolynomialDecay sparsity schedule; strip wrappers."""
+    tfmot = _tfmot()
+    oc, tc = config.optimize, config.train
+    keras.utils.set_random_seed(tc.seed + 1)
+    # A fresh model built from the saved weights: pruning wraps layers in place, so never the baseline.
+    base = load_keras_model(model_dir)
+    train_split, val_split = load_split(features_dir, "train"), load_split(features_dir, "validation")
+    steps = -(-train_split.rows // tc.batch_size) * oc.finetune_epochs
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=oc.target_sparsity, begin_step=0,
+        end_step=max(1, int(steps * oc.pruning_end)), frequency=max(1, min(oc.pruning_frequency, steps // 10 or 1)))
+
+    def wrap(layer):
+        if is_prunable(layer, oc.min_prunable_params):
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    pruned = keras.models.clone_model(base, clone_function=wrap)
+    compile_model(pruned, oc.finetune_learning_rate)
+    progress(f"[optimize] pruning to {oc.target_sparsity:.0%} sparsity over {steps} fine-tuning steps")
+    logger = ProgressLogger(progress, train_split.rows, tc.batch_size, stage="optimize")
+    pruned.fit(make_dataset(train_split, tc.label, tc.batch_size, True, tc.seed + 1, config.features),
+               validation_data=make_dataset(val_split, tc.label, tc.batch_size, False, tc.seed, config.features),
+               epochs=oc.finetune_epochs, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), logger], verbose=0)
+    return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+def representative_batches(split: SplitData, n_batches: int, batch_size: int = 64, seed: int = 0):
+    """Random training batches for calibrating int8 activation ranges."""
+    rng = np.random.default_rng(seed)
+    cols = {k: split.column(k) for k in INPUTS}
+    for _ in range(n_batches):
+        idx = np.sort(rng.choice(split.rows, size=min(batch_size, split.rows), replace=False))
+        yield {k: np.asarray(v[idx], dtype=np.int32) for k, v in cols.items()}
+
+
+def to_int8_tflite(saved_model_dir: str | Path, split: SplitData, config: ShoprankConfig) -> bytes:
+    """Full-integer quantisation: int8 weights and activations; int token inputs stay int32."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[SIGNATURE])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: representative_batches(
+        split, config.optimize.representative_batches, seed=config.train.seed)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def optimize(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, config: ShoprankConfig,
+             progress: Progress = print) -> dict:
+    """Prune + fine-tune, export the optimised bundle to out_dir/, and model.tflite beside it."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    stripped = prune(model_dir, features_dir, config, progress)
+    meta = json.loads((Path(model_dir) / "model.json").read_text())
+    save_model_bundle(stripped, meta["sizes"], config.model, config.features, out)
+    sparsity = sparsity_report(stripped, config.optimize.min_prunable_params)
+    progress(f"[optimize] pruned: overall sparsity {sparsity['overall']:.3f} ({time.perf_counter() - t0:.1f}s)")
+    tq = time.perf_counter()
+    tflite = to_int8_tflite(out / SAVED_MODEL_DIR, load_split(features_dir, "train"), config)
+    (out / TFLITE_FILE).write_bytes(tflite)
+    progress(f"[optimize] int8 TFLite: {len(tflite):,} bytes ({time.perf_counter() - tq:.1f}s)")
+    if config.optimize.export_onnx:
+        from shoprank.modeling.onnx_export import export_for_triton
+
+        to = time.perf_counter()
+        onnx_dir = export_for_triton(out / SAVED_MODEL_DIR, out / ONNX_DIR, config.optimize.onnx_opset, config.triton)
+        progress(f"[optimize] ONNX export (opset {config.optimize.onnx_opset}) + Triton config: "
+                 f"{(onnx_dir / MODEL_FILE).stat().st_size:,} bytes ({time.perf_counter() - to:.1f}s)")
+    result = {"sparsity": sparsity, "parameters": int(stripped.count_params()),
+              "seconds": round(time.perf_counter() - t0, 2)}
+    (out / "optimization.json").write_text(json.dumps(result, indent=2))
+    return result

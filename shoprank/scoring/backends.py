@@ -1,0 +1,151 @@
+"""Scoring backends over model tensors: the SavedModel signature (GPU path), int8 TFLite via LiteRT
+(CPU default) and the ONNX export via onnxruntime (what Triton runs). The evaluator, the blessing gate and
+the model server all score through these."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import statistics
+import tarfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from shoprank.features.transform import INPUTS
+from shoprank.layout import SCORE, SIGNATURE
+
+
+class Scorer(Protocol):
+    backend: str
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def _tensorflow():
+    """TensorFlow, imported only when the SavedModel backend is asked for (the int8 and ONNX paths never load it),
+    with the same Keras choice as shoprank.modeling._tf (which this layer may not import)."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+class SavedModelScorer:
+    backend = "savedmodel"
+
+    def __init__(self, path: str | Path):
+        tf = _tensorflow()
+        self.path = Path(path)
+        self._tf = tf
+        self._loaded = tf.saved_model.load(str(self.path))
+        self._fn = self._loaded.signatures[SIGNATURE]
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        tf = self._tf
+        out = self._fn(**{k: tf.convert_to_tensor(features[k], tf.int32) for k in INPUTS})
+        return out[SCORE].numpy().astype(np.float32, copy=False)
+
+
+class TFLiteScorer:
+    """LiteRT interpreter over the int8 model. Not thread-safe: callers serialise calls per instance.
+
+    Picklable (the interpreter is a native handle): a worker process reloads it from `path`.
+    """
+
+    backend = "tflite"
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        self.path = Path(path)
+        self.num_threads = num_threads
+        self._load()
+
+    def _load(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        threads = self.num_threads or min(4, os.cpu_count() or 1)
+        self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        self._runner = self._interpreter.get_signature_runner(SIGNATURE)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "num_threads": self.num_threads}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._load()
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        out = self._runner(**{k: np.ascontiguousarray(features[k], dtype=np.int32) for k in INPUTS})
+        return np.asarray(out[SCORE], dtype=np.float32).reshape(-1)
+
+
+class OnnxScorer:
+    """onnxruntime on CPU over the ONNX export: what Triton's onnxruntime backend runs, minus the GPU."""
+
+    backend = "onnx"
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads or min(4, os.cpu_count() or 1)
+        self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        out = self._session.run([SCORE], {k: np.ascontiguousarray(features[k], dtype=np.int32) for k in INPUTS})
+        return np.asarray(out[0], dtype=np.float32).reshape(-1)
+
+
+def load_scorer(path: str | Path, num_threads: int | None = None) -> Scorer:
+    p = Path(path)
+    if p.suffix == ".tflite":
+        return TFLiteScorer(p, num_threads)
+    if p.suffix == ".onnx":
+        return OnnxScorer(p, num_threads)
+    return SavedModelScorer(p)
+
+
+def score_in_batches(scorer: Scorer, columns: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+    n = len(columns[INPUTS[0]])
+    out = np.empty(n, dtype=np.float32)
+    for lo in range(0, n, batch_size):
+        out[lo: lo + batch_size] = scorer.score({k: np.asarray(v[lo: lo + batch_size]) for k, v in columns.items()})
+    return out
+
+
+def latency_ms(scorer: Scorer, columns: dict[str, np.ndarray], batch_size: int, repeats: int) -> float:
+    """Median wall time of one call at `batch_size` rows, after warm-up (never Keras predict())."""
+    batch = {k: np.ascontiguousarray(v[:batch_size]) for k, v in columns.items()}
+    for _ in range(3):
+        scorer.score(batch)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        scorer.score(batch)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def artefact_size(path: str | Path) -> dict[str, int]:
+    """Bytes on disk and gzip bytes (a SavedModel directory is tarred in a fixed order first)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        raw = sum(f.stat().st_size for f in files)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for f in files:
+                info = tar.gettarinfo(str(f), arcname=str(f.relative_to(p)))
+                info.mtime = 0
+                with open(f, "rb") as fh:
+                    tar.addfile(info, fh)
+        data = buf.getvalue()
+    else:
+        data = p.read_bytes()
+        raw = len(data)
+    return {"bytes": raw, "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0))}

@@ -1,0 +1,79 @@
+"""Model, pruning and quantisation on the tiny shop (TensorFlow; about a minute)."""
+
+import numpy as np
+import pytest
+
+from shoprank.evaluation.blessing import bless
+from shoprank.evaluation.compare import compare_artefacts
+from shoprank.evaluation.metrics import roc_auc
+from shoprank.features.dataset import load_split
+from shoprank.features.transform import INPUTS
+from shoprank.modeling.model import load_keras_model
+from shoprank.modeling.optimize import optimize, sparsity_report
+from shoprank.modeling.train import train
+from shoprank.scoring.backends import SavedModelScorer, TFLiteScorer, score_in_batches
+from tests.conftest import quiet
+
+
+@pytest.fixture(scope="module")
+def optimized(tmp_path_factory, tiny_model, tiny_features, tiny_config):
+    features, _, _ = tiny_features
+    out = tmp_path_factory.mktemp("optimized")
+    result = optimize(tiny_model, features, out, tiny_config, progress=quiet)
+    return out, result
+
+
+def test_trained_model_learns_something(tiny_model, tiny_features, tiny_config):
+    features, _, _ = tiny_features
+    test = load_split(features, "test")
+    scores = score_in_batches(SavedModelScorer(tiny_model / "saved_model"), {k: test.column(k) for k in INPUTS}, 512)
+    assert roc_auc(np.asarray(test.column("clicked")), scores) > 0.58  # chance is 0.5, the oracle ~0.84
+    assert np.isfinite(scores).all() and ((scores > 0) & (scores < 1)).all()
+
+
+def test_pruning_reaches_target_sparsity_and_keeps_baseline_intact(optimized, tiny_model, tiny_config):
+    out, result = optimized
+    target = tiny_config.optimize.target_sparsity
+    assert result["sparsity"]["overall"] == pytest.approx(target, abs=0.02)
+    for name, layer in result["sparsity"]["layers"].items():
+        if layer["params"] >= 100:
+            assert layer["sparsity"] >= target - 0.05, name
+    # The trained baseline is untouched (pruning works on a copy).
+    assert sparsity_report(load_keras_model(tiny_model))["overall"] < 0.05
+
+
+def test_int8_model_tracks_the_float_model(optimized, tiny_features):
+    out, _ = optimized
+    features, _, _ = tiny_features
+    test = load_split(features, "test")
+    cols = {k: test.column(k) for k in INPUTS}
+    float_scores = score_in_batches(SavedModelScorer(out / "saved_model"), cols, 512)
+    int8_scores = score_in_batches(TFLiteScorer(out / "model.tflite"), cols, 300)
+    assert np.corrcoef(float_scores, int8_scores)[0, 1] > 0.98
+    assert np.abs(float_scores - int8_scores).max() < 0.1
+    # Batch size does not change a row's score (the server batches requests together).
+    one = TFLiteScorer(out / "model.tflite").score({k: np.asarray(v[:1]) for k, v in cols.items()})
+    assert one[0] == pytest.approx(int8_scores[0], abs=1e-6)
+
+
+def test_tflite_scorer_survives_pickling(optimized, tiny_features):
+    """Server workers get the scorer pickled: the native interpreter is reloaded, not copied."""
+    import pickle
+
+    out, _ = optimized
+    batch = load_split(tiny_features[0], "test").features(slice(0, 7))
+    s = TFLiteScorer(out / "model.tflite")
+    s2 = pickle.loads(pickle.dumps(s))
+    np.testing.assert_array_equal(s.score(batch), s2.score(batch))
+
+
+def test_model_trained_on_shuffled_labels_is_not_blessed(tmp_path, tiny_features, tiny_config):
+    features, _, _ = tiny_features
+    _, transform, _ = tiny_features
+    model = tmp_path / "model"
+    train(features, transform, model, tiny_config, progress=quiet, shuffle_labels=True)
+    optimize(model, features, tmp_path / "opt", tiny_config, progress=quiet)
+    arts = compare_artefacts(model, tmp_path / "opt", features, tiny_config, progress=quiet)
+    b = bless(arts, {"tflite": 0.0, "savedmodel": 0.0}, tiny_config.blessing)
+    assert not b.blessed
+    assert any("floor" in r for r in b.reasons)

@@ -1,0 +1,36 @@
+"""The whole pipeline through kfp.local on the tiny shop, exactly as `make run` runs it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines.run_local import run, summary_table
+from shoprank.scoring.ranker import Ranker
+
+pytestmark = pytest.mark.integration
+
+
+def test_local_pipeline_run_produces_summary_and_promoted_bundle(tmp_path):
+    summary = run("tiny", "{}", "synthetic", tmp_path, run_id="it")
+    on_disk = json.loads((tmp_path / "latest" / "summary.json").read_text())
+    assert on_disk == summary
+    for key in ("baseline", "optimized", "oracle"):
+        assert 0.5 < summary[key]["auc"] <= 1.0, key
+        assert 0.0 < summary[key]["ndcg_at_10"] <= 1.0, key
+    for artefact in ("baseline_savedmodel", "optimized_savedmodel", "int8_tflite"):
+        assert summary["sizes"][artefact]["gzip_bytes"] > 0
+        assert set(summary["latency_ms"][artefact]) == {"1", "256"}
+    assert summary["sizes"]["int8_tflite"]["gzip_bytes"] < summary["sizes"]["baseline_savedmodel"]["gzip_bytes"]
+    assert isinstance(summary["blessed"], bool) and summary["blessing_reasons"]
+    assert {s["stage"] for s in summary["stages"]} >= {"ingest", "preprocess", "train", "evaluate", "optimize",
+                                                       "validate"}
+    assert (tmp_path / "latest" / "report.html").read_text().count("data:image/png") >= 4
+    assert "blessed:" in summary_table(summary)
+    if summary["blessed"]:
+        ranker = Ranker.load(summary["bundle_dir"], "tflite")
+        ranked = ranker.rank(["shoe"], [[]], [["i0000001", "i0000002", "not-an-item"]])[0]
+        assert ranked.scores.dtype == np.float32 and len(ranked.ranking) == 3
+        assert ranked.unknown_items == ["not-an-item"]
+    else:
+        pytest.fail(f"tiny run not blessed: {summary['blessing_reasons']}")

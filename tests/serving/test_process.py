@@ -1,0 +1,384 @@
+"""The real server as a process on free loopback ports, called with real clients: kserve.InferenceRESTClient
+(v2), kserve.InferenceGRPCClient and tritonclient.http. Scores equal the evaluator's for the golden rows; every
+bad input gets its 4xx while the server keeps serving; two workers; the transformer in front of the server as
+its predictor (REST and gRPC); a bundle that fails to load; SIGTERM with requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import orjson
+import pytest
+from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
+from kserve.predictor_config import PredictorConfig
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+
+from serving.codec import SCORE
+from serving.transformer import ShoprankTransformer
+from shoprank.features.dataset import load_split
+from shoprank.features.transform import INPUTS
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "shoprank-ranker"
+TOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, log: Path, *args: str, module: str = "serving"):
+        self.http, self.grpc = free_port(), free_port()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--model_name", NAME, "--http_port", str(self.http),
+             "--grpc_port", str(self.grpc), *args],
+            cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http}"
+
+    def wait(self, path: str = "/v2/health/ready", timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited early:\n{self.log.read_text()[-3000:]}"
+            try:
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{path} not 200 after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.poll()
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_bundle, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("serving-logs")
+    bundle = str(tiny_bundle["bundle_dir"])
+    # Started together (each one imports TensorFlow), waited for together.
+    one = Server(logs / "one.log", "--model_dir", bundle, "--max_candidates", "200")
+    two = Server(logs / "two.log", "--model_dir", bundle, "--workers", "2", "--max_batch_wait_ms", "1500",
+                 "--enable_grpc", "false")
+    broken = Server(logs / "broken.log", "--model_dir", str(logs / "no-such-bundle"), "--enable_grpc", "false")
+    # The ONNX export (the file Triton serves from the bundle's triton/ repository) on onnxruntime: the v2
+    # predictor the transformer is tested against in place of Triton, which cannot run here.
+    onnx = Server(logs / "onnx.log", "--model_dir", bundle, "--backend", "onnx", "--enable_grpc", "false")
+    all_ = {"one": one, "two": two, "broken": broken, "onnx": onnx}
+    try:
+        one.wait()
+        two.wait()
+        onnx.wait()
+        broken.wait("/v2/health/live")
+        yield {**all_, "bundle": bundle}
+    finally:
+        for s in all_.values():
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def golden(tiny_bundle):
+    features, optimized = tiny_bundle["features_dir"], tiny_bundle["optimized_dir"]
+    test = load_split(features, "test")
+    return {"requests": json.loads((features / "golden_requests.json").read_text()),
+            "scores": np.load(optimized / "scores_int8_tflite.npy"),
+            "columns": {k: np.asarray(test.column(k)) for k in INPUTS}}
+
+
+def ranking_request(g: dict, binary: bool = False) -> InferRequest:
+    inputs = []
+    for name, values in (("query", [g["query"]]), ("user_id", [g["user_id"]]), ("history", g["history"]),
+                         ("candidates", g["candidates"])):
+        i = InferInput(name, [len(values)], "BYTES")
+        i.set_data_from_numpy(np.array(values, dtype=object), binary_data=binary)
+        inputs.append(i)
+    return InferRequest(NAME, inputs, request_id="golden")
+
+
+def expected(golden: dict, g: dict) -> np.ndarray:
+    return golden["scores"][g["test_rows"][0]: g["test_rows"][1]]
+
+
+def bundle_version(servers) -> str:
+    return json.loads((Path(servers["bundle"]) / "manifest.json").read_text())["version"]
+
+
+def run(coro):
+    return asyncio.new_event_loop().run_until_complete(coro)
+
+
+def test_kserve_rest_client_v2(servers, golden):
+    async def go():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
+        out = []
+        for binary in (False, True):
+            for g in golden["requests"]:
+                out.append((g, await client.infer(servers["one"].url, ranking_request(g, binary), model_name=NAME)))
+        return out
+
+    for g, res in run(go()):
+        scores = res.get_output_by_name("scores").as_numpy()
+        np.testing.assert_allclose(scores, expected(golden, g), atol=TOL)
+        ranking = [r.decode() if isinstance(r, bytes) else r for r in res.get_output_by_name("ranking").as_numpy()]
+        assert sorted(ranking) == sorted(g["candidates"]) and res.parameters["unknown_count"] == 0
+
+
+def test_kserve_grpc_client(servers, golden):
+    async def go():
+        client = InferenceGRPCClient(f"127.0.0.1:{servers['one'].grpc}", retries=0)
+        try:
+            assert await client.is_server_ready() and await client.is_model_ready(NAME)
+            results = [(g, await client.infer(ranking_request(g))) for g in golden["requests"]]
+            bad = ranking_request(golden["requests"][0])
+            bad.inputs = [i for i in bad.inputs if i.name != "candidates"]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.infer(bad)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "missing" in err.value.details()
+            results.append((golden["requests"][0], await client.infer(ranking_request(golden["requests"][0]))))
+            return results
+        finally:
+            await client.close()
+
+    version = bundle_version(servers)
+    for g, res in run(go()):
+        np.testing.assert_allclose(res.get_output_by_name("scores").as_numpy(), expected(golden, g), atol=TOL)
+        assert res.model_version == version
+
+
+def test_grpc_model_metadata_lists_the_bundle_version(servers):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    async def go():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{servers['one'].grpc}") as channel:
+            return await GRPCInferenceServiceStub(channel).ModelMetadata(pb.ModelMetadataRequest(name=NAME))
+
+    meta = run(go())
+    assert meta.name == NAME and list(meta.versions) == [bundle_version(servers)]
+    assert {t.name for t in meta.inputs} >= {"query", "user_id", "history", "candidates", *INPUTS}
+
+
+def test_tritonclient_http(servers, golden):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{servers['one'].http}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME)
+    meta = client.get_model_metadata(NAME)
+    assert {i["name"] for i in meta["inputs"]} >= {"query", "user_id", "history", "candidates", *INPUTS}
+    for binary in (False, True):
+        for g in golden["requests"]:
+            inputs = []
+            for name, values in (("query", [g["query"]]), ("user_id", [g["user_id"]]), ("history", g["history"]),
+                                 ("candidates", g["candidates"])):
+                i = triton.InferInput(name, [len(values)], "BYTES")
+                i.set_data_from_numpy(np.array(values, dtype=object), binary_data=binary)
+                inputs.append(i)
+            outputs = [triton.InferRequestedOutput("scores", binary_data=binary),
+                       triton.InferRequestedOutput("ranking", binary_data=binary)]
+            res = client.infer(NAME, inputs, outputs=outputs,
+                               headers=None if binary else {"Content-Type": "application/json"})
+            np.testing.assert_allclose(res.as_numpy("scores"), expected(golden, g), atol=TOL)
+            assert sorted(v.decode() if isinstance(v, bytes) else v
+                          for v in res.as_numpy("ranking")) == sorted(g["candidates"])
+    # A tensor request (what a transformer sends), binary in and out.
+    g = golden["requests"][1]
+    lo, hi = g["test_rows"]
+    inputs = []
+    for name in INPUTS:
+        arr = np.ascontiguousarray(golden["columns"][name][lo:hi], dtype=np.int32)
+        i = triton.InferInput(name, list(arr.shape), "INT32")
+        i.set_data_from_numpy(arr, binary_data=True)
+        inputs.append(i)
+    res = client.infer(NAME, inputs, outputs=[triton.InferRequestedOutput(SCORE, binary_data=True)])
+    np.testing.assert_allclose(res.as_numpy(SCORE), golden["scores"][lo:hi], atol=TOL)
+    client.close()
+
+
+def test_every_bad_input_gets_a_4xx_and_the_server_keeps_serving(servers, golden):
+    g = golden["requests"][0]
+    good = {"inputs": [{"name": "query", "datatype": "BYTES", "shape": [1], "data": [g["query"]]},
+                       {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [g["user_id"]]},
+                       {"name": "history", "datatype": "BYTES", "shape": [len(g["history"])], "data": g["history"]},
+                       {"name": "candidates", "datatype": "BYTES", "shape": [len(g["candidates"])],
+                        "data": g["candidates"]}]}
+
+    def variant(**inputs) -> bytes:
+        body = json.loads(json.dumps(good))
+        body["inputs"] = [inputs.get(i["name"], i) for i in body["inputs"] if inputs.get(i["name"], i) is not None]
+        return orjson.dumps(body)
+
+    head = orjson.dumps({"inputs": [
+        {"name": "query", "datatype": "BYTES", "shape": [1], "data": ["q"]},
+        {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["u"]},
+        {"name": "candidates", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 8}}]})
+    binary = {"inference-header-content-length": str(len(head)), "content-type": "application/octet-stream"}
+    tensors = {"inputs": [{"name": n, "datatype": "INT32", "shape": [1, *golden["columns"][n].shape[1:]],
+                           "data": np.asarray(golden["columns"][n][:1]).reshape(-1).tolist()} for n in INPUTS]}
+    strings_for_ids = json.loads(json.dumps(tensors))
+    strings_for_ids["inputs"][5] = {"name": "item_id", "datatype": "INT32", "shape": [1], "data": ["i0000001"]}
+    cases = {
+        "malformed JSON": (b'{"inputs": [{"name": "query",', {}),
+        "wrong name": (variant(user_id={"name": "user", "datatype": "BYTES", "shape": [1], "data": ["u"]}), {}),
+        "wrong dtype": (variant(candidates={"name": "candidates", "datatype": "FP32", "shape": [1], "data": [1.0]}),
+                        {}),
+        "wrong shape": (variant(candidates={"name": "candidates", "datatype": "BYTES", "shape": [5],
+                                            "data": ["a"]}), {}),
+        "missing input": (variant(candidates=None), {}),
+        "empty candidates": (variant(candidates={"name": "candidates", "datatype": "BYTES", "shape": [0],
+                                                 "data": []}), {}),
+        "oversized candidates": (variant(candidates={"name": "candidates", "datatype": "BYTES", "shape": [201],
+                                                     "data": ["i0000001"] * 201}), {}),
+        "strings where ids are expected": (orjson.dumps(strings_for_ids), {}),
+        "truncated binary body": (head + b"\x04\x00\x00\x00ab", binary),
+        "binary without header": (head + b"\x04\x00\x00\x00abcd", {"content-type": "application/octet-stream"}),
+    }
+    with httpx.Client(base_url=servers["one"].url, timeout=10) as client:  # one keep-alive connection
+        url = f"/v2/models/{NAME}/infer"
+        for case, (content, headers) in cases.items():
+            res = client.post(url, content=content, headers={"content-type": "application/json", **headers})
+            assert 400 <= res.status_code < 500, (case, res.status_code, res.text)
+            assert res.json()["error"], case
+            ok = client.post(url, content=orjson.dumps(good), headers={"content-type": "application/json"})
+            assert ok.status_code == 200, (case, ok.text)
+            np.testing.assert_allclose(ok.json()["outputs"][0]["data"], expected(golden, g), atol=TOL)
+        assert client.post(url, content=head + b"\x04\x00\x00\x00abcd", headers=binary).status_code == 200
+    assert servers["one"].proc.poll() is None
+
+
+def test_two_workers_serve_and_batch(servers, golden):
+    two = servers["two"]
+    results: list = []
+
+    def worker(g):
+        with httpx.Client(base_url=two.url, timeout=30) as client:  # separate connections: both workers
+            body = {"inputs": [{"name": "query", "datatype": "BYTES", "shape": [1], "data": [g["query"]]},
+                               {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [g["user_id"]]},
+                               {"name": "history", "datatype": "BYTES", "shape": [len(g["history"])],
+                                "data": g["history"]},
+                               {"name": "candidates", "datatype": "BYTES", "shape": [len(g["candidates"])],
+                                "data": g["candidates"]}]}
+            results.append((g, client.post(f"/v2/models/{NAME}/infer", json=body)))
+
+    threads = [threading.Thread(target=worker, args=(g,)) for g in golden["requests"] * 6]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == len(threads)
+    version = bundle_version(servers)
+    for g, res in results:
+        assert res.status_code == 200, res.text
+        np.testing.assert_allclose(res.json()["outputs"][0]["data"], expected(golden, g), atol=TOL)
+        assert res.json()["model_version"] == version
+    for _ in range(4):  # every worker loaded the bundle itself: each reports its version
+        meta = httpx.get(f"{two.url}/v2/models/{NAME}", headers={"connection": "close"}).json()
+        assert meta["versions"] == [version]
+    # Both workers served: /metrics is per worker, and fresh connections reach both (one socket each).
+    served_by = {}
+    for _ in range(16):
+        text = httpx.get(two.url + "/metrics", headers={"connection": "close"}).text
+        pid = re.search(r'shoprank_model_info\{[^}]*pid="(\d+)"', text).group(1)
+        count = re.search(rf'shoprank_batch_requests_count\{{model_name="{NAME}"\}} ([0-9.]+)', text)
+        served_by[pid] = float(count.group(1)) if count else 0.0
+    assert len(served_by) == 2 and all(n > 0 for n in served_by.values()), served_by
+
+
+@pytest.mark.parametrize("predictor, protocol", [("one", "v2"), ("one", "grpc-v2"), ("onnx", "v2")])
+def test_transformer_scores_through_a_v2_predictor(servers, golden, tiny_bundle, predictor, protocol):
+    """The transformer's ranking and tensor requests through a v2 predictor serving the int8 model (REST,
+    gRPC) or the ONNX export; scores equal the evaluator's for that artefact."""
+    one = servers[predictor]
+    host = f"127.0.0.1:{one.http if protocol == 'v2' else one.grpc}"
+    if predictor == "onnx":
+        golden = {**golden, "scores": np.load(tiny_bundle["optimized_dir"] / "scores_onnx.npy")}
+    transformer = ShoprankTransformer("shoprank-transformer", tiny_bundle["bundle_dir"],
+                                      PredictorConfig(host, protocol), predictor_model_name=NAME)
+    assert transformer.load(), transformer.load_error
+
+    async def go():
+        out = [(g, await transformer.predict(ranking_request(g))) for g in golden["requests"]]
+        g = golden["requests"][0]
+        lo, hi = g["test_rows"]
+        tensors = []
+        for name in INPUTS:
+            i = InferInput(name, list(golden["columns"][name][lo:hi].shape), "INT32")
+            i.set_data_from_numpy(np.ascontiguousarray(golden["columns"][name][lo:hi], np.int32), binary_data=False)
+            tensors.append(i)
+        req = InferRequest("shoprank-transformer", tensors, request_outputs=[RequestedOutput(SCORE)])
+        tensor_res = await transformer.predict(req)
+        await transformer.close()
+        return out, tensor_res, golden["scores"][lo:hi]
+
+    results, tensor_res, tensor_expected = run(go())
+    for g, res in results:
+        np.testing.assert_allclose(res.get_output_by_name("scores").as_numpy(), expected(golden, g), atol=TOL)
+    np.testing.assert_allclose(tensor_res.get_output_by_name(SCORE).as_numpy(), tensor_expected, atol=TOL)
+
+
+def test_a_bundle_that_fails_to_load_is_not_ready_and_does_not_crash(servers):
+    broken = servers["broken"]
+    assert httpx.get(broken.url + "/v2/health/live").status_code == 200
+    assert httpx.get(broken.url + "/v2/health/ready").status_code == 503
+    assert httpx.get(broken.url + f"/v2/models/{NAME}/ready").status_code == 503
+    res = httpx.post(broken.url + f"/v2/models/{NAME}/infer", json={"inputs": []})
+    assert res.status_code == 503
+    time.sleep(0.5)
+    assert broken.proc.poll() is None
+    log = broken.log.read_text()
+    assert "failed to load" in log and "no-such-bundle" in log
+
+
+def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(servers, golden):
+    two = servers["two"]  # --max_batch_wait_ms 1500: requests are still in the batcher when SIGTERM arrives
+    g = golden["requests"][0]
+    body = {"inputs": [{"name": "query", "datatype": "BYTES", "shape": [1], "data": [g["query"]]},
+                       {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [g["user_id"]]},
+                       {"name": "candidates", "datatype": "BYTES", "shape": [len(g["candidates"])],
+                        "data": g["candidates"]}]}
+    statuses: list = []
+
+    def call():
+        try:
+            statuses.append(httpx.post(two.url + f"/v2/models/{NAME}/infer", json=body, timeout=30).status_code)
+        except httpx.HTTPError as e:
+            statuses.append(repr(e))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    two.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 4
+    assert two.proc.wait(timeout=30) == 0
+    assert time.monotonic() - t0 < 15
+    for name in ("one", "broken"):
+        assert servers[name].stop() == 0, servers[name].log.read_text()[-2000:]

@@ -1,0 +1,90 @@
+"""The in-memory preprocessing that shoprank used before it streamed: the reference the streaming
+implementation must match array for array on data that fits in memory (see test_streaming.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from shoprank.config import ShoprankConfig
+from shoprank.data.validation import timestamp_window, validate_table
+from shoprank.features.transform import Catalogue, FeatureTransform, RawBatch
+from shoprank.schema import CATALOGUE, EVENTS, IMPRESSIONS, INTEREST_EVENTS, top_category
+
+SPLITS = ("train", "validation", "test")
+LABELS = ("clicked", "carted", "purchased")
+
+
+def build_histories(events, req_user, req_ts, length):
+    ev = events[events["event"].isin(INTEREST_EVENTS)]
+    users = pd.Index(pd.unique(np.concatenate([ev["user_id"].to_numpy(), req_user])))
+    ev_code = users.get_indexer(ev["user_id"].to_numpy()).astype(np.int64)
+    big = np.int64(1) << np.int64(34)
+    ev_key = ev_code * big + ev["timestamp"].to_numpy(np.int64)
+    order = np.argsort(ev_key, kind="stable")
+    ev_key, ev_items = ev_key[order], ev["item_id"].to_numpy(object)[order]
+    req_code = users.get_indexer(req_user).astype(np.int64)
+    start = np.searchsorted(ev_key, req_code * big, side="left")
+    end = np.searchsorted(ev_key, req_code * big + req_ts.astype(np.int64), side="left")
+    idx = end[:, None] - length + np.arange(length)[None, :]
+    valid = idx >= start[:, None]
+    items = np.where(valid, ev_items[np.clip(idx, 0, max(len(ev_items) - 1, 0))] if len(ev_items) else "", "")
+    return items, valid.sum(axis=1)
+
+
+def reference_preprocess(raw_dir: str | Path, config: ShoprankConfig, now: int) -> dict:
+    """Per split: {array name: array}, plus 'golden' (the golden requests)."""
+    fc = config.features
+    d = Path(raw_dir)
+    raw = {n: pq.read_table(d / f"{n}.parquet").to_pandas() for n in ("catalogue", "events", "impressions")}
+    window = timestamp_window(config.validation, now)
+    catalogue, _, _ = validate_table(raw["catalogue"], CATALOGUE, config.validation)
+    known = pd.Index(catalogue["item_id"])
+    events, _, _ = validate_table(raw["events"], EVENTS, config.validation, known_items=known, timestamp_range=window)
+    imps, _, _ = validate_table(raw["impressions"], IMPRESSIONS, config.validation, known_items=known,
+                                timestamp_range=window)
+    requests = imps.groupby("request_id", sort=False).agg(
+        timestamp=("timestamp", "min"), user_id=("user_id", "first"), query=("query", "first"))
+    t1, t2 = np.quantile(requests["timestamp"].to_numpy(), np.cumsum([fc.train_share, fc.validation_share]))
+    requests["split"] = np.select([requests["timestamp"] < t1, requests["timestamp"] < t2], [0, 1], 2)
+    requests = requests.sort_values(["split", "timestamp"], kind="stable")
+    requests["order"] = np.arange(len(requests))
+    imps["order"] = requests["order"].reindex(imps["request_id"]).to_numpy()
+    imps = imps.sort_values(["order", "position"], kind="stable").reset_index(drop=True)
+    past_items = pd.unique(np.concatenate([imps.loc[imps["timestamp"] < t1, "item_id"].to_numpy(),
+                                           events.loc[events["timestamp"] < t1, "item_id"].to_numpy()]))
+    past_cat = catalogue.set_index("item_id").loc[past_items].reset_index()
+    transform = FeatureTransform.fit(requests.loc[requests["split"] == 0, "query"].to_numpy(), past_cat["title"],
+                                     past_cat["item_id"], past_cat["category"], past_cat["brand"],
+                                     past_cat["price"].to_numpy(), fc)
+    cat = Catalogue(catalogue["item_id"], catalogue["title"], catalogue["category"], catalogue["brand"],
+                    catalogue["price"].to_numpy())
+    hist_items, _ = build_histories(events, requests["user_id"].to_numpy(object),
+                                    requests["timestamp"].to_numpy(np.int64), fc.history_len)
+    hist_lists = [[v for v in row if v] for row in hist_items]
+    cat_rows = cat.rows(imps["item_id"].to_numpy(object))
+    top_names = sorted({top_category(c) for c in catalogue["category"]})
+    top_code = pd.Index(top_names).get_indexer([top_category(c) for c in cat.category])
+    split_of_row = requests["split"].to_numpy()[imps["order"].to_numpy()]
+    out = {}
+    for s, name in enumerate(SPLITS):
+        req_idx = np.flatnonzero(requests["split"].to_numpy() == s)
+        rows = np.flatnonzero(split_of_row == s)
+        sub, crow = imps.iloc[rows], cat_rows[rows]
+        batch = RawBatch(
+            queries=list(requests["query"].to_numpy(object)[req_idx]), histories=[hist_lists[i] for i in req_idx],
+            history_categories=[cat.field_of("category", hist_lists[i]) for i in req_idx],
+            history_brands=[cat.field_of("brand", hist_lists[i]) for i in req_idx],
+            row_request=sub["order"].to_numpy() - (req_idx[0] if req_idx.size else 0),
+            item_id=sub["item_id"].to_numpy(object), title=cat.title[crow], category=cat.category[crow],
+            brand=cat.brand[crow], price=cat.price[crow])
+        arrays = dict(transform.transform(batch))
+        arrays |= {c: sub[c].to_numpy(np.int8) for c in LABELS}
+        arrays |= {"gain": sub[list(LABELS)].sum(axis=1).to_numpy(np.int8),
+                   "oracle": sub["oracle"].to_numpy(np.float32), "request": batch.row_request.astype(np.int32),
+                   "top_category": top_code[crow].astype(np.int16)}
+        out[name] = arrays
+    return out
