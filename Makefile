@@ -33,11 +33,19 @@ test: venv ## unit tests, golden compile test, manifest tests and the tiny end-t
 test-unit: venv ## only the fast tests (no pipeline run)
 	$(PY) -m pytest -m "not integration"
 
-lint: venv ## ruff
-	$(VENV)/bin/ruff check .
+test-integration: venv ## only the end-to-end kfp.local pipeline runs
+	$(PY) -m pytest -m integration
 
-compile: venv ## compile the pipeline to pipelines/compiled/shoprank_pipeline.yaml
-	$(PY) -m pipelines.compile
+lint: venv ## ruff, and the import rules of the library by stage (import-linter contracts in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+
+# The golden file is compiled with the default image name; with COMPONENT_IMAGE set, the pipeline for that image
+# is written to build/ instead (what `make deploy` uploads; the golden file stays as it is).
+compile: venv ## compile the pipeline to pipelines/compiled/shoprank_pipeline.yaml (COMPONENT_IMAGE=...: to build/)
+	@if [ -n "$(COMPONENT_IMAGE)" ]; then \
+	  SHOPRANK_COMPONENT_IMAGE='$(COMPONENT_IMAGE)' $(PY) -m pipelines.compile build/shoprank_pipeline.yaml; \
+	else $(PY) -m pipelines.compile; fi
 
 bench: venv ## pipeline benchmark: quality, size, latency, stage wall time and peak memory, scaling
 	$(PY) -m benchmarks.bench_pipeline --runs-dir $(RUNS)/bench

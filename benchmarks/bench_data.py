@@ -66,7 +66,7 @@ def _du(path: Path) -> int:
 
 
 def bench_scale(n: int, runs: Path, keep: bool) -> dict:
-    from shoprank.data.sources.samples import write_event_log
+    from tests.support.samples import write_event_log
 
     base = runs / f"events-{n}"
     src = base / "source"

@@ -8,5 +8,6 @@ the body is shipped in the compiled pipeline.
 
 import os
 
-# The image every component runs in on a cluster; override at compile time (make compile IMAGE=...).
+# The image every component runs in on a cluster; set at compile time: `make compile COMPONENT_IMAGE=REG/IMG:TAG`
+# (written to build/) and `make deploy COMPONENT_IMAGE=...` read it from SHOPRANK_COMPONENT_IMAGE.
 COMPONENT_IMAGE = os.environ.get("SHOPRANK_COMPONENT_IMAGE", "ghcr.io/shoprank/shoprank-components:0.1.0")

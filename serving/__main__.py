@@ -16,6 +16,8 @@ from serving.model import ShoprankModel
 from serving.options import as_bool, batch_settings, build_parser, limits, server_kwargs
 from serving.server import ShoprankModelServer
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser("shoprank model server (KServe v2)")

@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 from kserve.logging import logger
 from prometheus_client import Histogram
 
+__all__ = ["BATCH_REQUESTS", "BATCH_ROWS", "T", "BatchSettings", "MicroBatcher"]
+
 T = TypeVar("T")
 
 BATCH_ROWS = Histogram("shoprank_batch_rows", "Candidate rows per model call", ["model_name"],

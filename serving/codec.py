@@ -25,6 +25,29 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 
 from shoprank.features.transform import INPUTS, FeatureTransform, input_shapes
 
+__all__ = [
+    "INT_DTYPES",
+    "RANKING_INPUTS",
+    "RANKING_OUTPUTS",
+    "REQUIRED_RANKING",
+    "SCORE",
+    "TENSOR_OUTPUTS",
+    "Limits",
+    "RankingRequest",
+    "TensorRequest",
+    "TensorSpec",
+    "integers",
+    "join_bytes_tensor",
+    "parse_request",
+    "ranking_metadata",
+    "ranking_response",
+    "score_of",
+    "split_bytes_tensor",
+    "strings",
+    "tensor_request",
+    "tensor_response",
+]
+
 # shoprank.modeling.model imports TensorFlow; it is imported where needed so that a worker process can unpickle the
 # model (and answer KServe's liveness ping) before paying for that import.
 SCORE = "score"  # == shoprank.layout.SCORE, checked by tests/serving/test_serving.py

@@ -10,6 +10,8 @@ import warnings
 from fastapi.exceptions import FastAPIDeprecationWarning
 from kserve import logging as kserve_logging
 
+__all__ = ["configure_logging"]
+
 _state = {"access_log": False, "trace_log": False}
 
 

@@ -37,11 +37,13 @@ from serving.codec import (
 )
 from shoprank.features.transform import INPUTS
 
+__all__ = ["MODEL_INFO", "Item", "ShoprankModel", "detect_backend"]
+
 MODEL_INFO = Gauge("shoprank_model_info", "The bundle this worker process serves (value 1)",
                    ["model_name", "backend", "version", "pid"])
 
-# shoprank.scoring.ranker pulls in TensorFlow (via shoprank.modeling.model): imported in load(), not here, so that a spawned
-# worker unpickles this class in about a second and answers KServe's 5-second liveness ping while it loads.
+# shoprank.scoring.ranker (numpy, pyarrow, the scorers' runtimes) is imported in load(), not here, so that a spawned
+# worker unpickles this class quickly and answers KServe's 5-second liveness ping while it loads.
 Item = RankingRequest | TensorRequest
 
 
@@ -55,7 +57,7 @@ def detect_backend(model_dir: str | Path) -> str:
     if (d / BACKENDS["savedmodel"]).is_dir():
         return "savedmodel"
     raise FileNotFoundError(f"{d} holds neither {BACKENDS['tflite']} nor {BACKENDS['savedmodel']}/ "
-                            "(expected a shoprank bundle, see shoprank/ranker.py)")
+                            "(expected a shoprank bundle, see shoprank/layout.py)")
 
 
 class ShoprankModel(Model):

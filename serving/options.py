@@ -11,6 +11,8 @@ from kserve.utils.utils import strtobool
 from serving.batcher import BatchSettings
 from serving.codec import Limits
 
+__all__ = ["as_bool", "batch_settings", "build_parser", "limits", "server_kwargs"]
+
 
 def as_bool(value: str) -> bool:
     return bool(strtobool(value))

@@ -24,6 +24,8 @@ from kserve.logging import logger
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput, to_http_parameters
 
+__all__ = ["FastInferMiddleware", "decode_request", "encode_response"]
+
 _INFER = re.compile(r"^/v2/models/([^/]+)/infer$")
 _DTYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
            "FP64", "BYTES"}

@@ -43,6 +43,16 @@ from kserve.protocol.rest.server import RESTServer
 from serving.logs import configure_logging
 from serving.rest import FastInferMiddleware
 
+__all__ = [
+    "BalancedRESTServerMultiProcess",
+    "ShoprankDataPlane",
+    "ShoprankGRPCServer",
+    "ShoprankModelServer",
+    "ShoprankRESTServer",
+    "ShoprankServicer",
+    "freeze_heap",
+]
+
 
 def freeze_heap() -> None:
     """Move every object alive now (the loaded bundle, TensorFlow's and KServe's modules: ~400k objects) out of

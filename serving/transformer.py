@@ -28,6 +28,8 @@ from serving.batcher import BatchSettings
 from serving.codec import Limits, score_of, tensor_request
 from serving.model import Item, ShoprankModel
 
+__all__ = ["ShoprankTransformer", "main", "predictor_config"]
+
 
 class ShoprankTransformer(ShoprankModel):
     """ShoprankModel whose scores come from a v2 predictor instead of a local scorer."""

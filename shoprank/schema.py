@@ -25,6 +25,22 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+__all__ = [
+    "CATALOGUE",
+    "DEFECT",
+    "EVENTS",
+    "EVENT_TYPES",
+    "IMPRESSIONS",
+    "INTEREST_EVENTS",
+    "LABELS",
+    "RECORD",
+    "SPLIT_VALUES",
+    "TABLES",
+    "Column",
+    "TableSchema",
+    "top_category",
+]
+
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 SPLIT_VALUES = ("train", "validation", "test")
 DEFECT = "_defect"  # meta column: a loader's reason why the row could not be converted

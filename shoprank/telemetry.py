@@ -12,6 +12,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+__all__ = ["ENV", "peak_rss_mib", "stage"]
+
 ENV = "SHOPRANK_TELEMETRY"
 
 

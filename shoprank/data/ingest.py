@@ -13,6 +13,8 @@ from shoprank.data.sources import open_location, parse_source, write_source_info
 from shoprank.data.synthetic import generate
 from shoprank.errors import SourceError
 
+__all__ = ["TABLE_FILES", "ingest"]
+
 TABLE_FILES = ("catalogue.parquet", "events.parquet", "impressions.parquet")
 
 

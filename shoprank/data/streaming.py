@@ -15,6 +15,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+__all__ = [
+    "NpyWriter",
+    "Partitions",
+    "clear_directory",
+    "fixed_lists",
+    "from_fixed_lists",
+    "iter_parquet",
+    "iter_slices",
+    "mix64",
+    "partition_of",
+    "read_bucket",
+    "string_hash",
+    "unit_interval",
+    "write_bucketed",
+]
+
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _PRIME = np.uint64(0x100000001B3)

@@ -25,6 +25,28 @@ import pyarrow.parquet as pq
 from shoprank.config import DataConfig
 from shoprank.schema import CATALOGUE, EVENTS, IMPRESSIONS
 
+__all__ = [
+    "FAVOURITE_BRANDS",
+    "FAVOURITE_TOPS",
+    "GENERIC_WORDS",
+    "LEAF_WORDS",
+    "LOGGING_POLICY_NOISE",
+    "POSITION_BIAS_POWER",
+    "TOP_WORDS",
+    "W_BIAS",
+    "W_FAV_BRAND",
+    "W_FAV_TOP",
+    "W_LEAF",
+    "W_PRICE",
+    "W_QUALITY",
+    "W_QUERY_BRAND",
+    "W_TOP",
+    "GeneratedPaths",
+    "Progress",
+    "Shop",
+    "generate",
+]
+
 # Relevance model (logit) weights. Position bias is applied on top when clicks are drawn.
 W_BIAS = -2.2
 W_LEAF = 2.2
@@ -193,14 +215,6 @@ def _dedupe_rows(rng: np.random.Generator, items: np.ndarray, n_items: int) -> n
             dup = np.setdiff1d(np.arange(items.shape[1]), first)
             items[r, dup] = rng.integers(0, n_items, dup.size)
     raise RuntimeError("could not draw distinct candidates; the catalogue is too small for list_size")
-
-
-class _Chunk:
-    """Columns of one chunk of impressions and events, as plain lists/arrays."""
-
-    def __init__(self) -> None:
-        self.impressions: dict[str, list[np.ndarray]] = {c: [] for c in IMPRESSIONS.names}
-        self.events: dict[str, list[np.ndarray]] = {c: [] for c in EVENTS.names}
 
 
 def _generate_users(shop: Shop, rng: np.random.Generator, user_lo: int, user_hi: int, event_id0: int):

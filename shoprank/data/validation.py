@@ -30,6 +30,29 @@ from shoprank.config import ValidationConfig
 from shoprank.errors import DataValidationError
 from shoprank.schema import DEFECT, EVENT_TYPES, LABELS, RECORD, SPLIT_VALUES, TableSchema
 
+__all__ = [
+    "DUPLICATE",
+    "NULL_TOKENS",
+    "QUARANTINE_SCHEMA",
+    "CheckedChunk",
+    "Coerced",
+    "Reasons",
+    "TableReport",
+    "TableValidator",
+    "check_chunk",
+    "coerce_arrow",
+    "coerce_series",
+    "duplicate_mask",
+    "key_codes",
+    "null_where",
+    "plain_array",
+    "quarantine_table",
+    "records",
+    "text_from_binary",
+    "timestamp_window",
+    "validate_table",
+]
+
 DUPLICATE = "duplicate of an earlier row"
 _INT_RANGE = {pa.int8(): (-2**7, 2**7 - 1), pa.int16(): (-2**15, 2**15 - 1), pa.int32(): (-2**31, 2**31 - 1),
               pa.int64(): (-2**63, 2**63 - 1)}

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 from shoprank.config import BlessingConfig
 
+__all__ = ["OPTIMISED", "Blessing", "Check", "bless"]
+
 OPTIMISED = ("optimized_savedmodel", "int8_tflite")
 
 

@@ -16,6 +16,8 @@ from shoprank.evaluation.metrics import (
 )
 from shoprank.features.dataset import SplitData
 
+__all__ = ["curves", "evaluate_model", "evaluate_scores"]
+
 
 def _core(labels: np.ndarray, gains: np.ndarray, groups: np.ndarray, scores: np.ndarray,
           config: ShoprankConfig) -> dict:

@@ -16,6 +16,8 @@ from shoprank.evaluation.report import bar_figure, calibration_figure, pr_figure
 from shoprank.features.dataset import load_split
 from shoprank.scoring.ranker import BACKENDS, Ranker
 
+__all__ = ["GOLDEN_ARTEFACT", "golden_check", "summarize", "validate"]
+
 # Serving backend -> the artefact whose evaluator scores it must reproduce.
 GOLDEN_ARTEFACT = {"tflite": "int8_tflite", "savedmodel": "optimized_savedmodel"}
 

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "calibration",
+    "log_loss",
+    "precision_recall_curve",
+    "ranking_metrics",
+    "roc_auc",
+    "roc_curve",
+    "threshold_metrics",
+]
+
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks with ties sharing their average rank."""

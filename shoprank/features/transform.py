@@ -25,6 +25,19 @@ import pyarrow.parquet as pq
 
 from shoprank.config import FeatureConfig
 
+__all__ = [
+    "INPUTS",
+    "ITEM_INPUTS",
+    "REQUEST_INPUTS",
+    "TOKEN_RE",
+    "Catalogue",
+    "FeatureTransform",
+    "RawBatch",
+    "Vocabulary",
+    "input_shapes",
+    "tokenize",
+]
+
 TOKEN_RE = re.compile(r"[a-z0-9]+")
 # Model input names, in signature order. The serving signature takes exactly these.
 INPUTS = ("query_tokens", "title_tokens", "history_items", "history_categories", "history_brands",

@@ -10,6 +10,8 @@ from shoprank.features.transform import INPUTS, input_shapes
 from shoprank.layout import SAVED_MODEL_DIR, SCORE, SIGNATURE
 from shoprank.modeling._tf import keras, tf
 
+__all__ = ["L", "build_model", "export_saved_model", "load_keras_model", "save_model_bundle", "serving_function"]
+
 L = keras.layers
 
 

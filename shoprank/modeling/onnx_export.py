@@ -3,8 +3,8 @@
 The GPU variant behind KServe's Triton runtime (manifests/overlays/gpu-triton) serves this export on Triton's
 onnxruntime backend with the TensorRT execution provider; Triton's TensorFlow backend is gone (STACK.md).
 The optimise step writes `onnx/model.onnx` and `onnx/config.pbtxt` beside the SavedModel; the promote step
-lays them out as a Triton model repository (`shoprank.release.bundle.triton_repository`); the blessing gate checks the export's
-scores against the SavedModel's on the whole test set.
+lays them out as a Triton model repository (`shoprank.release.bundle.triton_repository`); the blessing gate
+checks the export's scores against the SavedModel's on the whole test set.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 from shoprank.config import TritonConfig
 from shoprank.features.transform import INPUTS
 from shoprank.layout import CONFIG_FILE, MODEL_FILE, SCORE, SIGNATURE
+
+__all__ = ["TensorInfo", "export_for_triton", "export_onnx", "tensor_infos", "triton_config"]
 
 # ONNX tensor element types (onnx.TensorProto) -> Triton data types.
 _TRITON_TYPES = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 10: "TYPE_FP16", 9: "TYPE_BOOL"}

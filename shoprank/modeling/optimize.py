@@ -18,6 +18,17 @@ from shoprank.modeling._tf import keras, tf
 from shoprank.modeling.model import load_keras_model, save_model_bundle
 from shoprank.modeling.train import ProgressLogger, compile_model, make_dataset
 
+__all__ = [
+    "PRUNABLE",
+    "Progress",
+    "is_prunable",
+    "optimize",
+    "prune",
+    "representative_batches",
+    "sparsity_report",
+    "to_int8_tflite",
+]
+
 Progress = Callable[[str], None]
 PRUNABLE = (keras.layers.Embedding, keras.layers.Conv1D, keras.layers.Dense)
 

@@ -16,6 +16,8 @@ from shoprank.features.transform import INPUTS, FeatureTransform, input_shapes
 from shoprank.modeling._tf import keras, tf
 from shoprank.modeling.model import build_model, save_model_bundle
 
+__all__ = ["Progress", "ProgressLogger", "compile_model", "make_dataset", "pick_strategy", "train"]
+
 Progress = Callable[[str], None]
 
 
@@ -91,21 +93,14 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
 
 
 def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | Path, config: ShoprankConfig,
-          progress: Progress = print, shuffle_labels: bool = False) -> dict:
-    """Train, early-stop on validation loss, export the SavedModel bundle; returns the history.
-
-    `shuffle_labels` permutes the training labels: a model that learned nothing, for gate tests.
-    """
+          progress: Progress = print) -> dict:
+    """Train, early-stop on validation loss, export the SavedModel bundle; returns the history."""
     t0 = time.perf_counter()
     tc, fc = config.train, config.features
     keras.utils.set_random_seed(tc.seed)
     sizes = FeatureTransform.load(transform_dir).sizes
     train_split, val_split = load_split(features_dir, "train"), load_split(features_dir, "validation")
     label = tc.label
-    if shuffle_labels:
-        perm = np.random.default_rng(tc.seed).permutation(train_split.rows)
-        np.save(Path(features_dir) / "train" / "shuffled_label.npy", np.asarray(train_split.column(label))[perm])
-        label = "shuffled_label"
     strategy = pick_strategy()
     progress(f"[train] strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
              f"{train_split.rows:,} train rows, {val_split.rows:,} validation rows, label '{tc.label}'")
@@ -123,7 +118,7 @@ def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | 
     result = {"epochs": logger.history, "parameters": int(model.count_params()),
               "best_val_loss": min((h.get("val_loss", np.inf) for h in logger.history), default=None),
               "seconds": round(time.perf_counter() - t0, 2), "strategy": type(strategy).__name__,
-              "label": tc.label, "shuffled_labels": shuffle_labels}
+              "label": tc.label}
     (Path(model_dir) / "training.json").write_text(json.dumps(result, indent=2))
     progress(f"[train] done in {result['seconds']}s -> {model_dir}")
     return result

@@ -18,37 +18,13 @@ import numpy as np
 from shoprank.features.transform import INPUTS
 from shoprank.layout import SCORE, SIGNATURE
 
+__all__ = ["OnnxScorer", "Scorer", "TFLiteScorer", "artefact_size", "latency_ms", "load_scorer", "score_in_batches"]
+
 
 class Scorer(Protocol):
     backend: str
 
     def score(self, features: dict[str, np.ndarray]) -> np.ndarray: ...
-
-
-def _tensorflow():
-    """TensorFlow, imported only when the SavedModel backend is asked for (the int8 and ONNX paths never load it),
-    with the same Keras choice as shoprank.modeling._tf (which this layer may not import)."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
-
-
-class SavedModelScorer:
-    backend = "savedmodel"
-
-    def __init__(self, path: str | Path):
-        tf = _tensorflow()
-        self.path = Path(path)
-        self._tf = tf
-        self._loaded = tf.saved_model.load(str(self.path))
-        self._fn = self._loaded.signatures[SIGNATURE]
-
-    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        tf = self._tf
-        out = self._fn(**{k: tf.convert_to_tensor(features[k], tf.int32) for k in INPUTS})
-        return out[SCORE].numpy().astype(np.float32, copy=False)
 
 
 class TFLiteScorer:
@@ -107,6 +83,8 @@ def load_scorer(path: str | Path, num_threads: int | None = None) -> Scorer:
         return TFLiteScorer(p, num_threads)
     if p.suffix == ".onnx":
         return OnnxScorer(p, num_threads)
+    from shoprank.scoring.savedmodel import SavedModelScorer  # the only scoring path that loads TensorFlow
+
     return SavedModelScorer(p)
 
 

@@ -27,6 +27,8 @@ from shoprank.layout import (
 )
 from shoprank.scoring.backends import Scorer, load_scorer
 
+__all__ = ["BACKENDS", "RankedList", "Ranker", "split_ranked"]
+
 # Backend -> its model in a bundle. onnx: the ONNX export in the bundle's Triton model repository
 # (triton/<model name>/1/model.onnx), through onnxruntime: the same file Triton serves.
 BACKENDS = {"tflite": TFLITE_FILE, "savedmodel": SAVED_MODEL_DIR, "onnx": TRITON_DIR}

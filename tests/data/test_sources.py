@@ -13,11 +13,11 @@ import pytest
 from shoprank.config import resolve_config
 from shoprank.data.ingest import ingest
 from shoprank.data.sources import parse_source
-from shoprank.data.sources.samples import write_esci, write_event_log
 from shoprank.errors import DataValidationError, SourceError
 from shoprank.features.dataset import SPLITS, load_split
 from shoprank.features.preprocess import preprocess
 from tests.conftest import NOW, quiet
+from tests.support.samples import write_esci, write_event_log
 
 TINY = resolve_config("tiny")
 

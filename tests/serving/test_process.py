@@ -42,15 +42,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tensorflow_blocker(directory: Path) -> Path:
+    """A directory that, first on PYTHONPATH, makes TensorFlow (and tf_keras) unimportable: importing either raises
+    ImportError and leaves a marker file, so a caller that catches the error is still found out."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("tensorflow", "tf_keras"):
+        (directory / f"{name}.py").write_text(
+            "import os, pathlib\n"
+            f"pathlib.Path(os.environ['SHOPRANK_TF_MARKER']).write_text('{name} imported by pid ' + str(os.getpid()))\n"
+            f"raise ImportError('{name} is made unimportable by tests/serving/test_process.py')\n")
+    return directory
+
+
 class Server:
-    def __init__(self, log: Path, *args: str, module: str = "serving"):
+    def __init__(self, log: Path, *args: str, module: str = "serving", without_tensorflow: Path | None = None):
+        """`without_tensorflow`: a tensorflow_blocker directory; the process then runs with TensorFlow
+        unimportable and `tensorflow_marker` tells whether anything tried to import it."""
         self.http, self.grpc = free_port(), free_port()
         self.log = log
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        self.tensorflow_marker = log.with_suffix(".tensorflow-imported")
+        if without_tensorflow is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(without_tensorflow), env.get("PYTHONPATH")]))
+            env["SHOPRANK_TF_MARKER"] = str(self.tensorflow_marker)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module, "--model_name", NAME, "--http_port", str(self.http),
              "--grpc_port", str(self.grpc), *args],
-            cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+            cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
     @property
     def url(self) -> str:
@@ -82,14 +100,17 @@ class Server:
 def servers(tiny_bundle, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serving-logs")
     bundle = str(tiny_bundle["bundle_dir"])
-    # Started together (each one imports TensorFlow), waited for together.
-    one = Server(logs / "one.log", "--model_dir", bundle, "--max_candidates", "200")
+    # The int8 and ONNX servers run with TensorFlow unimportable: the CPU serving path must never load it
+    # (test_the_cpu_servers_never_import_tensorflow). Started together, waited for together.
+    no_tf = tensorflow_blocker(logs / "no-tensorflow")
+    one = Server(logs / "one.log", "--model_dir", bundle, "--max_candidates", "200", without_tensorflow=no_tf)
     two = Server(logs / "two.log", "--model_dir", bundle, "--workers", "2", "--max_batch_wait_ms", "1500",
-                 "--enable_grpc", "false")
+                 "--enable_grpc", "false", without_tensorflow=no_tf)
     broken = Server(logs / "broken.log", "--model_dir", str(logs / "no-such-bundle"), "--enable_grpc", "false")
     # The ONNX export (the file Triton serves from the bundle's triton/ repository) on onnxruntime: the v2
     # predictor the transformer is tested against in place of Triton, which cannot run here.
-    onnx = Server(logs / "onnx.log", "--model_dir", bundle, "--backend", "onnx", "--enable_grpc", "false")
+    onnx = Server(logs / "onnx.log", "--model_dir", bundle, "--backend", "onnx", "--enable_grpc", "false",
+                  without_tensorflow=no_tf)
     all_ = {"one": one, "two": two, "broken": broken, "onnx": onnx}
     try:
         one.wait()
@@ -169,6 +190,23 @@ def test_kserve_grpc_client(servers, golden):
     for g, res in run(go()):
         np.testing.assert_allclose(res.get_output_by_name("scores").as_numpy(), expected(golden, g), atol=TOL)
         assert res.model_version == version
+
+
+def test_the_cpu_servers_never_import_tensorflow(servers, golden):
+    """The int8 server (one and two workers) and the ONNX server answered every other test in this module with
+    TensorFlow unimportable; here: a ranking request each, then no process left the import marker."""
+    for name in ("one", "two", "onnx"):
+        g = golden["requests"][0]
+        body = {"inputs": [{"name": k, "datatype": "BYTES", "shape": [len(v)], "data": v} for k, v in (
+            ("query", [g["query"]]), ("user_id", [g["user_id"]]), ("history", g["history"]),
+            ("candidates", g["candidates"]))]}
+        r = httpx.post(f"{servers[name].url}/v2/models/{NAME}/infer", json=body, timeout=30)
+        assert r.status_code == 200, (name, r.text)
+        scores = np.array(next(o for o in r.json()["outputs"] if o["name"] == "scores")["data"])
+        if name != "onnx":  # the ONNX export scores like the SavedModel, not like the int8 model
+            np.testing.assert_allclose(scores, expected(golden, g), atol=TOL)
+        marker = servers[name].tensorflow_marker
+        assert not marker.exists(), f"{name}: {marker.read_text()}"
 
 
 def test_grpc_model_metadata_lists_the_bundle_version(servers):

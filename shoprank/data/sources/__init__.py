@@ -43,6 +43,29 @@ from shoprank.data.validation import coerce_arrow, null_where, plain_array, text
 from shoprank.errors import DataValidationError, SourceError
 from shoprank.schema import DEFECT, RECORD, TableSchema
 
+__all__ = [
+    "FORMATS",
+    "REMOTE_SCHEMES",
+    "SOURCE_FILE",
+    "TABLE_EXTENSIONS",
+    "Converter",
+    "SourceSpec",
+    "TableFile",
+    "check_options",
+    "columns_of",
+    "csv_header",
+    "duplicate_ids_check",
+    "empty_table",
+    "find_table",
+    "open_location",
+    "parse_source",
+    "read_chunks",
+    "read_source_info",
+    "table_file",
+    "text_of",
+    "write_source_info",
+]
+
 FORMATS = ("synthetic", "tables", "esci", "events")
 SOURCE_FILE = "source.json"
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs")

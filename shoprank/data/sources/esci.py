@@ -45,6 +45,8 @@ from shoprank.data.sources import (
 from shoprank.errors import SourceError
 from shoprank.schema import CATALOGUE, EVENTS, IMPRESSIONS
 
+__all__ = ["ABSENT", "EXAMPLES", "GAINS", "LABEL_WORDS", "OPTIONS", "PRODUCTS", "load_esci"]
+
 OPTIONS = ("locale", "version", "encoding")
 EXAMPLES = ("shopping_queries_dataset_examples", "examples")
 PRODUCTS = ("shopping_queries_dataset_products", "products")

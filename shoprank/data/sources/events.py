@@ -49,6 +49,8 @@ from shoprank.data.validation import coerce_arrow, plain_array
 from shoprank.errors import SourceError
 from shoprank.schema import CATALOGUE, EVENTS, IMPRESSIONS
 
+__all__ = ["CATALOGUE_ALIASES", "OPTIONS", "PRESETS", "UNITS", "Preset", "epoch_seconds", "load_events"]
+
 OPTIONS = ("preset", "encoding", "columns", "timestamp_unit")
 UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 CATALOGUE_ALIASES = {"itemid": "item_id", "item": "item_id", "product_id": "item_id", "categoryid": "category",
