@@ -93,7 +93,7 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
     if summary["blessed"] and (promoted / "LATEST").exists():
         bundle = promoted / (promoted / "LATEST").read_text().strip()
         summary |= {"bundle_dir": str(bundle), "model_dir": str(bundle / "saved_model"),
-                    "tflite_path": str(bundle / "model.tflite")}
+                    "tflite_path": str(bundle / "towers" / "request_tower.tflite")}
     summary |= {"run_id": run_id, "data_source": data, "wall_seconds": round(wall, 1),
                 "stages": [json.loads(line) for line in telemetry.read_text().splitlines()]
                 if telemetry.exists() else []}

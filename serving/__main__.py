@@ -22,8 +22,9 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser("shoprank model server (KServe v2)")
     parser.add_argument("--backend", choices=["auto", "tflite", "savedmodel", "onnx"], default="auto",
-                        help="auto: the int8 model when the bundle has model.tflite, else the SavedModel; "
-                             "onnx: the ONNX export (triton/) through onnxruntime")
+                        help="auto: the int8 composition when the bundle has towers/ (int8 request tower, item "
+                             "vectors from items/, float pair head), else the SavedModel (the whole graph); "
+                             "onnx: the ONNX export (triton/, the whole graph) through onnxruntime")
     parser.add_argument("--num_threads", type=int, default=1,
                         help="LiteRT threads per worker process (the batch is the parallelism that pays here)")
     parser.add_argument("--batch_in_thread", type=as_bool, default=None,
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(access_log=args.access_log, trace_log=args.enable_latency_logging)
     model = ShoprankModel(args.model_name, args.model_dir, backend=None if args.backend == "auto" else args.backend,
                           batch=batch_settings(args), limits=limits(args), num_threads=args.num_threads,
-                          batch_in_thread=args.batch_in_thread)
+                          batch_in_thread=args.batch_in_thread, unknown_candidates=args.unknown_candidates)
     model.load()
     host = "0.0.0.0"
     print(f"shoprank serving '{args.model_name}' ({model.backend or 'not loaded'}) from {args.model_dir}\n"

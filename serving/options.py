@@ -23,7 +23,11 @@ def build_parser(description: str, default_model_dir: str = "/mnt/models") -> ar
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = parser.add_argument_group("shoprank")
     g.add_argument("--model_dir", default=default_model_dir,
-                   help="the promoted bundle (model.tflite, saved_model/, transform/)")
+                   help="the promoted bundle (towers/, items/, saved_model/, transform/)")
+    g.add_argument("--unknown_candidates", choices=["last", "score"], default="last",
+                   help="candidates the model does not know (not in the catalogue or the item vocabulary): last "
+                        "ranks them after every known one (score 0.0); score ranks them by the model's score. "
+                        "Both list them in the response's unknown_items")
     g.add_argument("--max_batch_size", type=int, default=BatchSettings.max_batch_rows,
                    help="micro-batcher: most candidate rows in one model call")
     g.add_argument("--max_batch_wait_ms", type=float, default=BatchSettings.max_wait_ms,

@@ -10,7 +10,10 @@ REST or gRPC) and its `score` output comes back. Tensor requests are passed thro
     python -m serving.transformer --model_name shoprank-ranker --predictor_host HOST:PORT --protocol v2 \\
         [--model_dir /mnt/models] [--predictor_model_name NAME] [--http_port 8080]
 
-The transformer needs the bundle's transform/ folder (transform.json, catalogue.parquet) at --model_dir.
+The transformer needs the bundle's transform/ and items/ folders (transform.json; the per-item tables) at
+--model_dir. The predictor runs the whole graph per candidate (the ONNX export: Triton's model repository); the
+request/item split is the CPU backend's (issue 11): on a GPU the towers cost little, and the whole graph's inputs
+(70 int32 per row) are fewer bytes per candidate than the item vectors (2F + H floats) the head would need.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ class ShoprankTransformer(ShoprankModel):
 
     def __init__(self, name: str, model_dir: str | Path, predictor: PredictorConfig | None = None,
                  predictor_model_name: str | None = None, batch: BatchSettings | None = None,
-                 limits: Limits | None = None):
-        super().__init__(name, model_dir, backend="remote", batch=batch, limits=limits)
+                 limits: Limits | None = None, unknown_candidates: str = "last"):
+        super().__init__(name, model_dir, backend="remote", batch=batch, limits=limits,
+                         unknown_candidates=unknown_candidates)
         self.predictor = predictor
         self.predictor_model_name = predictor_model_name or name
         self._rest: InferenceRESTClient | None = None
@@ -46,18 +50,17 @@ class ShoprankTransformer(ShoprankModel):
     def _init_args(self) -> dict:
         return {"name": self.name, "model_dir": self.model_dir, "predictor": self.predictor,
                 "predictor_model_name": self.predictor_model_name, "batch": self.batch_settings,
-                "limits": self.limits}
+                "limits": self.limits, "unknown_candidates": self.unknown_candidates}
 
     def _load_ranker(self) -> Any:
-        from shoprank.features.transform import Catalogue, FeatureTransform
         from shoprank.scoring.ranker import Ranker
 
-        t = Path(self.model_dir) / "transform"
-        # No local scorer: Ranker is used for its feature path (`features`), scores come from the predictor.
-        return Ranker(FeatureTransform.load(t), Catalogue.load(t / "catalogue.parquet"), scorer=None)
+        # No local scorer: Ranker is used for its feature path (`features`: the item tables' input tensors), and
+        # the scores come from the predictor, which runs the whole graph (the ONNX export on Triton).
+        return Ranker.load(self.model_dir, backend=None, unknown_candidates=self.unknown_candidates)
 
     def _warm_up(self) -> None:
-        items = list(self.ranker.catalogue.item_id[:4]) or ["warm-up"]
+        items = self.ranker.items.some_ids(4) or ["warm-up"]
         self.ranker.features(["warm up"], [items[:1]], [items])
 
     def _client_protocol(self) -> str:
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(access_log=args.access_log, trace_log=args.enable_latency_logging)
     config = predictor_config(args)
     model = ShoprankTransformer(args.model_name, args.model_dir, config, args.predictor_model_name,
-                                batch=batch_settings(args), limits=limits(args))
+                                batch=batch_settings(args), limits=limits(args),
+                                unknown_candidates=args.unknown_candidates)
     model.load()
     ShoprankModelServer(predictor_config=config, **server_kwargs(args)).start([model])
 

@@ -54,19 +54,21 @@ def tiny_model(tmp_path_factory, tiny_features, tiny_config) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_model, tiny_features, tiny_config) -> dict:
-    """A promoted serving bundle, as `make run` publishes it: optimize -> compare_artefacts (which writes the
-    evaluator's test scores, scores_<artefact>.npy, next to the optimised model) -> publish_bundle.
+    """A promoted serving bundle, as `make run` publishes it: optimize -> build_item_tables -> compare_artefacts
+    (which writes the evaluator's test scores, scores_<artefact>.npy, next to the optimised model) -> publish_bundle.
     Returns bundle_dir, optimized_dir (with the scores), features_dir (golden_requests.json, test split)."""
     import json
 
     from shoprank.evaluation.compare import compare_artefacts
     from shoprank.modeling.optimize import optimize
     from shoprank.release.bundle import publish_bundle
+    from shoprank.scoring.item_tables import build_item_tables
 
     features, transform, _ = tiny_features
     base = tmp_path_factory.mktemp("bundle")
     optimized = base / "optimized"
     optimize(tiny_model, features, optimized, tiny_config, progress=quiet)
+    build_item_tables(transform, optimized / "items", optimized / "towers")
     artefacts = compare_artefacts(tiny_model, optimized, features, tiny_config, progress=quiet)
     summary = base / "summary.json"
     summary.write_text(json.dumps({"preset": tiny_config.preset, "artefacts": artefacts}))

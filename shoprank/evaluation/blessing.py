@@ -42,10 +42,12 @@ def _check(name: str, value: float, limit: float, ok: bool, what: str) -> Check:
 
 
 def bless(artefacts: dict[str, dict], golden_max_diff: dict[str, float], config: BlessingConfig,
-          ndcg_key: str = "ndcg_at_10") -> Blessing:
+          ndcg_key: str = "ndcg_at_10", test_split_max_diff: dict[str, float] | None = None) -> Blessing:
     """Apply every check. `artefacts` maps baseline_savedmodel / optimized_savedmodel / int8_tflite (and onnx,
     when exported) to their metrics (auc, ndcg, gzip_bytes, latency_ms); `golden_max_diff` maps a serving backend to the
-    largest |serving score - evaluator score| over the golden requests."""
+    largest |serving score - evaluator score| over the golden requests, `test_split_max_diff` (when given) the same
+    over the whole test split scored through the served composition (shoprank.evaluation.gate.test_split_check).
+    Both use the golden tolerance."""
     base = artefacts["baseline_savedmodel"]
     checks = [_check("baseline_quality_floor", base["auc"], config.min_auc, base["auc"] >= config.min_auc,
                      "baseline AUC (floor)")]
@@ -78,4 +80,8 @@ def bless(artefacts: dict[str, dict], golden_max_diff: dict[str, float], config:
         checks.append(_check(f"serving_path_{backend}", diff, config.golden_tolerance,
                              diff <= config.golden_tolerance,
                              f"{backend} serving path max |score - evaluator score| on golden requests"))
+    for backend, diff in sorted((test_split_max_diff or {}).items()):
+        checks.append(_check(f"served_test_split_{backend}", diff, config.golden_tolerance,
+                             diff <= config.golden_tolerance,
+                             f"{backend} served composition max |score - evaluator score| on the whole test split"))
     return Blessing(all(c.passed for c in checks), checks)

@@ -14,7 +14,7 @@ import json
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -33,6 +33,7 @@ __all__ = [
     "Catalogue",
     "FeatureTransform",
     "RawBatch",
+    "UnindexedVocabulary",
     "Vocabulary",
     "input_shapes",
     "tokenize",
@@ -98,6 +99,22 @@ class Vocabulary:
         return bool(value) and value in self._index
 
 
+class UnindexedVocabulary:
+    """A vocabulary's size without its values (`FeatureTransform.load(..., unindexed=...)`): for the model server,
+    which looks item ids up in memory-mapped tables made when the bundle is made (shoprank.scoring.item_tables)
+    instead of holding a dict of millions of ids per worker. Looking a value up here is a bug, and says so."""
+
+    def __init__(self, name: str, size: int, oov_buckets: int):
+        self.name, self.size, self.oov_buckets = name, size, oov_buckets
+
+    def _refuse(self, *_):
+        raise RuntimeError(f"the '{self.name}' vocabulary was loaded without its values (unindexed); look its ids "
+                           "up in the bundle's item tables")
+
+    lookup = known = _refuse
+    values = property(_refuse)
+
+
 @dataclass
 class RawBatch:
     """Raw fields of R ranking requests with N candidate rows in all (row_request maps row -> request)."""
@@ -153,9 +170,13 @@ class FeatureTransform:
         (d / "transform.json").write_text(json.dumps(payload))
 
     @classmethod
-    def load(cls, directory: str | Path) -> FeatureTransform:
+    def load(cls, directory: str | Path, unindexed: Collection[str] = ()) -> FeatureTransform:
+        """The saved transform. Vocabularies named in `unindexed` keep only their size (UnindexedVocabulary): what
+        a server with item tables needs of the item vocabulary (its size bounds tensor requests' ids)."""
         payload = json.loads((Path(directory) / "transform.json").read_text())
-        vocabs = {k: Vocabulary(v, payload["oov_buckets"][k]) for k, v in payload["vocabularies"].items()}
+        oov = payload["oov_buckets"]
+        vocabs = {k: UnindexedVocabulary(k, 1 + oov[k] + len(v), oov[k]) if k in unindexed else Vocabulary(v, oov[k])
+                  for k, v in payload["vocabularies"].items()}
         return cls(vocabs, np.array(payload["price_edges"]), FeatureConfig(**payload["config"]))
 
     @property

@@ -12,6 +12,7 @@ from pathlib import Path
 from shoprank.layout import (
     CATALOGUE_FILE,
     CONFIG_FILE,
+    ITEMS_DIR,
     LATEST,
     MANIFEST,
     MODEL_FILE,
@@ -19,6 +20,7 @@ from shoprank.layout import (
     SAVED_MODEL_DIR,
     SUMMARY_FILE,
     TFLITE_FILE,
+    TOWERS_DIR,
     TRANSFORM_DIR,
     TRANSFORM_FILE,
     TRITON_DIR,
@@ -27,9 +29,13 @@ from shoprank.layout import (
 
 
 def bundle_version(optimized_dir: str | Path, transform_dir: str | Path) -> str:
-    """Content-addressed: the same model and transform always get the same version (reruns are no-ops)."""
+    """Content-addressed: the same model and transform always get the same version (reruns are no-ops). The model
+    is the CPU server's: the towers (and a whole-graph model.tflite where an optimised model has one)."""
+    opt = Path(optimized_dir)
     h = hashlib.sha256()
-    for f in (Path(optimized_dir) / TFLITE_FILE, Path(transform_dir) / TRANSFORM_FILE):
+    towers = sorted(f for f in (opt / TOWERS_DIR).rglob("*") if f.is_file()) if (opt / TOWERS_DIR).is_dir() else []
+    legacy = [opt / TFLITE_FILE] if (opt / TFLITE_FILE).is_file() else []
+    for f in (*legacy, *towers, Path(transform_dir) / TRANSFORM_FILE):
         h.update(f.read_bytes())
     return "v" + h.hexdigest()[:12]
 
@@ -43,7 +49,7 @@ def local_root(model_root: str) -> Path:
 
 def publish_bundle(optimized_dir: str | Path, transform_dir: str | Path, summary_path: str | Path,
                    model_root: str, model_name: str) -> dict:
-    """Copy the optimised SavedModel, the int8 model, the transform and the summary into a new version
+    """Copy the optimised SavedModel, the towers and item tables, the transform and the summary into a new version
     folder, lay out the ONNX export (when there is one) as a Triton model repository under triton/ with the
     model named `model_name`, and point LATEST at it. Returns the promotion record (previous and new version).
 
@@ -60,7 +66,11 @@ def publish_bundle(optimized_dir: str | Path, transform_dir: str | Path, summary
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         shutil.copytree(opt / SAVED_MODEL_DIR, staging / SAVED_MODEL_DIR)
-        shutil.copy(opt / TFLITE_FILE, staging / TFLITE_FILE)
+        for d in (TOWERS_DIR, ITEMS_DIR):  # the served composition and its per-item tables
+            if (opt / d).is_dir():
+                shutil.copytree(opt / d, staging / d)
+        if (opt / TFLITE_FILE).is_file():
+            shutil.copy(opt / TFLITE_FILE, staging / TFLITE_FILE)
         (staging / TRANSFORM_DIR).mkdir()
         for f in (TRANSFORM_FILE, CATALOGUE_FILE):
             shutil.copy(tr / f, staging / TRANSFORM_DIR / f)
@@ -74,7 +84,7 @@ def publish_bundle(optimized_dir: str | Path, transform_dir: str | Path, summary
     latest.write_text(version + "\n")
     record = {"model_name": model_name, "version": version, "previous_version": previous,
               "outcome": "unchanged" if previous == version else "promoted", "bundle_dir": str(dest.resolve()),
-              "model_dir": str((dest / SAVED_MODEL_DIR).resolve()), "tflite_path": str((dest / TFLITE_FILE).resolve()),
+              "model_dir": str((dest / SAVED_MODEL_DIR).resolve()), "tflite_path": str((dest / TOWERS_DIR).resolve()),
               "triton_repository": str((dest / TRITON_DIR).resolve()) if (dest / TRITON_DIR).is_dir() else None}
     print(f"[promote] {record['outcome']}: {model_name} {previous or '-'} -> {version} at {dest}", flush=True)
     return record
