@@ -94,11 +94,11 @@ class ItemTables:
         pos = np.searchsorted(self._ids, keys)
         np.minimum(pos, len(self._ids) - 1, out=pos)
         found = self._ids[pos] == keys
+        if max(map(len, encoded)) > self.id_width:  # cut to the width above: such an id has no row of its own
+            found &= np.fromiter(map(len, encoded), np.int64, n) <= self.id_width
         out = np.take(self._id_rows, pos).astype(np.int64)
         if found.all():
             return out
-        lengths = np.fromiter(map(len, encoded), np.int64, n)
-        found &= lengths <= self.id_width
         for j in np.flatnonzero(~found).tolist():
             out[j] = self._miss(encoded[j])
         return out
