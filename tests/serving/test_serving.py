@@ -323,8 +323,9 @@ def test_other_routes_answer_4xx_not_5xx(served):
 def test_a_model_that_fails_to_load_is_not_ready_and_says_why(tmp_path, tiny_bundle):
     broken = ShoprankModel("broken", tmp_path)
     assert broken.load() is False and not broken.ready
-    assert "neither model.tflite nor saved_model" in broken.load_error
-    (tmp_path / "model.tflite").write_bytes(b"not a model")
+    assert "neither towers/ nor saved_model/" in broken.load_error
+    (tmp_path / "towers").mkdir()
+    (tmp_path / "towers" / "request_tower.tflite").write_bytes(b"not a model")
     assert ShoprankModel("broken", tmp_path).load() is False
     assert detect_backend(tiny_bundle["bundle_dir"]) == "tflite"
     broken.start()  # kserve.Model.start() would flip this to ready
