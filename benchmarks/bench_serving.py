@@ -3,7 +3,8 @@
 One run, the same ranking requests (N candidates each, default 100), concurrency 1, 8 and 32, a fixed number
 of requests per cell, closed loop over keep-alive connections from a Go load generator (benchmarks/loadgen):
 
-  a        the in-process ranking function (Ranker.rank: catalogue look-up + transform + int8 model), no server;
+  a        the in-process ranking function (Ranker.rank: item-table look-up + transform + the int8 composition), no
+           server;
            one request at a time (c=1), and 8 / 32 requests per call (what micro-batching can reach)
   b, c     this server (python -m serving), 1 and 2 workers
   b-stock  this server with KServe's own REST infer route (--fast_infer false), 1 worker, for reference
@@ -243,7 +244,10 @@ def in_process(ranker, requests: list[dict], n: int, k: int) -> Cell:
 
 
 def compute_bound(ranker, requests: list[dict], n: int, k: int = 16) -> dict:
-    """CPU ms per request of the int8 model alone and of the ranking path around it, k requests per call."""
+    """CPU ms per request of the model alone and of the ranking path around it, k requests per call. The model is
+    the served composition (issue 11): the request tower once per request, the gather of the candidates' item
+    vectors and the pair head; the path around it is the request side of the transform (query tokens, history
+    rows), the candidates' row look-up and the split into ranked lists."""
     from shoprank.scoring.ranker import split_ranked
 
     calls = max(1, n // k)
@@ -256,20 +260,23 @@ def compute_bound(ranker, requests: list[dict], n: int, k: int = 16) -> dict:
     model = transform = 0.0
     for q, h, c in batches:
         t0 = time.process_time()
-        tensors, unknown = ranker.features(q, h, c)
+        rows = ranker.items.rows([x for cands in c for x in cands])
+        unknown = ~ranker.items.known(rows)
+        request = ranker.request_inputs(q, h)
+        rr = np.repeat(np.arange(len(c)), [len(x) for x in c])
         t1 = time.process_time()
-        scores = ranker.scorer.score(tensors)
+        scores = ranker.scorer.score_pairs(ranker.scorer.request_vectors(request), rr, ranker.items.item_vectors(rows))
         t2 = time.process_time()
-        split_ranked(scores, unknown, c)
+        split_ranked(scores, unknown, c, ranker.unknown_candidates)
         t3 = time.process_time()
         model += t2 - t1
         transform += (t1 - t0) + (t3 - t2)
     per = calls * k
     out = {"requests_per_call": k, "rows_per_call": sum(len(x) for x in batches[0][2]),
            "model_cpu_ms": round(model / per * 1000, 4), "transform_cpu_ms": round(transform / per * 1000, 4)}
-    print(f"  compute: int8 model {out['model_cpu_ms']:.3f} ms CPU per request, ranking path around it "
-          f"{out['transform_cpu_ms']:.3f} ms ({k} requests of {len(requests[0]['candidates'])} candidates per call)",
-          flush=True)
+    print(f"  compute: model (request tower, item-vector gather, pair head) {out['model_cpu_ms']:.3f} ms CPU per "
+          f"request, ranking path around it {out['transform_cpu_ms']:.3f} ms ({k} requests of "
+          f"{len(requests[0]['candidates'])} candidates per call)", flush=True)
     return out
 
 

@@ -52,20 +52,28 @@ class PairHead:
         with np.load(path) as z:
             return cls({k: z[k] for k in z.files}, f)
 
-    def logits(self, request: dict[str, np.ndarray], row_request: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def logits(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray
+               ) -> np.ndarray:
+        """row_request: each item row's request (index into the request vectors); None when there is one request
+        (its vectors are broadcast, no gather)."""
         f = self.f
         n = items.shape[0]
         qh = np.concatenate([request["query"], request["history"]], axis=1)  # [R, 2F]
-        pair = np.take(qh, row_request, axis=0)
-        pair *= items[:, : 2 * f]
+        if row_request is None:
+            pair = items[:, : 2 * f] * qh
+            x = items[:, 2 * f:] + request["request_hidden"]
+        else:
+            pair = np.take(qh, row_request, axis=0)
+            pair *= items[:, : 2 * f]
+            x = np.take(request["request_hidden"], row_request, axis=0)
+            x += items[:, 2 * f:]
         d = pair.reshape(n, 2, f).sum(axis=2)  # [N, 2]: query . title, history . candidate
-        x = np.take(request["request_hidden"], row_request, axis=0)
-        x += items[:, 2 * f:]
         x += d @ self.w_pair
         np.maximum(x, 0, out=x)
         return x @ self.w_score + self.b_score
 
-    def scores(self, request: dict[str, np.ndarray], row_request: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def scores(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray
+               ) -> np.ndarray:
         z = self.logits(request, row_request, items)
         with np.errstate(over="ignore"):  # exp of a large negative logit: inf, and the score 0
             return (1.0 / (1.0 + np.exp(-z))).astype(np.float32, copy=False)
@@ -111,10 +119,12 @@ class ComposedScorer:
         """[N, 2F + H] item vectors as the tables hold them: the item tower's outputs, rounded to `item_dtype`."""
         out = self.item_tower({k: item_tensors[k] for k in ITEM_INPUTS})
         vectors = np.concatenate([out[k] for k in self.meta["item_vectors"]], axis=1)
-        return vectors.astype(self.item_dtype).astype(np.float32)
+        return vectors.astype(self.item_dtype).astype(np.float32, copy=False)
 
-    def score_pairs(self, request: dict[str, np.ndarray], row_request: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return self.head.scores(request, np.asarray(row_request, dtype=np.intp), items)
+    def score_pairs(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray
+                    ) -> np.ndarray:
+        """Scores of N item rows against R requests' vectors; row_request maps rows to requests (None: R is 1)."""
+        return self.head.scores(request, None if row_request is None else np.asarray(row_request, np.intp), items)
 
     def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Scores of N rows of the model's whole input tensors (INPUTS): the request tower and the item tower on

@@ -103,26 +103,39 @@ class Ranker:
                 model = found[0]
         return cls.from_paths(b / TRANSFORM_DIR, b / ITEMS_DIR, model, num_threads, unknown_candidates)
 
-    def request_inputs(self, queries: Sequence[str], histories: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+    def request_inputs(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
+                       history_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """REQUEST_INPUTS of R requests (one row each): the transform's query tokens (its tokeniser and cache) and
         the history's last L ids, right-aligned and 0-padded as FeatureTransform._sequence does, with each id's item,
         category and brand indices from its table row (an id outside the catalogue: its own index, no category
-        or brand, as the transform gives it)."""
+        or brand, as the transform gives it). `history_rows`: the table rows of the histories' last L ids, when
+        the caller looked them up already (one look-up for history and candidates)."""
         ql, length = self.transform.config.query_len, self.transform.config.history_len
         tokens = self.transform.tokens
         q = np.stack([tokens(s, ql) for s in queries]) if len(queries) else np.zeros((0, ql), np.int32)
         hist = np.zeros((3, len(histories), length), np.int32)
-        recent = [h[-length:] for h in histories]
-        lens = np.fromiter(map(len, recent), np.int64, len(recent))
+        lens = np.fromiter((min(len(h), length) for h in histories), np.int64, len(histories))
         m = int(lens.sum())
         if m:
-            rows = self.items.rows(list(chain.from_iterable(recent)))
+            if history_rows is None:
+                history_rows = self.items.rows(self._recent(histories))
             ends = np.cumsum(lens)
-            req = np.repeat(np.arange(len(recent)), lens)
+            req = np.repeat(np.arange(len(histories)), lens)
             col = np.arange(m) - np.repeat(ends, lens) + length
             for i, k in enumerate(("item_id", "category", "brand")):
-                hist[i, req, col] = np.take(self.items.inputs[k], rows)
+                hist[i, req, col] = np.take(self.items.inputs[k], history_rows)
         return {"query_tokens": q, "history_items": hist[0], "history_categories": hist[1], "history_brands": hist[2]}
+
+    def _recent(self, histories: Sequence[Sequence[str]]) -> list[str]:
+        length = self.transform.config.history_len
+        return [x for h in histories for x in h[-length:]]
+
+    def _lookup(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Table rows of the histories' last L ids and of the candidates, in one look-up."""
+        recent = self._recent(histories)
+        rows = self.items.rows([*recent, *chain.from_iterable(candidates)])
+        return rows[: len(recent)], rows[len(recent):]
 
     def features(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
                  candidates: Sequence[Sequence[str]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -131,8 +144,8 @@ class Ranker:
         The same tensors as `FeatureTransform.transform` (tests/scoring/test_ranker.py checks it on odd requests):
         the candidates' columns are rows of the item tables, the request columns are computed once per request and
         repeated over its candidates. What the whole-graph backends and the Triton transformer score."""
-        rows = self.items.rows(list(chain.from_iterable(candidates)))
-        req = self.request_inputs(queries, histories)
+        history_rows, rows = self._lookup(histories, candidates)
+        req = self.request_inputs(queries, histories, history_rows)
         rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
         tensors = {k: np.take(req[k], rr, axis=0) for k in REQUEST_INPUTS} | self.items.item_inputs(rows)
         return tensors, ~self.items.known(rows)
@@ -145,12 +158,12 @@ class Ranker:
         if not self.composed:
             tensors, unknown = self.features(queries, histories, candidates)
             return (self.scorer.score(tensors) if len(unknown) else np.zeros(0, np.float32)), unknown
-        rows = self.items.rows(list(chain.from_iterable(candidates)))
+        history_rows, rows = self._lookup(histories, candidates)
         unknown = ~self.items.known(rows)
         if not len(rows):
             return np.zeros(0, np.float32), unknown
-        rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
-        vectors = self.scorer.request_vectors(self.request_inputs(queries, histories))
+        rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates]) if len(candidates) > 1 else None
+        vectors = self.scorer.request_vectors(self.request_inputs(queries, histories, history_rows))
         return self.scorer.score_pairs(vectors, rr, self.items.item_vectors(rows)), unknown
 
     def score_rows(self, request_tensors: dict[str, np.ndarray], row_request: np.ndarray,
