@@ -43,7 +43,8 @@ def promote(model_root: str, model_name: str, optimized_model: Input[Model], tra
 
             record = publish_bundle(optimized_model.path, transform.path, summary.path, model_root, model_name)
         elif deploy_target == "kserve":
-            from shoprank.release.kserve.rollout import PromoteParams, promote_to_kserve
+            from shoprank.release.kserve.profiles import PromoteParams
+            from shoprank.release.kserve.rollout import promote_to_kserve
 
             params = PromoteParams(
                 profile=serving_profile, namespace=serving_namespace, gpu=serving_gpu,
