@@ -2,9 +2,10 @@
 
 In order: the cluster itself; every overlay through the API server's dry run; `make deploy` of the CPU and GPU
 overlays (KServe turns them into Deployments, Services and HPAs; the scheduler places the pods on the simulated
-nodes); the pipeline runner's RBAC as the API server decides it; the promote step (shoprank.release.kserve.rollout) creating,
-patching, re-running, rolling back, and reporting an unschedulable GPU request, as admin and as the pipeline's
-own ServiceAccount; a scale check (100 GPU nodes, 20 InferenceServices); `make undeploy`.
+nodes); the pipeline runner's RBAC as the API server decides it; the promote step
+(shoprank.release.kserve.rollout) creating, patching, re-running, rolling back, and reporting an unschedulable GPU
+request, as admin and as the pipeline's own ServiceAccount; a scale check (100 GPU nodes, 20 InferenceServices);
+`make undeploy`.
 
 The simulated nodes run no containers: a pod is Running and Ready as soon as it is scheduled. So a version
 "never becomes Ready" here when its pods cannot be scheduled, and no smoke request is sent (smoke="none").
