@@ -8,5 +8,8 @@ the body is shipped in the compiled pipeline.
 
 import os
 
-# The image every component runs in on a cluster; override at compile time (make compile IMAGE=...).
+__all__ = ["COMPONENT_IMAGE"]
+
+# The image every component runs in on a cluster; override it when compiling with the environment variable
+# SHOPRANK_COMPONENT_IMAGE (`make deploy COMPONENT_IMAGE=...` does, see deploy/kfp_upload.py).
 COMPONENT_IMAGE = os.environ.get("SHOPRANK_COMPONENT_IMAGE", "ghcr.io/shoprank/shoprank-components:0.1.0")

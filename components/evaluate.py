@@ -1,7 +1,11 @@
+"""The evaluate step: test-set metrics, the ROC for the UI and the evaluation report of the trained model."""
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["evaluate"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

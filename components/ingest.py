@@ -1,7 +1,11 @@
+"""The ingest step: raw shop data (synthetic, a directory of tables, or a real dataset) as the shoprank tables."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["ingest"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

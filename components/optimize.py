@@ -1,7 +1,11 @@
+"""The optimise step: pruning, the int8 TFLite model (and the ONNX export), and the artefacts compared."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["optimize"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

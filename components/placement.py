@@ -1,8 +1,12 @@
+"""Where the train step runs: GPU count, node selector and toleration, computed at run time from `use_gpu`."""
+
 from typing import NamedTuple
 
 from kfp import dsl
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["train_placement"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

@@ -1,7 +1,11 @@
+"""The preprocess step: validation, the time split, the fitted transform and the model tensors."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["preprocess"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

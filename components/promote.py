@@ -1,9 +1,13 @@
+"""The promote step: publish the blessed bundle, locally or to a cluster (KServe), and record the outcome."""
+
 import os
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["MODEL_PVC", "PVC_MOUNT_PATH", "promote"]
 
 # pvc:// model roots: compile with SHOPRANK_MODEL_PVC=<claim> and the pipeline mounts that claim on the promote
 # task here (the bundle is written through the mount; KServe reads pvc://<claim>/...). Unset: no mount.

@@ -1,7 +1,11 @@
+"""The train step: the ranking model, trained on the preprocessed tensors."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["train"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

@@ -1,7 +1,11 @@
+"""The validate step: the blessing gate that decides whether the model is promoted."""
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["validate"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)

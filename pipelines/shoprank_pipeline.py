@@ -17,6 +17,8 @@ from components.promote import MODEL_PVC, PVC_MOUNT_PATH, promote
 from components.train import train
 from components.validate import validate
 
+__all__ = ["GPU_TAINT", "PIPELINE_NAME", "shoprank_pipeline"]
+
 PIPELINE_NAME = "shoprank"
 GPU_TAINT = "nvidia.com/gpu"
 
