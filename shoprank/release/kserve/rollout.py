@@ -53,7 +53,7 @@ from shoprank.release.kserve.names import DEPLOY_FIELD_MANAGER, FIELD_MANAGER, K
 from shoprank.release.kserve.plan import RolloutPlan, plan_rollout, resolve_conflicts
 from shoprank.release.kserve.profiles import PromoteParams, serving_settings
 from shoprank.release.kserve.smoke import SmokeCheck, SmokeContext, no_smoke, ranking_smoke, smoke_url
-from shoprank.release.kserve.smoke import served_versions as served_versions  # noqa: F401 (see below)
+from shoprank.release.kserve.smoke import served_versions as served_versions  # re-exported, see below
 from shoprank.release.kserve.spec import ServingSettings, desired_inference_service
 from shoprank.release.kserve.wait import latest_created_revision, wait_until_ready
 

@@ -4,6 +4,7 @@ profile's defaults are its overlay's InferenceService.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 import yaml
 
 from shoprank.release.kserve.plan import plan_rollout
-from shoprank.release.kserve.profiles import DEFAULT_PROFILE, PromoteParams, serving_settings
+from shoprank.release.kserve.profiles import (
+    DEFAULT_PROFILE,
+    PIPELINE_PREFIX,
+    PROFILES,
+    SERVING_PARAMETERS,
+    PromoteParams,
+    serving_settings,
+)
 from shoprank.release.kserve.spec import desired_inference_service
 from tests.release.kserve.support import NAME, NEW, desired, live
 
@@ -105,3 +113,23 @@ def test_min_replicas_zero_is_a_real_value_in_knative():
 def test_bad_parameters_are_refused_before_anything_happens(params, message):
     with pytest.raises(ValueError, match=message):
         serving_settings(PromoteParams(**params), NEW, NAME)
+
+
+# --- the declaration of the serving parameters -------------------------------------------------------------
+
+
+def test_serving_parameters_are_promote_params_fields_with_a_description():
+    assert [p.attribute for p in SERVING_PARAMETERS] == [f.name for f in dataclasses.fields(PromoteParams)]
+    defaults = PromoteParams()
+    for p in SERVING_PARAMETERS:
+        assert p.name == PIPELINE_PREFIX + p.attribute
+        assert p.type in (str, int, bool) and type(p.default) is p.type  # KFP parameter types, never None
+        assert getattr(defaults, p.attribute) == p.default
+        assert p.description.strip() and p.description == " ".join(p.description.split()), p.name
+
+
+def test_the_declared_defaults_take_the_profiles_values():
+    """Defaults mean "the profile's value": settings from all defaults are the default profile's own."""
+    settings, _, _ = serving_settings(PromoteParams(), NEW, NAME)
+    for key, value in PROFILES[DEFAULT_PROFILE].settings.items():
+        assert getattr(settings, key) == value, key
