@@ -53,12 +53,8 @@ from shoprank.release.kserve.names import DEPLOY_FIELD_MANAGER, FIELD_MANAGER, K
 from shoprank.release.kserve.plan import RolloutPlan, plan_rollout, resolve_conflicts
 from shoprank.release.kserve.profiles import PromoteParams, serving_settings
 from shoprank.release.kserve.smoke import SmokeCheck, SmokeContext, no_smoke, ranking_smoke, smoke_url
-from shoprank.release.kserve.smoke import served_versions as served_versions  # re-exported, see below
 from shoprank.release.kserve.spec import ServingSettings, desired_inference_service
 from shoprank.release.kserve.wait import latest_created_revision, wait_until_ready
-
-# `served_versions` is re-exported (not in __all__) for tests/serving/test_serving.py, which imports it from
-# here; it belongs to shoprank.release.kserve.smoke.
 
 __all__ = [
     "OUTCOMES",

@@ -60,8 +60,6 @@ SCRATCH_VOLUME = "tmp"  # emptyDir at /tmp: the root filesystem is read-only
 # Metrics each autoscaler understands: HPA (Standard, or Knative with the HPA class) and Knative's KPA.
 HPA_METRICS = ("cpu", "memory")
 KPA_METRICS = ("concurrency", "rps")
-# Kept for tests/modeling/test_onnx_export.py, which imports it from here; new code uses shoprank.layout.TRITON_DIR.
-TRITON_REPOSITORY = TRITON_DIR
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # KServe's InferenceService name rule (DNS-1035)
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
