@@ -1,7 +1,11 @@
+"""The optimise step: pruning, the int8 TFLite model (and the ONNX export), and the artefacts compared."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["optimize"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -10,7 +14,20 @@ def optimize(preset: str, overrides: str, model: Input[Model], features: Input[D
     """Prune while fine-tuning, export the optimised SavedModel (the whole graph, and its ONNX export) and the
     served composition's towers (int8 request tower, float item tower and pair head), make the per-item tables of
     the transform's catalogue (items/: the item tower's vectors, memory-mapped by the server), and compare all
-    artefacts side by side (size, latency, quality, ties)."""
+    artefacts side by side (size, latency, quality, ties).
+
+    Args:
+        preset: Size of the run's settings: tiny, small, default or large (shoprank.config.PRESETS).
+        overrides: JSON of settings on top of the preset, e.g. {"optimize": {"target_sparsity": 0.7}}; unknown
+            keys are refused.
+        model: The trained model.
+        features: The model tensors of each split (fine-tuning, calibration and the comparison).
+        transform: The vocabularies and the catalogue (the item tables are made for its items).
+        optimized_model: The pruned SavedModel, the towers (towers/), the item tables (items/) and, if enabled,
+            the ONNX export.
+        comparison: Size, latency, quality and ties of every artefact, side by side (JSON).
+        optimize_metrics: Sparsity and each artefact's AUC, gzip size and latency at batch 256.
+    """
     import json
     from pathlib import Path
 
