@@ -140,15 +140,17 @@ def measure(bundle: Path, requests: int) -> dict:
     rng = np.random.default_rng(0)
     sorted_ids = ranker.items._ids
     ids = [sorted_ids[i].decode() for i in rng.integers(len(sorted_ids), size=200_000)]
-    done, t1 = 0, time.perf_counter()
+    done, t1, c1 = 0, time.perf_counter(), time.process_time()
     for step in sorted({min(requests, x) for x in (1_000, 10_000, requests)}):
         for q, h, c in _requests(ids, step - done, seed=step):
             ranker.rank([q], [h], [c])
         done = step
         out[f"memory_mib_after_{step}_requests"] = _status()
-        print(f"[measure] after {step:,} requests ({(time.perf_counter() - t1) / step * 1000:.3f} ms per request): "
+        print(f"[measure] after {step:,} requests ({(time.perf_counter() - t1) / step * 1000:.3f} ms wall, "
+              f"{(time.process_time() - c1) / step * 1000:.3f} ms CPU per request): "
               f"{out[f'memory_mib_after_{step}_requests']}", flush=True)
     out["ms_per_request"] = round((time.perf_counter() - t1) / max(done, 1) * 1000, 4)
+    out["cpu_ms_per_request"] = round((time.process_time() - c1) / max(done, 1) * 1000, 4)
     return out
 
 

@@ -42,14 +42,51 @@ def _item_precision(scorer, columns: dict[str, np.ndarray], scores: np.ndarray, 
             "float32_auc": m["auc"], f"float32_{k}": m[k]}
 
 
+def _served_latency(scorer, optimized_dir: Path, test, config: ShoprankConfig) -> dict[str, float] | None:
+    """Median ms of the composition as the server runs it on the first 1 and 256 test rows: the request tower once
+    per request among them, their item vectors gathered from the item tables by id, the head. None without tables
+    (then the tensor path's latency stands: both towers on every row)."""
+    import pyarrow.parquet as pq
+
+    from shoprank.features.transform import REQUEST_INPUTS
+    from shoprank.layout import ITEMS_DIR
+    from shoprank.scoring.item_tables import ItemTables
+
+    if not (optimized_dir / ITEMS_DIR).is_dir():
+        return None
+    tables = ItemTables(optimized_dir / ITEMS_DIR)
+    groups = np.asarray(test.column("request")[:256])
+    ids = pq.read_table(test.directory / "rows.parquet", columns=["item_id"]).column(0).to_pylist()[:256]
+    out = {}
+    for b in (1, 256):
+        g = groups[:b]
+        first = np.concatenate([[0], np.flatnonzero(g[1:] != g[:-1]) + 1])
+        request = {k: np.asarray(test.column(k)[first]) for k in REQUEST_INPUTS}
+        rr = np.repeat(np.arange(first.size), np.diff(np.concatenate([first, [b]])))
+        rows = tables.rows(ids[:b])
+
+        def run(request=request, rr=rr, rows=rows):
+            scorer.score_pairs(scorer.request_vectors(request), rr, tables.item_vectors(rows))
+
+        for _ in range(3):
+            run()
+        times = []
+        for _ in range(config.optimize.latency_repeats):
+            t = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t) * 1000)
+        out[str(b)] = round(float(np.median(times)), 4)
+    return out
+
+
 def compare_artefacts(baseline_dir: str | Path, optimized_dir: str | Path, features_dir: str | Path,
                       config: ShoprankConfig, progress: Progress = print) -> dict[str, dict]:
     """Side by side in one process: size, gzip size, CPU latency at batch 1 and 256, test quality and ties of
     the baseline SavedModel, the optimised SavedModel, the int8 composition (`int8_tflite`: the towers/ directory,
     scored with its item tower on the test rows, rounded as the tables store its output; a whole-graph
     model.tflite when an older optimised model has one) and (when exported) the ONNX export. The composition's
-    latency is the tensor path's (request tower and item tower on every row): an upper bound of what a ranking
-    request costs, which gathers the item vectors instead (benchmarks/bench_serving.py measures that).
+    latency is the served path's when the item tables are made (request tower once per request, item vectors
+    gathered by id, head; `tensor_path_latency_ms`: both towers on every row, what a tensor request costs).
 
     Test scores of each are saved next to the optimised bundle as scores_<name>.npy (the gate compares the served
     path against them); the ONNX entry also records its largest |score difference| from the optimised
@@ -77,9 +114,14 @@ def compare_artefacts(baseline_dir: str | Path, optimized_dir: str | Path, featu
         scored[name] = scores
         m = evaluate_scores(test, scores, config)
         lat = {str(b): round(latency_ms(scorer, columns, b, config.optimize.latency_repeats), 4) for b in (1, 256)}
+        served = _served_latency(scorer, Path(optimized_dir), test, config) if hasattr(scorer, "score_pairs") else None
+        if served is not None:  # the composition as a ranking request runs it; the tensor path's beside it
+            lat, tensor_lat = served, lat
         out[name] = {"path": str(path), **artefact_size(path), "latency_ms": lat, "auc": m["auc"],
                      f"ndcg_at_{k}": m[f"ndcg_at_{k}"], "log_loss": m["log_loss"], "mrr": m["mrr"],
                      f"recall_at_{k}": m[f"recall_at_{k}"], "ties": tie_statistics(groups, scores)}
+        if served is not None:
+            out[name]["tensor_path_latency_ms"] = tensor_lat
         if getattr(scorer, "item_dtype", np.dtype(np.float32)) != np.float32:
             out[name]["item_vectors_precision"] = _item_precision(scorer, columns, scores, test, config)
             progress(f"[optimize] {name}: item vectors {scorer.item_dtype.name} vs float32: "

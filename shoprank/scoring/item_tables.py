@@ -25,9 +25,11 @@ Not tested here: ids whose UTF-8 form ends in NUL bytes (numpy's "S" type strips
 from __future__ import annotations
 
 import json
+import mmap
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ import numpy as np
 from shoprank.features.transform import ITEM_INPUTS, Catalogue, FeatureTransform, RawBatch
 from shoprank.layout import CATALOGUE_FILE, ITEMS_META
 
-__all__ = ["IN_CATALOGUE", "IN_VOCABULARY", "ItemTables", "build_item_tables"]
+__all__ = ["IN_CATALOGUE", "IN_MEMORY_BYTES", "IN_VOCABULARY", "ItemTables", "build_item_tables"]
 
 IN_CATALOGUE = 1
 IN_VOCABULARY = 2
@@ -48,11 +50,22 @@ def _quiet(_: str) -> None:
     pass
 
 
+# Below this many bytes, a table is also worth a private in-memory form (see ItemTables).
+IN_MEMORY_BYTES = 32 << 20
+_DICT_BYTES_PER_ID = 100  # a Python str and its dict entry, about
+
+
 class ItemTables:
     """The memory-mapped tables of one bundle (see the module doc). Loading maps files and reads items.json:
-    constant time whatever the catalogue size. Read-only, so one instance can serve concurrent readers."""
+    constant time whatever the catalogue size. Read-only, so one instance can serve concurrent readers.
 
-    def __init__(self, directory: str | Path):
+    Small catalogues also get private in-memory forms, when each costs at most `in_memory_bytes` per process: the
+    item vectors widened to float32 (exactly the float16 values: the scores are the same bits) and a dict from id
+    to row. They save ~20 us and ~50 us of CPU per 100-candidate request (gather without conversion; a hash look-up
+    instead of a binary search over fixed-width bytes); a 2M-item catalogue stays on the shared mapping (the float32
+    vectors alone would be 1.5 GB per worker). `in_memory_bytes=0` keeps everything mapped."""
+
+    def __init__(self, directory: str | Path, in_memory_bytes: int = IN_MEMORY_BYTES):
         self.directory = Path(directory)
         self.meta = json.loads((self.directory / ITEMS_META).read_text())
         m = self.meta
@@ -62,21 +75,32 @@ class ItemTables:
         self.oov_buckets = int(m["oov_buckets"])
         self.id_width = int(m["id_width"])
 
-        def load(name: str) -> np.ndarray:
+        def load(name: str, random_access: bool = False) -> np.ndarray:
+            mapped = np.load(self.directory / name, mmap_mode="r")
+            if random_access and mapped.size and hasattr(mmap, "MADV_RANDOM"):
+                # Requests touch scattered rows: no read-ahead, and no mapping of the neighbouring pages on a fault
+                # (the kernel's fault-around), so a worker's RSS counts the rows it reads, not their neighbours.
+                mapped._mmap.madvise(mmap.MADV_RANDOM)
             # A plain ndarray over the mapping (np.memmap's subclass hooks cost microseconds per gather).
-            return np.asarray(np.load(self.directory / name, mmap_mode="r"))
+            return np.asarray(mapped)
 
-        self._ids = load(_IDS)
-        self._id_rows = load(_ID_ROWS)
+        self._ids = load(_IDS, random_access=True)
+        self._id_rows = load(_ID_ROWS, random_access=True)
         self.flags = load(_FLAGS)
         self.inputs = {k: load(f"{k}.npy") for k in ITEM_INPUTS}
-        self.vectors = load(_VECTORS) if (self.directory / _VECTORS).is_file() else None
+        self.vectors = load(_VECTORS, random_access=True) if (self.directory / _VECTORS).is_file() else None
         both = IN_CATALOGUE | IN_VOCABULARY
         self._known = (self.flags & both) == both  # one byte per row, in this process (2 MB at 2M items)
         # float16 -> float32 through a table of all 65,536 half values (256 KB): exact, and about twice as fast as
         # numpy's cast (measured: 100 x 192 values, 26 us instead of 40 us on the 2-core build machine).
         self._half = (np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
                       if self.vectors is not None and self.vectors.dtype == np.float16 else None)
+        if self.vectors is not None and self.vectors.size * 4 <= in_memory_bytes:
+            self.vectors = self.vectors.astype(np.float32)
+            self._half = None
+        self._index: dict[str, int] | None = None
+        if len(self._ids) * _DICT_BYTES_PER_ID <= in_memory_bytes:
+            self._index = dict(zip((v.decode("utf-8") for v in self._ids.tolist()), self._id_rows.tolist()))
 
     def __len__(self) -> int:
         """Catalogue items (the extra rows for unknown ids are not counted)."""
@@ -93,6 +117,12 @@ class ItemTables:
         n = len(item_ids)
         if n == 0:
             return np.zeros(0, np.int64)
+        if self._index is not None:
+            out = np.fromiter(map(self._index.get, item_ids, repeat(-1)), np.int64, n)
+            if out.min() < 0:
+                for j in np.flatnonzero(out < 0).tolist():
+                    out[j] = self._miss(item_ids[j].encode("utf-8"))
+            return out
         encoded = [s.encode("utf-8") for s in item_ids]
         if len(self._ids) == 0:
             return np.array([self._miss(e) for e in encoded], np.int64)

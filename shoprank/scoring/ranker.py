@@ -1,7 +1,8 @@
 """Ranking requests end to end: item-table look-up + the feature transform -> a scorer -> ranked lists.
 
-This is the code path the model server runs; the blessing gate runs it too on golden requests, so a
-model is only blessed if the serving path reproduces the evaluator's scores.
+This is the code path the model server runs; the blessing gate runs it too, on the whole test split (request
+tensors once per request, items by id through the tables: `score_rows`) and on golden requests (raw text and ids:
+`rank`), so a model is only blessed if the serving path reproduces the evaluator's scores.
 
 The bundle's layout is in shoprank.layout.
 """
@@ -119,11 +120,16 @@ class Ranker:
         if m:
             if history_rows is None:
                 history_rows = self.items.rows(self._recent(histories))
-            ends = np.cumsum(lens)
-            req = np.repeat(np.arange(len(histories)), lens)
-            col = np.arange(m) - np.repeat(ends, lens) + length
-            for i, k in enumerate(("item_id", "category", "brand")):
-                hist[i, req, col] = np.take(self.items.inputs[k], history_rows)
+            columns = [self.items.inputs[k] for k in ("item_id", "category", "brand")]
+            if len(histories) == 1:  # one request: its ids fill the last m places
+                for i, col in enumerate(columns):
+                    hist[i, 0, length - m:] = np.take(col, history_rows)
+            else:
+                ends = np.cumsum(lens)
+                req = np.repeat(np.arange(len(histories)), lens)
+                place = np.arange(m) - np.repeat(ends, lens) + length
+                for i, col in enumerate(columns):
+                    hist[i, req, place] = np.take(col, history_rows)
         return {"query_tokens": q, "history_items": hist[0], "history_categories": hist[1], "history_brands": hist[2]}
 
     def _recent(self, histories: Sequence[Sequence[str]]) -> list[str]:
