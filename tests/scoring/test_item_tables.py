@@ -46,18 +46,27 @@ def test_vocabulary_ids_missing_from_the_catalogue_get_their_own_rows(tiny_bundl
     np.testing.assert_array_equal(unknown, missing | ~np.array([vocab.known(v) for v in batch.item_id]))
 
 
-def test_tables_are_memory_mapped_and_ids_found_by_binary_search(tiny_bundle):
-    tables = ItemTables(tiny_bundle["bundle_dir"] / "items")
-    assert tables.vectors is not None and tables.vectors.dtype == np.float16
-    for array in (tables.vectors, tables.inputs["title_tokens"], tables.flags):
+def test_tables_are_memory_mapped_and_small_ones_also_in_memory_with_the_same_results(tiny_bundle):
+    """in_memory_bytes=0: everything stays on the mapping (a large catalogue) and ids are found by binary search;
+    the default gives this small catalogue float32 vectors and a dict index in memory: the same rows and bits."""
+    mapped = ItemTables(tiny_bundle["bundle_dir"] / "items", in_memory_bytes=0)
+    small = ItemTables(tiny_bundle["bundle_dir"] / "items")
+    assert mapped.vectors is not None and mapped.vectors.dtype == np.float16 and mapped._index is None
+    for array in (mapped.vectors, mapped.inputs["title_tokens"], mapped.flags):
         assert not array.flags.owndata and not array.flags.writeable  # a view of the read-only mapping
+    assert small.vectors.dtype == np.float32 and small._index is not None
     catalogue = Catalogue.load(tiny_bundle["bundle_dir"] / "transform" / "catalogue.parquet")
     ids = list(catalogue.item_id)
-    np.testing.assert_array_equal(tables.rows(ids), np.arange(len(ids)))
-    assert len(tables) == len(ids) and set(tables.some_ids(3)) <= set(ids) and len(tables.some_ids(3)) == 3
     longer = ids[0] + "-and-more"  # longer than every stored id: cut to the width for the search, never found
-    assert tables.rows([longer])[0] > tables.padding_row
-    assert tables.rows([""])[0] == tables.padding_row and tables.rows([]).size == 0
+    odd = [longer, "", "nope", "ünïcode-id", ids[3]]
+    for tables in (mapped, small):
+        np.testing.assert_array_equal(tables.rows(ids), np.arange(len(ids)))
+        assert len(tables) == len(ids) and set(tables.some_ids(3)) <= set(ids) and len(tables.some_ids(3)) == 3
+        assert tables.rows([longer])[0] > tables.padding_row
+        assert tables.rows([""])[0] == tables.padding_row and tables.rows([]).size == 0
+    np.testing.assert_array_equal(mapped.rows(odd), small.rows(odd))
+    rows = mapped.rows([*ids[:50], *odd])
+    assert mapped.item_vectors(rows).tobytes() == small.item_vectors(rows).tobytes()
 
 
 def test_transform_without_the_item_vocabulary_keeps_its_size_and_refuses_look_ups(tiny_bundle):
