@@ -134,6 +134,10 @@ def test_unknown_ids_are_reported_and_integer_ids_accepted(served, golden):
     assert res.status_code == 200
     params = res.json()["parameters"]
     assert params["unknown_count"] == 1 and json.loads(params["unknown_items"]) == ["nope-2"]
+    # The default policy (--unknown_candidates last): after every known candidate, scored 0.0.
+    out = outputs(res)
+    assert out["ranking"]["data"][-1] == "nope-2" and out["scores"]["data"][3] == 0.0
+    assert min(out["scores"]["data"][:3]) > 0.0
     body["inputs"][2] = {"name": "candidates", "datatype": "INT64", "shape": [1, 3], "data": [[1, 2, 3]]}
     res = infer(served, body)
     assert res.status_code == 200 and json.loads(res.json()["parameters"]["unknown_items"]) == ["1", "2", "3"]
