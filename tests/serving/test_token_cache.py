@@ -46,7 +46,7 @@ def test_the_cache_stays_within_its_bound_and_answers_the_same():
     t, uncached = transform(limit), transform(0)
     rng = np.random.default_rng(0)
     for i in range(20_000):
-        text = "w%d " % rng.integers(100) * int(rng.integers(1, 60)) + str(i % 3000)  # long and short texts
+        text = f"w{rng.integers(100)} " * int(rng.integers(1, 60)) + str(i % 3000)  # long and short texts
         np.testing.assert_array_equal(t.tokens(text, 12), uncached.tokens(text, 12))
         assert t.token_cache_info["bytes"] <= limit
     info = t.token_cache_info
