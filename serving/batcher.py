@@ -5,11 +5,16 @@ candidate rows) runs as one batch. `max_wait_ms` > 0 additionally holds a batch 
 fill, which trades latency for batch size; 0 (the default) adds no wait, so a lone request is never delayed
 and batching happens exactly when there is a queue. A request larger than the limit runs alone.
 
-Admission: the queue is bounded by `max_queue_rows` candidate rows waiting (not counting the batch that runs).
-A request that would take it past the bound is refused at once with `serving.errors.Overloaded` (HTTP 503 with
-Retry-After, gRPC RESOURCE_EXHAUSTED), so overload costs a parse and a refusal instead of growing memory and
-latency without bound; a request larger than the bound is still taken when the queue is empty (it would run
-alone anyway, and `--max_candidates` bounds it).
+Admission: the queue is bounded twice, and a request that would pass either bound is refused at once with
+`serving.errors.Overloaded` (HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED), so overload costs a parse and a
+refusal instead of growing memory and latency without bound:
+- in time, `max_queue_ms`: the wait the queue means at the rate the model has been going (seconds per row, a
+  moving average over the recent model calls). This is the bound that acts in a burst: an admitted request
+  waits about that long at most, whatever the request sizes; the rest is answered 503 in well under a
+  millisecond of server time;
+- in rows, `max_queue_rows`: a hard bound on the memory the queue holds, whatever the speed.
+A request larger than a bound is still taken when the queue is empty (it would run alone anyway, and
+`--max_candidates` bounds it).
 
 A failed model call fails its requests, never the worker. When the batch had several requests and the failure
 can be one request's fault, they are retried one by one so that one bad request does not fail the others; a
@@ -52,9 +57,11 @@ REFUSED = Counter("shoprank_refused_requests", "Requests refused by admission (q
 class BatchSettings:
     max_batch_rows: int = 8192
     max_wait_ms: float = 0.0
-    # Candidate rows waiting, at most: two full batches (~160 requests of 100 candidates). At this machine's
-    # capacity that is ~0.1 s of work per worker, so an accepted request waits at most about that long in a burst.
+    # Candidate rows waiting, at most: two full batches (~160 requests of 100 candidates): the memory bound.
     max_queue_rows: int = 16384
+    # The longest wait the queue may mean (0: no time bound). Well above a normal queue (32 connections of 100
+    # candidates are ~10 ms of model time per worker here), well below a client's timeout.
+    max_queue_ms: float = 200.0
 
 
 def retry_singly(error: Exception) -> bool:
@@ -90,6 +97,7 @@ class MicroBatcher(Generic[T]):
         self.requests = 0  # requests served through them
         self.refused = 0  # requests refused because the queue was full
         self.queued_rows_peak = 0  # the most rows ever waiting (tests and the benchmark read it)
+        self.seconds_per_row: float | None = None  # moving average over recent model calls
 
     def _start(self) -> None:
         # Created lazily on the loop that serves requests (each uvicorn worker process has its own).
@@ -101,24 +109,33 @@ class MicroBatcher(Generic[T]):
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    def queue_ms(self, rows: int = 0) -> float:
+        """The wait, in ms, that the queue (plus `rows`) means at the recent model speed (0 before any call)."""
+        return (self._queued_rows + rows) * (self.seconds_per_row or 0.0) * 1000
+
     def full(self) -> bool:
         """True when no request can be admitted now: checked before parsing, so overload is refused cheaply."""
-        return self._queued_rows >= self.settings.max_queue_rows
+        s = self.settings
+        return self._queued_rows >= s.max_queue_rows or (s.max_queue_ms > 0 and self.queue_ms() >= s.max_queue_ms)
 
     def admit(self, rows: int) -> None:
-        """Raise Overloaded when `rows` more would take the queue past max_queue_rows (an empty queue admits any
-        request: it runs alone)."""
+        """Raise Overloaded when `rows` more would take the queue past max_queue_rows or max_queue_ms (an empty
+        queue admits any request: it runs alone)."""
         if self._closed:
             raise ShuttingDown("the model is shutting down")
-        if self._queue and self._queued_rows + rows > self.settings.max_queue_rows:
+        if not self._queue:
+            return
+        s = self.settings
+        if self._queued_rows + rows > s.max_queue_rows or (s.max_queue_ms > 0 and self.queue_ms(rows) > s.max_queue_ms):
             self.refuse()
 
     def refuse(self) -> None:
         """Count a refusal and raise Overloaded."""
         self.refused += 1
         REFUSED.labels(**self._labels).inc()
-        raise Overloaded(f"overloaded: {self._queued_rows} candidate rows are queued (limit "
-                         f"{self.settings.max_queue_rows}, --max_queue_rows); retry later")
+        raise Overloaded(f"overloaded: {self._queued_rows} candidate rows are queued, ~{self.queue_ms():.0f} ms of "
+                         f"work (limits {self.settings.max_queue_rows} rows, --max_queue_rows, and "
+                         f"{self.settings.max_queue_ms:.0f} ms, --max_queue_ms); retry later")
 
     async def submit(self, item: T, rows: int) -> Any:
         self.admit(rows)
@@ -170,8 +187,14 @@ class MicroBatcher(Generic[T]):
         BATCH_REQUESTS.labels(**self._labels).observe(len(batch))
         BATCH_ROWS.labels(**self._labels).observe(sum(p.rows for p in batch))
         WORKER_REQUESTS.labels(**self._labels).inc(len(batch))
+        t0 = time.perf_counter()
         try:
             results = await self._run_batch([p.item for p in batch])
+            rows = sum(p.rows for p in batch)
+            if rows:
+                per_row = (time.perf_counter() - t0) / rows
+                self.seconds_per_row = per_row if self.seconds_per_row is None else \
+                    0.8 * self.seconds_per_row + 0.2 * per_row
         except Exception as e:  # a failed model call fails its requests, never the worker
             if len(batch) > 1 and self._retry_singly(e):
                 # One request that breaks the model must not fail the others: run them one by one.

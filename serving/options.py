@@ -48,6 +48,9 @@ def build_parser(description: str, default_model_dir: str = "/mnt/models") -> ar
                         "--grpc_max_receive_message_length is given")
     g.add_argument("--max_queue_rows", type=int, default=BatchSettings.max_queue_rows,
                    help="micro-batcher: most candidate rows waiting; a request beyond it gets 503 + Retry-After")
+    g.add_argument("--max_queue_ms", type=float, default=BatchSettings.max_queue_ms,
+                   help="micro-batcher: longest wait the queue may mean at the model's recent speed; a request "
+                        "beyond it gets 503 + Retry-After (0: rows bound only)")
     g.add_argument("--token_cache_bytes", type=int, default=TOKEN_CACHE_BYTES,
                    help="bound of the query token cache per worker, in bytes (0: no cache)")
     g.add_argument("--grace_period", type=float, default=30.0,
@@ -64,10 +67,11 @@ def build_parser(description: str, default_model_dir: str = "/mnt/models") -> ar
 
 
 def batch_settings(args: argparse.Namespace) -> BatchSettings:
-    if args.max_batch_size < 1 or args.max_batch_wait_ms < 0 or args.max_queue_rows < 1:
-        raise SystemExit("--max_batch_size and --max_queue_rows must be >= 1 and --max_batch_wait_ms >= 0")
+    if args.max_batch_size < 1 or args.max_batch_wait_ms < 0 or args.max_queue_rows < 1 or args.max_queue_ms < 0:
+        raise SystemExit("--max_batch_size and --max_queue_rows must be >= 1, --max_batch_wait_ms and "
+                         "--max_queue_ms >= 0")
     return BatchSettings(max_batch_rows=args.max_batch_size, max_wait_ms=args.max_batch_wait_ms,
-                         max_queue_rows=args.max_queue_rows)
+                         max_queue_rows=args.max_queue_rows, max_queue_ms=args.max_queue_ms)
 
 
 def limits(args: argparse.Namespace) -> Limits:

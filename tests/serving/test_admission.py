@@ -59,6 +59,24 @@ def test_the_queue_is_bounded_and_overload_is_refused_at_once():
     assert model.calls == [[0], [1, 2, 3]]
 
 
+def test_the_queue_is_bounded_in_time_at_the_models_recent_speed():
+    async def go():
+        model = SlowModel(0.1)  # 100 rows per 0.1 s: 1 ms per row
+        batcher = MicroBatcher(model, BatchSettings(max_queue_rows=10**6, max_queue_ms=250))
+        assert await batcher.submit(0, 100) == 0  # learns the speed
+        assert batcher.seconds_per_row == pytest.approx(0.001, rel=0.5)
+        first = asyncio.ensure_future(batcher.submit(1, 100))
+        await asyncio.sleep(0.01)
+        results = await asyncio.gather(*(batcher.submit(i, 100) for i in range(2, 6)), return_exceptions=True)
+        await first
+        await close(batcher)
+        return results
+
+    results = run(go())
+    assert results[:2] == [20, 30] and all(isinstance(r, Overloaded) for r in results[2:]), results
+    assert "ms of work" in str(results[2]) and "--max_queue_ms" in str(results[2])
+
+
 def test_a_request_larger_than_the_bound_runs_when_the_queue_is_empty():
     async def go():
         batcher = MicroBatcher(SlowModel(0.0), BatchSettings(max_queue_rows=10))
