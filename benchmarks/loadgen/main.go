@@ -10,6 +10,7 @@
 // second for S seconds whatever the server's answers (at most -c in flight; a request that would exceed it is
 // counted as not sent), and the result adds a timeline: per bucket of -bucket-ms (by the time a request was
 // started) how many were sent, answered 200, refused with 503, or failed otherwise, and the 200s' latency.
+// `-schedule R1:S1,R2:S2,...` runs several rates back to back in one timeline (a burst, then normal load).
 package main
 
 import (
@@ -182,9 +183,33 @@ type openResult struct {
 	Timeline     []bucket `json:"timeline"`
 }
 
-func openLoop(client *http.Client, url string, bodies [][]byte, headers http.Header, rate, duration float64,
+type phase struct{ rate, seconds float64 }
+
+func parseSchedule(text string) ([]phase, error) {
+	var out []phase
+	for _, part := range strings.Split(text, ",") {
+		var p phase
+		if _, err := fmt.Sscanf(strings.TrimSpace(part), "%g:%g", &p.rate, &p.seconds); err != nil || p.rate <= 0 {
+			return nil, fmt.Errorf("bad schedule part %q (want RATE:SECONDS)", part)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func openLoop(client *http.Client, url string, bodies [][]byte, headers http.Header, phases []phase,
 	c int, bucketMs int) openResult {
-	total := int(rate * duration)
+	var due []float64 // start offsets, seconds
+	var duration, rate float64
+	for _, p := range phases {
+		n := int(p.rate * p.seconds)
+		for k := 0; k < n; k++ {
+			due = append(due, duration+float64(k)/p.rate)
+		}
+		duration += p.seconds
+	}
+	rate = float64(len(due)) / duration
+	total := len(due)
 	type rec struct {
 		start  float64
 		ms     float64
@@ -198,8 +223,8 @@ func openLoop(client *http.Client, url string, bodies [][]byte, headers http.Hea
 	start := time.Now()
 	cpu0 := cpuSeconds()
 	for i := 0; i < total; i++ {
-		due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
-		if d := time.Until(due); d > 0 {
+		at := start.Add(time.Duration(due[i] * float64(time.Second)))
+		if d := time.Until(at); d > 0 {
 			time.Sleep(d)
 		}
 		select {
@@ -299,6 +324,7 @@ func main() {
 	rate := flag.Float64("rate", 0, "open loop: requests started per second (0: closed loop over -c connections)")
 	duration := flag.Float64("duration", 10, "open loop: seconds")
 	bucketMs := flag.Int("bucket-ms", 100, "open loop: timeline bucket width")
+	schedule := flag.String("schedule", "", "open loop: RATE:SECONDS,... run back to back (instead of -rate/-duration)")
 	var hdrs headerList
 	flag.Var(&hdrs, "H", "request header 'Name: value' (repeatable)")
 	flag.Parse()
@@ -345,8 +371,16 @@ func main() {
 	if *warmup > 0 {
 		run(client, *url, bodies, headers, *warmup, *c)
 	}
-	if *rate > 0 {
-		out, _ := json.Marshal(openLoop(client, *url, bodies, headers, *rate, *duration, *c, *bucketMs))
+	if *rate > 0 || *schedule != "" {
+		phases := []phase{{*rate, *duration}}
+		if *schedule != "" {
+			var err error
+			if phases, err = parseSchedule(*schedule); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(2)
+			}
+		}
+		out, _ := json.Marshal(openLoop(client, *url, bodies, headers, phases, *c, *bucketMs))
 		fmt.Println(string(out))
 		return
 	}
