@@ -39,16 +39,17 @@ def main(argv: list[str] | None = None) -> None:
     model = ShoprankModel(args.model_name, args.model_dir, backend=None if args.backend == "auto" else args.backend,
                           batch=batch_settings(args), limits=limits(args), num_threads=args.num_threads,
                           batch_in_thread=args.batch_in_thread, token_cache_bytes=args.token_cache_bytes)
-    model.load()
+    if args.workers <= 1:  # with workers, each loads the bundle itself; this process after spawning them
+        model.load()
     host = "0.0.0.0"
-    print(f"shoprank serving '{args.model_name}' ({model.backend or 'not loaded'}) from {args.model_dir}\n"
+    print(f"shoprank serving '{args.model_name}' ({model.backend or args.backend}) from {args.model_dir}\n"
           f"  REST  http://{host}:{args.http_port}/v2/models/{args.model_name}/infer   "
           f"(health /v2/health/ready, metadata /v2/models/{args.model_name}, metrics /metrics)\n"
           f"  gRPC  {host}:{args.grpc_port}  (inference.GRPCInferenceService)\n"
           f"  workers {args.workers}, micro-batch <= {args.max_batch_size} rows, wait {args.max_batch_wait_ms} ms, "
           f"queue <= {args.max_queue_rows} rows, body <= {args.max_body_bytes} bytes",
           file=sys.stderr, flush=True)
-    ShoprankModelServer(**server_kwargs(args)).start([model])
+    ShoprankModelServer(**server_kwargs(args)).start([model], load_after_start=args.workers > 1)
 
 
 if __name__ == "__main__":

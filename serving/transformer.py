@@ -165,8 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     model = ShoprankTransformer(args.model_name, args.model_dir, config, args.predictor_model_name,
                                 batch=batch_settings(args), limits=limits(args),
                                 token_cache_bytes=args.token_cache_bytes)
-    model.load()
-    ShoprankModelServer(predictor_config=config, **server_kwargs(args)).start([model])
+    if args.workers <= 1:  # with workers, each loads the bundle itself; this process after spawning them
+        model.load()
+    ShoprankModelServer(predictor_config=config, **server_kwargs(args)).start([model],
+                                                                              load_after_start=args.workers > 1)
 
 
 if __name__ == "__main__":
