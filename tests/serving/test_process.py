@@ -465,7 +465,7 @@ class KeepAliveClient(threading.Thread):
 
 def worker_pids(parent: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out if Path(f"/proc/{p}/cmdline").read_bytes().find(b"multiprocessing") >= 0]
+    return [int(p) for p in out if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
 def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(tiny_bundle, golden, tmp_path):
