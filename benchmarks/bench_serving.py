@@ -13,7 +13,8 @@ of requests per cell, closed loop over keep-alive connections from a Go load gen
            options and bodies, 1 and 2 workers; e-stock on KServe's own REST route
   loadgen  the generator against its own in-process constant server: its ceiling on this machine
   before, before2
-           the code before this change (`--before-ref`, default HEAD^: on main after a merge, main before it),
+           the code before this change (`--before-ref`; default: on main, HEAD^ (main before the merge of the
+           change); on a branch, where it forks from main),
            checked out into a git worktree under build/bench-before/ and served from there, 1 and 2 workers,
            same options and bodies; on `--before-bundle` when the old code cannot load the new bundle
   soak     open loop (requests started at a fixed rate, whatever the answers) at 80% of the best measured c=32
@@ -319,6 +320,14 @@ def bound_vs_floor(cells: list[Cell], compute: dict, measured: float | None) -> 
 
 
 # --- the code before this change -----------------------------------------------------------------------
+def default_before_ref() -> str:
+    """HEAD^ on main (main before the change was merged), else the commit the branch forked from main."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    if git("rev-parse", "--abbrev-ref", "HEAD") == "main":
+        return "HEAD^"
+    return git("merge-base", "HEAD", "main") or "HEAD^"
+
+
 def before_worktree(ref: str) -> Path:
     """A git worktree of `ref` under build/bench-before/<sha> (made once, reused)."""
     sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, check=True,
@@ -478,7 +487,9 @@ def main() -> None:
     p.add_argument("--loadgen", type=Path, default=Path("build/loadgen"))
     p.add_argument("--only", default="", help="comma-separated configs to run (default: all)")
     p.add_argument("--out", type=Path, default=None, help="default: <runs-dir>/bench/serving.json")
-    p.add_argument("--before-ref", default="HEAD^", help="git ref of the code before this change ('' : no cell)")
+    p.add_argument("--before-ref", default=None,
+                   help="git ref of the code before this change (default: HEAD^ on main, else the fork point from "
+                        "main; '' : no before cells)")
     p.add_argument("--before-bundle", type=Path, default=None,
                    help="bundle for the before cells (default: the same bundle)")
     p.add_argument("--soak-seconds", type=float, default=60.0)
@@ -528,6 +539,8 @@ def main() -> None:
         if want(name):
             servers.append(shoprank_server(name, bundle, workers, extra, work, module="benchmarks.serving_floor"))
     before_ref = None
+    if args.before_ref is None:
+        args.before_ref = default_before_ref()
     if args.before_ref and (want("before") or want("before2")):
         try:
             tree = before_worktree(args.before_ref)
