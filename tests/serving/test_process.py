@@ -464,8 +464,15 @@ class KeepAliveClient(threading.Thread):
 
 
 def worker_pids(parent: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    """The server's spawned workers (not multiprocessing's resource tracker)."""
+    pids = []
+    for p in subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split():
+        try:
+            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes():
+                pids.append(int(p))
+        except OSError:  # exited meanwhile
+            pass
+    return pids
 
 
 def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(tiny_bundle, golden, tmp_path):
