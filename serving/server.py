@@ -17,9 +17,8 @@ What differs from `kserve.ModelServer` and why:
 - `/metrics` adds up every worker process (serving.metrics: Prometheus multiprocess mode; answered by the front
   door, since FastAPI 0.165 keeps included routers as opaque routes that a replaced route cannot shadow).
 - Shutdown is graceful (serving.shutdown): not ready first, then every accepted request answered, idle
-  connections closed cleanly, all within `--grace_period`; in the multi-process server the parent closes its
-  copies of the listening sockets at once, and the models are unloaded only after the servers stopped (KServe
-  unloads them as the signal arrives, under requests still running).
+  connections closed cleanly, all within `--grace_period`; the models are unloaded only after the servers
+  stopped (KServe unloads them as the signal arrives, under requests still running).
 The REST server class is pickled into each worker process with `--workers > 1`, so these changes apply there too.
 """
 
@@ -68,6 +67,7 @@ __all__ = [
     "ShoprankServicer",
     "WorkerProcess",
     "freeze_heap",
+    "reuseport_socket",
 ]
 
 
@@ -162,14 +162,26 @@ class ShoprankRESTServer(RESTServer):
 
     def run(self, sockets: Any = None) -> None:
         # Entry point of a worker process (--workers > 1): same log settings as the main process, then load
-        # the models' native handles here (they were dropped when the models were pickled).
+        # the models' native handles here (they were dropped when the models were pickled), and only then open
+        # this worker's listening socket (see BalancedRESTServerMultiProcess).
         configure_logging(self.access_log, self.trace_log)
         self._server.reraise_signals = False  # the parent stops the worker; its exit code should be 0
         for model in self.dataplane.model_registry.get_models().values():
             if getattr(model, "needs_load", False):
                 model.load()
         freeze_heap()
-        super().run(sockets)
+        super().run(sockets or [reuseport_socket(self.config.host, self.config.port, self.config.backlog)])
+
+
+def reuseport_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket that shares its port with the other workers' (SO_REUSEPORT: the kernel spreads new
+    connections over the sockets)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    return sock
 
 
 class WorkerProcess(RESTServerProcess):
@@ -205,54 +217,50 @@ class WorkerProcess(RESTServerProcess):
 
 
 class BalancedRESTServerMultiProcess(RESTServerMultiProcess):
-    """KServe's multi-process REST server, with one SO_REUSEPORT listening socket per worker.
+    """KServe's multi-process REST server, with one SO_REUSEPORT listening socket per worker, opened by the
+    worker itself once it has loaded the bundle.
 
     KServe shares one listening socket between the workers. asyncio and libuv accept connections in a loop, so
     the worker that wakes first takes a whole burst of new connections; with keep-alive clients one worker then
     serves most of the traffic (measured here: 2 workers no faster than 1, bimodal latency). Separate sockets
-    on one port let the kernel spread connections over the workers. A worker that is replaced takes over the
-    socket of the one it replaces, so no connection queue is orphaned.
+    on one port let the kernel spread connections over the workers.
+
+    Each worker binds its socket only when it is ready to serve, and the parent holds none: a socket opened
+    earlier (or kept by the parent for a replacement) takes its share of new connections while nobody accepts
+    them, so when a worker was killed, a new connection could wait for the whole start-up of its replacement
+    (measured: a client timed out after 30 s). Now the kernel routes new connections to the sockets that exist,
+    those of the live workers, and a dead worker's socket dies with it (connections in its backlog at that
+    moment are reset, like its requests in flight).
     """
 
     def __init__(self, rest_server: ShoprankRESTServer, **kwargs: Any):
         super().__init__(**kwargs)
         self._rest_server = rest_server  # the object each worker process runs (pickled into it)
-        self._worker_sockets: list[socket.socket] = []
 
     @property
     def worker_stop_s(self) -> float:
         """How long a worker may take after SIGTERM: its drain and its shutdown timeout, plus a second."""
         return self._rest_server.drain_s + self._rest_server.shutdown_timeout_s + 1.0
 
-    def _bind(self) -> socket.socket:
-        cfg = self._rest_server.config
-        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((cfg.host, cfg.port))
-        sock.listen(cfg.backlog)
-        sock.set_inheritable(True)
-        return sock
+    def _spawn(self) -> WorkerProcess:
+        process = WorkerProcess([], self._rest_server.run, log_config_file=self.log_config_file)
+        process.start()
+        return process
 
     async def start(self) -> None:
         workers = self._rest_server.config.workers
-        self._worker_sockets = [self._bind() for _ in range(workers)]
-        logger.info("Starting uvicorn with %s workers on port %s (one SO_REUSEPORT socket each), parent [%s]",
-                    workers, self._rest_server.config.port, os.getpid())
-        for sock in self._worker_sockets:
-            p = WorkerProcess([sock], self._rest_server.run, log_config_file=self.log_config_file)
-            self._processes.append(p)
-            p.start()
-            logger.info("Started child process [%s]", p.pid)
+        logger.info("Starting uvicorn with %s workers on port %s (one SO_REUSEPORT socket each, opened once the "
+                    "worker is loaded), parent [%s]", workers, self._rest_server.config.port, os.getpid())
+        for _ in range(workers):
+            self._processes.append(self._spawn())
+            logger.info("Started child process [%s]", self._processes[-1].pid)
         while not self.should_exit.is_set():
             await asyncio.sleep(0.5)
-            await self.keep_subprocess_alive(self._worker_sockets)
+            await self.keep_subprocess_alive([])
         await self.terminate_all()
 
     async def keep_subprocess_alive(self, sockets: list[socket.socket]) -> None:
-        # As KServe's, but a replacement gets the socket of the worker it replaces, and a starting worker is
-        # given time to start (WorkerProcess).
+        # As KServe's, but a starting worker is given time to start (WorkerProcess) and opens its own socket.
         for idx, process in enumerate(self._processes):
             if self.should_exit.is_set():
                 return
@@ -265,18 +273,11 @@ class BalancedRESTServerMultiProcess(RESTServerMultiProcess):
                     return
                 logger.info("Child process [%s] died", process.pid)
                 mark_dead(process.pid)
-                process = WorkerProcess([self._worker_sockets[idx]], self._rest_server.run,
-                                        log_config_file=self.log_config_file)
-                process.start()
-                self._processes[idx] = process
-                logger.info("Started new child process [%s]", process.pid)
+                self._processes[idx] = self._spawn()
+                logger.info("Started new child process [%s]", self._processes[idx].pid)
 
     async def stop(self, sig: int | None = None) -> None:
-        # The workers hold their own copies of the sockets and drain on their own; the parent's copies would
-        # keep each socket listening after its worker closed it, queueing connections nobody accepts.
-        self.should_exit.set()
-        for sock in self._worker_sockets:
-            sock.close()
+        self.should_exit.set()  # the loop in start() then terminates the workers, which drain on their own
 
     async def terminate_all(self) -> None:
         """SIGTERM to every worker, then wait for each up to its drain and shutdown timeout; kill what is left."""

@@ -481,8 +481,11 @@ def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(
     none sent during the drain either (each answer says Connection: close); only connections attempted after
     the listening sockets closed are refused; the server exits 0 within its grace period."""
     grace, drain = 20, 2.0
+    # --max_queue_ms 0: this test is about connections; on a loaded machine the queue's time bound could refuse
+    # some of 8 clients' requests with 503 (test_serving.py tests that refusal).
     server = Server(tmp_path / "graceful.log", "--model_dir", str(tiny_bundle["bundle_dir"]), "--workers", "2",
-                    "--enable_grpc", "false", "--grace_period", str(grace), "--drain_seconds", str(drain))
+                    "--enable_grpc", "false", "--grace_period", str(grace), "--drain_seconds", str(drain),
+                    "--max_queue_ms", "0")
     try:
         server.wait()
         g = golden["requests"][0]
@@ -490,6 +493,16 @@ def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(
             {"name": "query", "datatype": "BYTES", "shape": [1], "data": [g["query"]]},
             {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": [g["user_id"]]},
             {"name": "candidates", "datatype": "BYTES", "shape": [len(g["candidates"])], "data": g["candidates"]}]})
+        # Each worker opens its socket once loaded: wait until both have served (ready means one has).
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            httpx.post(f"{server.url}/v2/models/{NAME}/infer", content=body, timeout=30,
+                       headers={"content-type": "application/json", "connection": "close"})
+            metrics = httpx.get(server.url + "/metrics", headers={"connection": "close"}).text
+            if len(re.findall(r"shoprank_worker_requests{[^}]*pid=", metrics)) == 2:
+                break
+        else:
+            raise AssertionError(f"the second worker never served:\n{server.log.read_text()[-3000:]}")
         stop = threading.Event()
         clients = [KeepAliveClient(server.url, body, stop) for _ in range(8)]
         for c in clients:
@@ -500,17 +513,23 @@ def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(
         os.kill(workers[0], signal.SIGKILL)
         killed_at = time.monotonic()
         deadline = killed_at + 120
-        while time.monotonic() < deadline:  # replaced, and the replacement serves
+
+        def model_info_pids() -> set[str]:
+            metrics = httpx.get(server.url + "/metrics", headers={"connection": "close"}).text
+            return set(re.findall(r'shoprank_model_info{[^}]*pid="(\d+)"', metrics))
+
+        while time.monotonic() < deadline:  # replaced, and the replacement has loaded the bundle (/metrics)
             now = worker_pids(server.proc.pid)
-            if len(now) == 2 and workers[0] not in now:
-                try:
-                    if httpx.get(server.url + "/v2/health/ready", headers={"connection": "close"}).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.2)
+            try:
+                if len(now) == 2 and workers[0] not in now and set(map(str, now)) <= model_info_pids():
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
         else:
             raise AssertionError(f"worker not replaced:\n{server.log.read_text()[-3000:]}")
+        # The dead worker's live gauges are gone (serving.metrics.mark_dead).
+        assert str(workers[0]) not in model_info_pids()
         time.sleep(2)
         lost = [[r for r in c.records if r[1] != 200] for c in clients]
         assert all(len(x) <= 1 for x in lost), lost  # at most the one request each client had in flight
