@@ -485,9 +485,10 @@ def worker_pids(parent: int) -> list[int]:
 
 def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(tiny_bundle, golden, tmp_path):
     """SIGKILL of one of 2 workers under 8 keep-alive clients: only requests addressed to that worker fail (in
-    flight on it, or sent to it before the kernel had closed its sockets), and the worker is replaced. Then SIGTERM: not a single request sent before the signal fails,
-    none sent during the drain either (each answer says Connection: close); only connections attempted after
-    the listening sockets closed are refused; the server exits 0 within its grace period."""
+    flight on it, or sent to it before the kernel had closed its sockets), and the worker is replaced. Then
+    SIGTERM: not a single request sent before the signal fails, none sent during the drain either (each answer
+    says Connection: close); only connections attempted after the listening sockets closed are refused; the
+    server exits 0 within its grace period. Not tested here: a pod's real endpoint removal (no cluster)."""
     grace, drain = 20, 2.0
     # --max_queue_ms 0: this test is about connections; on a loaded machine the queue's time bound could refuse
     # some of 8 clients' requests with 503 (test_serving.py tests that refusal).
