@@ -8,12 +8,16 @@ the profile allows (`ServingSettings.max_memory`, the nodes' size) is refused be
 the number it needs.
 
 What the estimate is made of (`MemoryNeed`), per server process (a worker, plus the parent that serves gRPC when
-there are several workers), from the bundle's files as they are on disk:
+there are several workers), from the bundle's files as they are on disk, whatever the layout:
 - the runtime: Python, KServe, the backend's runtime, with an empty catalogue (`RUNTIME_BYTES`, measured RSS
   after warm-up) plus the token cache's bound (`shoprank.features.transform.TOKEN_CACHE_BYTES`);
-- the catalogue in memory: per item `ITEM_BYTES` (the Python objects, the index, the precomputed item columns)
-  plus the item's share of the column bytes (the parquet file's uncompressed size, from its metadata);
-- transform.json (`JSON_FACTOR` times its size: vocabularies as Python dicts) and the backend's model files;
+- the catalogue in memory, for a bundle without per-item tables: per item `ITEM_BYTES` (the Python objects, the
+  index, the precomputed item columns) plus the item's share of the column bytes (the parquet file's
+  uncompressed size, from its metadata). A bundle with per-item tables (`*.npy`, memory-mapped: issue 11's
+  item tables) is served from them, and the catalogue's Python objects are never built;
+- transform.json (`JSON_FACTOR` times its size: vocabularies as Python dicts) and the backend's model files
+  (tflite: every `*.tflite` and `*.npz`, whole-graph model or towers and head; savedmodel: saved_model/;
+  onnx: triton/);
 and once per pod, the files the server memory-maps (`*.npy` tables): the workers share their pages.
 
 Measured here (int8 backend, 1 worker, RSS after 300 requests; tests/release/kserve/test_sizing.py shows the
@@ -142,6 +146,17 @@ def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
 
 
+def _model_bytes(root: Path, backend: str) -> int:
+    if backend == "tflite":  # the whole-graph int8 model, or the towers and the pair head's weights
+        return sum(p.stat().st_size for pattern in (f"*{Path(TFLITE_FILE).suffix}", "*.npz")
+                   for p in root.rglob(pattern) if p.is_file() and SAVED_MODEL_DIR not in p.parts)
+    if backend == "savedmodel":
+        return _tree_bytes(root / SAVED_MODEL_DIR)
+    if backend == "onnx":
+        return _tree_bytes(root / TRITON_DIR)
+    return 0  # "remote": the transformer loads no model
+
+
 def memory_need(bundle_dir: str | Path, backend: str, workers: int = 1) -> MemoryNeed:
     """The memory a replica serving `bundle_dir` with `backend` (tflite, savedmodel, onnx; "remote" for the
     transformer, which loads no model) and `workers` REST workers needs."""
@@ -149,11 +164,11 @@ def memory_need(bundle_dir: str | Path, backend: str, workers: int = 1) -> Memor
         raise ValueError(f"unknown backend {backend!r}: one of {sorted(RUNTIME_BYTES)}")
     root = Path(bundle_dir)
     items, catalogue_bytes = _catalogue(root / TRANSFORM_DIR / CATALOGUE_FILE)
-    model = {"tflite": root / TFLITE_FILE, "savedmodel": root / SAVED_MODEL_DIR, "onnx": root / TRITON_DIR}.get(backend)
-    model_bytes = JSON_FACTOR * _tree_bytes(root / TRANSFORM_DIR / TRANSFORM_FILE)
-    if model is not None:
-        model_bytes += _tree_bytes(model)
-    shared = sum(p.stat().st_size for p in root.rglob("*.npy") if p.is_file())
+    tables = [p for p in root.rglob("*.npy") if p.is_file()]
+    if tables:  # served from the memory-mapped tables: the catalogue's Python objects are not built
+        catalogue_bytes = 0
+    model_bytes = JSON_FACTOR * _tree_bytes(root / TRANSFORM_DIR / TRANSFORM_FILE) + _model_bytes(root, backend)
+    shared = sum(p.stat().st_size for p in tables)
     return MemoryNeed(backend=backend, processes=workers + (1 if workers > 1 else 0),
                       runtime_bytes=RUNTIME_BYTES[backend] + TOKEN_CACHE_BYTES, catalogue_items=items,
                       catalogue_bytes=catalogue_bytes, model_bytes=model_bytes, shared_bytes=shared)

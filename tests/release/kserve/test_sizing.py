@@ -37,16 +37,28 @@ def test_quantities():
     assert quantity(1) == "64Mi" and quantity(64 * MIB) == "64Mi" and quantity(64 * MIB + 1) == "128Mi"
 
 
-def test_the_estimate_adds_runtime_catalogue_model_and_shared_tables(tmp_path):
-    b = bundle(tmp_path, items=1000, table_bytes=3 * MIB)
+def test_the_estimate_adds_runtime_catalogue_model_and_transform(tmp_path):
+    b = bundle(tmp_path, items=1000)
     need = memory_need(b, "tflite")
     column_bytes = need.catalogue_bytes - 1000 * sizing.ITEM_BYTES
-    assert need.catalogue_items == 1000 and 0 < column_bytes < 1000 * 64
+    assert need.catalogue_items == 1000 and 0 < column_bytes < 1000 * 64  # the catalogue's objects, in the heap
     assert need.model_bytes == 1000 + sizing.JSON_FACTOR * 100  # the int8 model, not the SavedModel
-    assert need.shared_bytes == 3 * MIB
-    assert need.total_bytes == need.runtime_bytes + need.catalogue_bytes + need.model_bytes + 3 * MIB
+    assert need.shared_bytes == 0
+    assert need.total_bytes == need.runtime_bytes + need.catalogue_bytes + need.model_bytes
     assert memory_need(b, "savedmodel").model_bytes == 5000 + sizing.JSON_FACTOR * 100
     assert memory_need(b, "remote").model_bytes == sizing.JSON_FACTOR * 100  # the transformer: no model
+
+
+def test_a_bundle_with_memory_mapped_item_tables_counts_them_once_and_no_catalogue_objects(tmp_path):
+    b = bundle(tmp_path, items=1000, table_bytes=3 * MIB)  # transform/item_tower.npy
+    (b / "model.tflite").unlink()  # the towers instead of a whole-graph model
+    (b / "towers").mkdir()
+    (b / "towers" / "request_tower.tflite").write_bytes(b"r" * 700)
+    (b / "towers" / "head.npz").write_bytes(b"h" * 300)
+    need = memory_need(b, "tflite")
+    assert need.catalogue_items == 1000 and need.catalogue_bytes == 0 and need.shared_bytes == 3 * MIB
+    assert need.model_bytes == 1000 + sizing.JSON_FACTOR * 100
+    assert need.total_bytes == need.runtime_bytes + need.model_bytes + 3 * MIB
 
 
 def test_workers_multiply_the_private_part_and_share_the_tables(tmp_path):
