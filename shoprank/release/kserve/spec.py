@@ -63,6 +63,7 @@ KPA_METRICS = ("concurrency", "rps")
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # KServe's InferenceService name rule (DNS-1035)
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|K|M|G|T)?$")
 
 # --- settings -----------------------------------------------------------------------------------------
 
@@ -142,6 +143,10 @@ class ServingSettings:
     transformer_resources: Resources = field(default_factory=lambda: Resources("500m", "512Mi", "1", "1Gi"))
     transformer_max_replicas: int = 4
     transformer_scale_target: int = 70  # CPU utilisation %: the transformer's work is all on the CPU
+    # The most memory the container that runs the shoprank server may be given (the nodes' size, less what else
+    # runs there): promotion sizes the container's memory from the bundle (shoprank.release.kserve.sizing) and
+    # refuses a bundle that needs more.
+    max_memory: str = "8Gi"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deployment_mode", normalize_deployment_mode(self.deployment_mode))
@@ -189,6 +194,8 @@ class ServingSettings:
             yield f"scale_target is a utilisation percentage for {self.scale_metric}: 1..100"
         if self.scale_target < 1:
             yield "scale_target must be >= 1"
+        if not _QUANTITY_RE.match(str(self.max_memory)):
+            yield f"max_memory {self.max_memory!r} is not a Kubernetes memory quantity (e.g. 8Gi)"
         if self.canary_traffic_percent is not None:
             if not knative:
                 yield (f"canary_traffic_percent needs deployment_mode {KNATIVE}; "
