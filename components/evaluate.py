@@ -8,13 +8,15 @@ from components import COMPONENT_IMAGE
 def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[Dataset],
              metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML],
              evaluation: Output[Artifact]):
-    """Test-set metrics (classification, ranking, oracle, slices), the ROC for the UI, an HTML report."""
+    """Test-set metrics (classification, ranking, oracle, slices), the LambdaMART reference beside them (its
+    scores in evaluation/reference), the ROC for the UI, an HTML report."""
     import math
     import shutil
     from pathlib import Path
 
     from shoprank.config import resolve_config
     from shoprank.evaluation.evaluate import evaluate_model
+    from shoprank.evaluation.reference import kfp_metrics
     from shoprank.telemetry import stage
 
     config = resolve_config(preset, overrides)
@@ -28,6 +30,8 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
     if "oracle" in m:
         metrics.log_metric("oracle_auc", round(m["oracle"]["auc"], 5))
         metrics.log_metric("oracle_auc_share", round(m["oracle_auc_share"], 5))
+    for key, value in kfp_metrics(m.get("reference", {}), config.evaluation.top_k).items():
+        metrics.log_metric(key, value)
     roc.log_roc_curve(c["roc"]["fpr"], c["roc"]["tpr"], c["roc"]["threshold"])
     roc.log_confusion_matrix(c["confusion"]["labels"], c["confusion"]["matrix"])
     shutil.copy(Path(evaluation.path) / "report.html", report.path)
