@@ -136,7 +136,7 @@ class _Sums:
                 for name, t in self.total.items()}
 
 
-def _rate(clicks: np.ndarray, n: np.ndarray, prior: float, smoothing: float) -> np.ndarray:
+def _rate(clicks: np.ndarray, n: np.ndarray, prior: float | np.ndarray, smoothing: float) -> np.ndarray:
     """Click rate shrunk towards `prior` by `smoothing` pseudo-impressions (rare keys stay near the prior)."""
     return (clicks + smoothing * prior) / (n + smoothing)
 
@@ -217,8 +217,10 @@ class ReferenceFeatures:
     out-of-fold values when the rows are training rows (`fold` given)."""
 
     config: ShoprankConfig
-    prior: float = 0.0
-    cart_prior: float = 0.0
+    # Global click and cart rates (the smoothing prior): over the whole training split, and per fold over the
+    # other folds (a training row's prior must not hold its own label either).
+    prior: dict[str, float] = field(default_factory=dict)
+    fold_prior: dict[str, np.ndarray] = field(default_factory=dict)
     stats: dict[str, _Sums] = field(default_factory=dict)
     cat_top: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     cat_price: dict[str, np.ndarray] = field(default_factory=dict)
@@ -236,9 +238,14 @@ class ReferenceFeatures:
         query, item, cat, brand, price_b, top = (np.asarray(train.column(c)) for c in cols)
         y = np.asarray(train.column(config.train.label)).astype(np.float64)
         cart = np.asarray(train.column("carted")).astype(np.float64)
-        self.prior, self.cart_prior = float(y.mean()) if y.size else 0.0, float(cart.mean()) if cart.size else 0.0
         w = {"click": y, "cart": cart}
         k = rc.folds
+        n_fold = np.bincount(fold, minlength=k).astype(np.float64)
+        for name, v in w.items():
+            self.prior[name] = float(v.mean()) if v.size else 0.0
+            in_fold = np.bincount(fold, v, minlength=k)
+            rest = np.maximum(n_fold.sum() - n_fold, 1.0)
+            self.fold_prior[name] = (in_fold.sum() - in_fold) / rest
         q = np.where(query > 0, query, -1)
         # Label statistics: per key, impressions and clicks overall and per fold.
         self.stats = {
@@ -305,7 +312,11 @@ class ReferenceFeatures:
 
     def _chunk(self, s: _Split, fold: np.ndarray | None) -> np.ndarray:
         rc = self.config.reference
-        m, prior, cprior = rc.smoothing, self.prior, self.cart_prior
+        m = rc.smoothing
+        if fold is None:
+            prior, cprior = self.prior["click"], self.prior["cart"]
+        else:
+            prior, cprior = self.fold_prior["click"][fold], self.fold_prior["cart"][fold]
         st = self.stats
         f: dict[str, np.ndarray] = {}
 
@@ -319,7 +330,9 @@ class ReferenceFeatures:
         def log_n(name: str, keys: np.ndarray) -> np.ndarray:
             return np.log1p(sums(name, keys, "n"))
 
-        def ctr(name: str, keys: np.ndarray, what: str = "click", p: float = prior) -> np.ndarray:
+        def ctr(name: str, keys: np.ndarray, what: str = "click", p: float | np.ndarray = prior) -> np.ndarray:
+            if isinstance(p, np.ndarray):  # one prior per row (its fold's): broadcast over the key's slots
+                p = p.reshape(-1, *([1] * (keys.ndim - 1)))
             return _rate(sums(name, keys, what), sums(name, keys, "n"), p, m)
 
         f["item_log_imps"] = log_n("item", s.item)
@@ -545,7 +558,7 @@ def reference_table(split: SplitData, scored: dict[str, np.ndarray], config: Sho
     if oracle.size and np.isfinite(oracle).all():
         rows["oracle"] = table_metrics(groups, labels, gains, oracle, k)
         o = rows["oracle"]
-        for name, r in rows.items():
+        for r in rows.values():
             r["oracle_share"] = {
                 m: ((r[m] - 0.5) / (o[m] - 0.5) if m == "auc" else r[m] / o[m]) if o[m] and o[m] != 0.5
                 else float("nan") for m in ("auc", f"ndcg_at_{k}", "mrr", f"recall_at_{k}")}
@@ -651,7 +664,8 @@ def report_parts(section: dict, k: int) -> tuple[list[tuple[str, str]], list[str
     parts = [("LambdaMART reference (LightGBM; tie-aware ranking metrics)", table_html(rows, header)),
              (f"Paired bootstrap over requests ({boots[0]['resamples'] if boots else 0} resamples, "
               f"{level:.0%} interval)",
-              table_html(brows, ["difference", "metric", "estimate", f"{level:.0%} interval", "share of resamples < 0"])),
+              table_html(brows, ["difference", "metric", "estimate", f"{level:.0%} interval",
+                                 "share of resamples < 0"])),
              ("Reference cost", table_html(cost, ["", "value"]))]
     figs = [bar_figure({n: {"AUC": r["auc"], f"NDCG@{k}": r[ndcg], "MRR": r["mrr"]} for n, r in table.items()},
                        "Test metrics (tie-aware)", "")]

@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["bar_figure", "calibration_figure", "histogram_figure", "interval_figure", "pr_figure", "render", "roc_figure",
-           "table_html"]
+__all__ = ["bar_figure", "calibration_figure", "histogram_figure", "interval_figure", "pr_figure", "render",
+           "roc_figure", "table_html"]
 
 
 def _png(fig) -> str:
