@@ -226,13 +226,16 @@ class ReferenceConfig(_Section):
     folds: Annotated[int, Field(ge=2)] = 5  # out-of-fold statistics on training rows, folds by request
     smoothing: NonNegativeFloat = 20.0  # click rates shrunk towards the global rate by this many impressions
     title_smoothing: NonNegativeFloat = 1.0  # query-word -> category affinity from titles, in items
-    max_train_requests: NonNegativeInt = 20_000
-    max_validation_requests: NonNegativeInt = 5_000
-    max_rounds: PositiveInt = 300
-    early_stopping_rounds: PositiveInt = 30
+    # Measured at the default scale (test NDCG@10 tie-aware / AUC): all 40k training requests 0.614 / 0.795,
+    # 20k 0.611 / 0.793, 10k 0.612 / 0.792, each early-stopped after 25-55 rounds: the features carry the
+    # signal, more rows buy little. 10k keeps the reference at ~5% of the run's wall time.
+    max_train_requests: NonNegativeInt = 10_000
+    max_validation_requests: NonNegativeInt = 2_500
+    max_rounds: PositiveInt = 200
+    early_stopping_rounds: PositiveInt = 20
     learning_rate: PositiveFloat = 0.1
-    num_leaves: Annotated[int, Field(ge=2)] = 31
-    min_data_in_leaf: PositiveInt = 50
+    num_leaves: Annotated[int, Field(ge=2)] = 15
+    min_data_in_leaf: PositiveInt = 200
     feature_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
     lambda_l2: NonNegativeFloat = 1.0
     # LightGBM threads (0: OpenMP's default, all cores). 1: on a shared 2-core machine two OpenMP threads spin

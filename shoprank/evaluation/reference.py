@@ -667,8 +667,11 @@ def report_parts(section: dict, k: int) -> tuple[list[tuple[str, str]], list[str
               table_html(brows, ["difference", "metric", "estimate", f"{level:.0%} interval",
                                  "share of resamples < 0"])),
              ("Reference cost", table_html(cost, ["", "value"]))]
-    figs = [bar_figure({n: {"AUC": r["auc"], f"NDCG@{k}": r[ndcg], "MRR": r["mrr"]} for n, r in table.items()},
-                       "Test metrics (tie-aware)", "")]
+    series = {n: {"AUC": r["auc"], f"NDCG@{k}": r[ndcg], "MRR": r["mrr"], f"Recall@{k}": r[f"recall_at_{k}"]}
+              for n, r in table.items()}
+    values = [v for row in series.values() for v in row.values() if np.isfinite(v)]
+    low = max(0.0, min(values, default=0.0) - 0.05)
+    figs = [bar_figure(series, "Test metrics (tie-aware)", "", ylim=(np.floor(low * 20) / 20, 1.0))]
     if intervals:
         figs.append(interval_figure(intervals, f"Network - reference ({level:.0%} bootstrap interval)", "difference"))
     return parts, figs

@@ -65,8 +65,9 @@ def histogram_figure(c: dict, name: str) -> str:
     return _png(fig)
 
 
-def bar_figure(values: dict[str, dict[str, float]], title: str, ylabel: str, log: bool = False) -> str:
-    """Grouped bars: values[group][series]."""
+def bar_figure(values: dict[str, dict[str, float]], title: str, ylabel: str, log: bool = False,
+               ylim: tuple[float, float] | None = None) -> str:
+    """Grouped bars: values[group][series] (`ylim`: a zoomed value axis, for values close to each other)."""
     groups = list(values)
     series = sorted({s for v in values.values() for s in v})
     fig, ax = plt.subplots(figsize=(5.2, 4))
@@ -78,6 +79,8 @@ def bar_figure(values: dict[str, dict[str, float]], title: str, ylabel: str, log
     ax.set(title=title, ylabel=ylabel)
     if log:
         ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.legend(fontsize=7)
     return _png(fig)
 
