@@ -502,7 +502,7 @@ def run_reference(features_dir: str | Path, config: ShoprankConfig, out_dir: str
     cats = [FEATURES.index(c) for c in CATEGORICAL]
     dtrain = lgb.Dataset(x_tr, y_tr, group=_group_sizes(l_tr), feature_name=list(FEATURES),
                          categorical_feature=cats, free_raw_data=True)
-    valid_sets, callbacks = [], []
+    valid_sets, callbacks, curve = [], [], {}
     val_rows = _choose_rows(val, rc.max_validation_requests, rc.seed + 1) if val.rows else np.zeros(0, np.int64)
     if val_rows.size:
         val_rows = _shuffled_within_lists(val_rows, list_index(np.asarray(val.column("request"))[val_rows])[0],
@@ -510,7 +510,8 @@ def run_reference(features_dir: str | Path, config: ShoprankConfig, out_dir: str
         x_va, l_va = stats.matrix(val, val_rows)
         y_va = np.clip(np.asarray(val.column("gain"))[val_rows], 0, None).astype(np.int32)
         valid_sets = [lgb.Dataset(x_va, y_va, group=_group_sizes(l_va), reference=dtrain)]
-        callbacks = [lgb.early_stopping(rc.early_stopping_rounds, first_metric_only=True, verbose=False)]
+        callbacks = [lgb.early_stopping(rc.early_stopping_rounds, first_metric_only=True, verbose=False),
+                     lgb.record_evaluation(curve)]
     t1 = time.perf_counter()
     booster = lgb.train(params, dtrain, num_boost_round=rc.max_rounds, valid_sets=valid_sets, callbacks=callbacks)
     t_train = time.perf_counter() - t1
@@ -525,7 +526,10 @@ def run_reference(features_dir: str | Path, config: ShoprankConfig, out_dir: str
         "model": "LightGBM lambdarank", "lightgbm": lgb.__version__, "features": len(FEATURES),
         "train_rows": int(rows.size), "train_requests": int(_group_sizes(l_tr).size),
         "train_split_rows": int(train.rows), "validation_rows": int(val_rows.size), "test_rows": int(test.rows),
-        "rounds": best, "rounds_trained": int(booster.current_iteration()), "max_rounds": rc.max_rounds,
+        "rounds": best, "rounds_trained": len(next(iter(curve.get("valid_0", {}).values()), [])) or best,
+        "max_rounds": rc.max_rounds,
+        "validation_ndcg": round(float(booster.best_score["valid_0"][f"ndcg@{config.evaluation.top_k}"]), 4)
+        if valid_sets else None,
         "seconds": round(time.perf_counter() - t0, 2),
         "seconds_by_part": {"features": round(t_features, 2), "train": round(t_train, 2),
                             "score": round(t_score, 2)},
@@ -578,11 +582,12 @@ def evaluation_section(split: SplitData, network: np.ndarray, reference: dict, c
                        name: str = "baseline") -> dict:
     """What the evaluate step records about the reference (evaluation.json "reference"): its cost, the
     tie-aware table of the network, the reference and the oracle, and the paired bootstrap network - reference.
-    """
-    return {"info": reference["info"],
-            "table": reference_table(split, {name: network, "reference": reference["scores"]}, config),
-            "bootstrap": {"a": name, "b": "reference"} | compare_to_reference(split, network, reference["scores"],
-                                                                              config)}
+    The time this comparison takes is part of the reference's cost (info["comparison_seconds"])."""
+    t0 = time.perf_counter()
+    table = reference_table(split, {name: network, "reference": reference["scores"]}, config)
+    boot = {"a": name, "b": "reference"} | compare_to_reference(split, network, reference["scores"], config)
+    info = reference["info"] | {"comparison_seconds": round(time.perf_counter() - t0, 2)}
+    return {"info": info, "table": table, "bootstrap": boot}
 
 
 def gate_section(split: SplitData, optimized_dir: str | Path, evaluation_dir: str | Path | None,
@@ -596,17 +601,22 @@ def gate_section(split: SplitData, optimized_dir: str | Path, evaluation_dir: st
     path = Path(evaluation_dir) / REFERENCE_DIR / SCORES_FILE if evaluation_dir is not None else None
     if path is None or not path.is_file():
         return {"error": f"no reference scores ({path or 'no evaluation directory given'})"}
+    t0 = time.perf_counter()
     ref = np.load(path)
     opt = Path(optimized_dir)
     network = np.load(opt / "scores_int8_tflite.npy")
     scored = {"baseline": np.load(opt / "scores_baseline_savedmodel.npy"), "optimized": network, "reference": ref}
+    table = reference_table(split, scored, config)
+    boot = {"a": "optimized", "b": "reference"} | compare_to_reference(split, network, ref, config)
     section = baseline_eval.get("reference", {})
+    cost = {k: v for k, v in section.get("info", {}).items() if k != "importance_gain"}
+    cost["gate_comparison_seconds"] = round(time.perf_counter() - t0, 2)
+    # Everything the reference adds to a run: training and scoring it, and comparing it in evaluate and gate.
+    cost["total_seconds"] = round(sum(cost.get(k, 0.0) for k in ("seconds", "comparison_seconds",
+                                                                   "gate_comparison_seconds")), 2)
     return {"model": "LightGBM lambdarank (reference, not served)",
             "metrics": "AUC; NDCG@k, MRR and Recall@k tie-aware (tied scores share their positions)",
-            "table": reference_table(split, scored, config),
-            "bootstrap": {"a": "optimized", "b": "reference"} | compare_to_reference(split, network, ref, config),
-            "bootstrap_baseline": section.get("bootstrap"),
-            "cost": {k: v for k, v in section.get("info", {}).items() if k != "importance_gain"},
+            "table": table, "bootstrap": boot, "bootstrap_baseline": section.get("bootstrap"), "cost": cost,
             "check": config.blessing.reference_check}
 
 
@@ -628,7 +638,7 @@ def kfp_metrics(section: dict, k: int) -> dict[str, float]:
             for part in ("diff", "low", "high"):
                 out[f"{boot['a']}_minus_reference_{m}_{part}"] = boot[m][part]
     info = section.get("info") or section.get("cost") or {}
-    for key in ("seconds", "peak_rss_mib", "rounds", "train_rows"):
+    for key in ("seconds", "total_seconds", "peak_rss_mib", "rounds", "train_rows", "share_of_run_wall_time"):
         if key in info:
             out[f"reference_{key}"] = info[key]
     return {key: round(float(v), 5) for key, v in out.items() if v is not None and math.isfinite(float(v))}
@@ -659,8 +669,9 @@ def report_parts(section: dict, k: int) -> tuple[list[tuple[str, str]], list[str
                 intervals[f"{b['a']} - {b['b']}: {m}"] = (v["diff"], v["low"], v["high"])
     level = boots[0]["level"] if boots else 0.95
     info = section.get("cost") or section.get("info") or {}
-    cost = [(key, info[key]) for key in ("seconds", "peak_rss_mib", "rounds", "train_rows", "train_requests",
-                                         "train_split_rows", "features", "share_of_run_wall_time") if key in info]
+    cost = [(key, info[key]) for key in ("seconds", "comparison_seconds", "gate_comparison_seconds", "total_seconds",
+                                         "peak_rss_mib", "rounds", "train_rows", "train_requests", "train_split_rows",
+                                         "features", "share_of_run_wall_time") if key in info]
     parts = [("LambdaMART reference (LightGBM; tie-aware ranking metrics)", table_html(rows, header)),
              (f"Paired bootstrap over requests ({boots[0]['resamples'] if boots else 0} resamples, "
               f"{level:.0%} interval)",

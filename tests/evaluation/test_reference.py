@@ -42,7 +42,7 @@ def _train_features(features_dir, config):
 @pytest.fixture(scope="module")
 def tiny_reference(tiny_features, tiny_config, tmp_path_factory):
     features, _, _ = tiny_features
-    out = tmp_path_factory.mktemp("reference")
+    out = tmp_path_factory.mktemp("evaluation") / R.REFERENCE_DIR  # as the evaluate step lays it out
     return R.run_reference(features, tiny_config, out, progress=lambda s: None), out
 
 
@@ -129,3 +129,36 @@ def test_folds_keep_a_request_together_and_every_feature_is_built(tiny_features,
     data_dependent = {"title_len"}  # synthetic titles all have title_len words; real ones vary
     constant = [n for j, n in enumerate(R.FEATURES) if np.nanstd(x[:, j]) == 0 and n not in data_dependent]
     assert not constant, f"features that never vary on the tiny shop: {constant}"
+
+
+def test_gate_section_reports_a_missing_reference_and_none_when_disabled(tiny_features, tiny_config, tmp_path):
+    features, _, _ = tiny_features
+    test = load_split(features, "test")
+    missing = R.gate_section(test, tmp_path, tmp_path / "no-evaluation", {}, tiny_config)
+    assert "error" in missing and "no reference scores" in missing["error"]
+    off = tiny_config.model_copy(update={"reference": tiny_config.reference.model_copy(update={"enabled": False})})
+    assert R.gate_section(test, tmp_path, None, {}, off) is None
+
+
+def test_sections_render_and_flatten_for_kfp(tiny_reference, tiny_features, tiny_config, tmp_path):
+    result, out = tiny_reference
+    features, _, _ = tiny_features
+    test = load_split(features, "test")
+    rng = np.random.default_rng(0)
+    network = rng.random(test.rows)
+    section = R.evaluation_section(test, network, result, tiny_config)
+    assert section["bootstrap"]["a"] == "baseline" and section["info"]["comparison_seconds"] >= 0
+    flat = R.kfp_metrics(section, 10)
+    assert {"reference_auc", "baseline_minus_reference_ndcg_at_10_low", "reference_seconds"} <= set(flat)
+    assert all(isinstance(v, float) and np.isfinite(v) for v in flat.values())
+    # The gate's section: the optimised network's scores come from the optimise step's files.
+    opt = tmp_path / "optimized"
+    opt.mkdir()
+    np.save(opt / "scores_int8_tflite.npy", network)
+    np.save(opt / "scores_baseline_savedmodel.npy", network)
+    gate = R.gate_section(test, opt, out.parent, {"reference": section}, tiny_config)
+    assert set(gate["table"]) == {"baseline", "optimized", "reference", "oracle"}
+    assert gate["cost"]["total_seconds"] >= gate["cost"]["seconds"]
+    sections, figures = R.report_parts(gate, 10)
+    assert len(sections) == 3 and len(figures) == 2
+    assert "optimized - reference" in sections[1][1] and "baseline - reference" in sections[1][1]
