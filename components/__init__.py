@@ -8,6 +8,9 @@ the body is shipped in the compiled pipeline.
 
 import os
 
-# The image every component runs in on a cluster; set at compile time: `make compile COMPONENT_IMAGE=REG/IMG:TAG`
-# (written to build/) and `make deploy COMPONENT_IMAGE=...` read it from SHOPRANK_COMPONENT_IMAGE.
+__all__ = ["COMPONENT_IMAGE"]
+
+# The image every component runs in on a cluster; override it when compiling with the environment variable
+# SHOPRANK_COMPONENT_IMAGE (`make deploy COMPONENT_IMAGE=...` does, see deploy/kfp_upload.py; `make compile
+# COMPONENT_IMAGE=...` writes that pipeline to build/).
 COMPONENT_IMAGE = os.environ.get("SHOPRANK_COMPONENT_IMAGE", "ghcr.io/shoprank/shoprank-components:0.1.0")

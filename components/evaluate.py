@@ -1,15 +1,33 @@
+"""The evaluate step: test-set metrics, the ROC for the UI and the evaluation report of the trained model."""
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["evaluate"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[Dataset],
              metrics: Output[Metrics], roc: Output[ClassificationMetrics], report: Output[HTML],
              evaluation: Output[Artifact]):
-    """Test-set metrics (classification, ranking, oracle, slices), the LambdaMART reference beside them (its
-    scores in evaluation/reference), the ROC for the UI, an HTML report."""
+    """Test-set metrics (classification, ranking, oracle, slices), the LambdaMART reference beside them, the ROC
+    for the UI, an HTML report.
+
+    Args:
+        preset: Size of the run's settings: tiny, small, default or large (shoprank.config.PRESETS).
+        overrides: JSON of settings on top of the preset, e.g. {"optimize": {"target_sparsity": 0.7}}; unknown
+            keys are refused.
+        model: The trained model.
+        features: The model tensors of each split (the test split is scored).
+        metrics: The headline test-set metrics (AUC, log loss, MRR, NDCG@k, ...), and the LambdaMART reference's
+            (tie-aware) metrics, its cost and the bootstrap interval of baseline - reference.
+        roc: The ROC curve and confusion matrix for the UI.
+        report: The HTML evaluation report.
+        evaluation: evaluation.json (metrics, curves, slices, the reference) and the report, for the blessing
+            gate; the reference's test scores, model and feature importances in reference/.
+    """
     import math
     import shutil
     from pathlib import Path

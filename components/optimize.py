@@ -1,14 +1,29 @@
+"""The optimise step: pruning, the int8 TFLite model (and the ONNX export), and the artefacts compared."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["optimize"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def optimize(preset: str, overrides: str, model: Input[Model], features: Input[Dataset],
              optimized_model: Output[Model], comparison: Output[Artifact], optimize_metrics: Output[Metrics]):
     """Prune while fine-tuning, export the optimised SavedModel and a full-int8 TFLite model, and compare
-    all artefacts side by side (size, latency, quality)."""
+    all artefacts side by side (size, latency, quality).
+
+    Args:
+        preset: Size of the run's settings: tiny, small, default or large (shoprank.config.PRESETS).
+        overrides: JSON of settings on top of the preset, e.g. {"optimize": {"target_sparsity": 0.7}}; unknown
+            keys are refused.
+        model: The trained model.
+        features: The model tensors of each split (fine-tuning, calibration and the comparison).
+        optimized_model: The pruned SavedModel, the full-int8 TFLite model and, if enabled, the ONNX export.
+        comparison: Size, latency and quality of every artefact, side by side (JSON).
+        optimize_metrics: Sparsity and each artefact's AUC, gzip size and latency at batch 256.
+    """
     import json
 
     from shoprank.config import resolve_config

@@ -1,9 +1,13 @@
+"""The promote step: publish the blessed bundle, locally or to a cluster (KServe), and record the outcome."""
+
 import os
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["MODEL_PVC", "PVC_MOUNT_PATH", "promote"]
 
 # pvc:// model roots: compile with SHOPRANK_MODEL_PVC=<claim> and the pipeline mounts that claim on the promote
 # task here (the bundle is written through the mount; KServe reads pvc://<claim>/...). Unset: no mount.
@@ -28,10 +32,52 @@ def promote(model_root: str, model_name: str, optimized_model: Input[Model], tra
     (server-side apply, canary in Knative mode, wait for Ready, smoke request, roll back on failure; see
     shoprank.release.kserve.rollout). The serving_* values left at "", 0 or -1 come from the overlay named by
     serving_profile (gpu, gpu-triton, cpu, kind); gpu-triton serves the ONNX export on KServe's Triton runtime
-    (the bundle's triton/ model repository) behind the shoprank transformer (serving_transformer_image).
+    (the bundle's triton/ model repository) behind the shoprank transformer (serving_transformer_image). The
+    serving_* parameters are declared once, as shoprank.release.kserve.profiles.PromoteParams;
+    tests/pipelines/test_compile.py checks this signature against it.
     The output metadata holds the previous and new versions and the outcome; an outcome of "failed" (refused,
     or failed with nothing to restore) also fails the task, while "rolled_back" does not: the previous model
     serves and the record says why.
+
+    Args:
+        model_root: Where versions are published: a local path (deploy_target local), or s3://, gs:// or
+            pvc:// (deploy_target kserve).
+        model_name: The model's folder under model_root, and the InferenceService's name.
+        optimized_model: The optimise step's model (SavedModel, int8 TFLite, the ONNX export if any).
+        transform: The fitted transform (vocabularies, price edges) and the item catalogue.
+        summary: The blessing gate's run summary, published with the bundle.
+        promotion: The promotion record (JSON): versions, outcome and reason; also the output's metadata.
+        deploy_target: "local" publishes to the local path model_root; "kserve" uploads to model_root and rolls
+            out the InferenceService.
+        serving_profile: The overlay in manifests/overlays whose InferenceService settings the other serving_*
+            values start from: gpu, gpu-triton, cpu or kind.
+        serving_namespace: Namespace of the InferenceService.
+        serving_gpu: "true" or "false": request a GPU and GPU node placement or not (the format and resources
+            stay the profile's); "" keeps the profile's choice.
+        serving_gpu_count: GPUs per predictor replica; 0 keeps the profile's.
+        serving_gpu_node_label: key=value (or key, meaning key=true) of the GPU nodes' label for the node
+            selector; "" keeps nvidia.com/gpu.present=true.
+        serving_min_replicas: Minimum predictor replicas (0 scales to zero, Knative only); -1 keeps the
+            profile's.
+        serving_max_replicas: Maximum predictor replicas; 0 keeps the profile's.
+        serving_scale_metric: Autoscaling metric: cpu or memory (HPA), concurrency or rps (Knative only); ""
+            keeps the profile's.
+        serving_scale_target: Autoscaling target (a utilisation percentage for cpu and memory); 0 keeps the
+            profile's.
+        serving_deployment_mode: KServe deployment mode, Standard or Knative; "" means Standard. KServe cannot
+            change the mode of a live InferenceService.
+        serving_canary_percent: Knative only: the share of traffic (1..100) the new revision gets, checked by
+            the smoke request, before the full rollout; 0 rolls out at once.
+        serving_ready_timeout_s: Seconds to wait for Ready, per rollout phase and for a rollback.
+        serving_smoke: "ranking": send a v2 ranking request to the new version once it is Ready; "none": send
+            nothing.
+        serving_smoke_url: Base URL of the smoke request; "" takes it from the InferenceService status.
+        serving_force_conflicts: Take over fields another field manager owns; without it only the fields
+            `make deploy` set are taken over.
+        serving_transformer_image: gpu-triton only: the shoprank serving image that runs the transformer in
+            front of Triton.
+        pvc_mount_path: Where a pvc:// model_root's claim is mounted in this step's pod (the pipeline mounts it
+            when compiled with SHOPRANK_MODEL_PVC).
     """
     import json
 
@@ -43,7 +89,8 @@ def promote(model_root: str, model_name: str, optimized_model: Input[Model], tra
 
             record = publish_bundle(optimized_model.path, transform.path, summary.path, model_root, model_name)
         elif deploy_target == "kserve":
-            from shoprank.release.kserve.rollout import PromoteParams, promote_to_kserve
+            from shoprank.release.kserve.profiles import PromoteParams
+            from shoprank.release.kserve.rollout import promote_to_kserve
 
             params = PromoteParams(
                 profile=serving_profile, namespace=serving_namespace, gpu=serving_gpu,

@@ -1,13 +1,27 @@
+"""The train step: the ranking model, trained on the preprocessed tensors."""
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import COMPONENT_IMAGE
 
+__all__ = ["train"]
+
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def train(preset: str, overrides: str, features: Input[Dataset], transform: Input[Artifact],
           model: Output[Model], train_metrics: Output[Metrics]):
-    """Train the ranking model under the tf.distribute strategy the environment implies."""
+    """Train the ranking model under the tf.distribute strategy the environment implies.
+
+    Args:
+        preset: Size of the run's settings: tiny, small, default or large (shoprank.config.PRESETS).
+        overrides: JSON of settings on top of the preset, e.g. {"optimize": {"target_sparsity": 0.7}}; unknown
+            keys are refused.
+        features: The model tensors of each split.
+        transform: The fitted transform (sizes of the vocabularies the model embeds).
+        model: The trained model (SavedModel).
+        train_metrics: Epochs, parameter count and the last epoch's loss and validation AUC.
+    """
     from shoprank.config import resolve_config
     from shoprank.modeling.train import train as run
     from shoprank.telemetry import stage

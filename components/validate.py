@@ -1,7 +1,11 @@
+"""The validate step: the blessing gate that decides whether the model is promoted."""
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components import COMPONENT_IMAGE
+
+__all__ = ["validate"]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -12,7 +16,24 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
     """The blessing gate: quality budgets vs the baseline, size/latency budgets, serving-path check, the int8
     network vs the LambdaMART reference (whose scores the evaluate step wrote into `evaluation`).
 
-    Returns whether the model is blessed (a single output: kfp.local resolves conditions on it)."""
+    Returns whether the model is blessed (a single output: kfp.local resolves conditions on it).
+
+    Args:
+        preset: Size of the run's settings: tiny, small, default or large (shoprank.config.PRESETS).
+        overrides: JSON of settings on top of the preset, e.g. {"optimize": {"target_sparsity": 0.7}}; unknown
+            keys are refused.
+        features: The model tensors of each split and the golden requests of the serving-path check.
+        transform: The fitted transform and the item catalogue (the serving path uses them).
+        optimized_model: The optimise step's model, the candidate for blessing.
+        evaluation: The evaluate step's results for the trained model, the baseline, and the LambdaMART
+            reference's test scores (reference/).
+        comparison: The optimise step's comparison of the artefacts.
+        blessing: The gate's verdict with its reasons, the run summary and the report.
+        summary: The run summary (JSON), published with the bundle and returned by the pipeline.
+        report: The HTML gate report.
+        gate_metrics: Blessed (0/1) and the int8 model's AUC drop, size and speed ratios; the tie-aware metrics
+            of baseline, int8 and reference and the bootstrap interval of int8 - reference.
+    """
     import json
     import shutil
     from pathlib import Path

@@ -5,3 +5,5 @@ Kubeflow Pipelines. Outside `shoprank/` because it uses the KFP client (shoprank
     python -m deploy.cli undeploy --overlay gpu
     python -m deploy.cli check --overlay gpu ...      (prerequisites only)
 """
+
+__all__: list[str] = []

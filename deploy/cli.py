@@ -40,46 +40,45 @@ from typing import Any
 
 import yaml
 
+from deploy import kfp_upload
+from deploy.options import BASE_NAMESPACE, Options
+
+# The promote step's own names, from its light modules (constants and profiles; no Kubernetes client loaded).
+from shoprank.release.kserve.names import DEPLOY_FIELD_MANAGER, FIELD_MANAGER, GROUP, TRITON_RUNTIME
+from shoprank.release.kserve.profiles import DEFAULT_PROFILE, PROFILES, TRITON_PROFILE
+
+__all__ = [
+    "Kubectl",
+    "Options",
+    "Probes",
+    "available_overlays",
+    "build_parser",
+    "check_environment",
+    "check_options",
+    "deploy",
+    "endpoint",
+    "kfp_healthz",
+    "main",
+    "managed_by_promote",
+    "parse_options",
+    "pipeline_parameters",
+    "probe",
+    "render",
+    "run_params",
+    "split_image",
+    "undeploy",
+    "wrapper_kustomization",
+]
+
 REPO = Path(__file__).resolve().parents[1]
 OVERLAYS_DIR = REPO / "manifests" / "overlays"
 COMPILED = REPO / "pipelines" / "compiled" / "shoprank_pipeline.yaml"
-FIELD_MANAGER = "shoprank-deploy"
-PROMOTE_MANAGER = "shoprank-promote"  # shoprank.release.kserve.rollout.FIELD_MANAGER (not imported: keep this CLI light)
 SERVING_IMAGE_NAME = "shoprank-serving"  # the image name the manifests use, replaced by --serving-image
-BASE_NAMESPACE = "shoprank"  # the namespace the manifests are written for
 CREATED_BY_LABEL = "app.kubernetes.io/managed-by"
 RUNNER_ROLE = "shoprank-pipeline-runner"
 KFP_RUNNER_BINDING = "shoprank-pipeline-runner-kfp"
-KSERVE_GROUP = "serving.kserve.io"
 KSERVE_RESOURCES = ("inferenceservices", "servingruntimes")
-TRITON_OVERLAY = "gpu-triton"
-TRITON_RUNTIME = "kserve-tritonserver"  # shoprank.release.kserve.spec.TRITON_RUNTIME
 STORAGE_SECRET = "shoprank-storage"  # named by manifests/base/model-reader-serviceaccount.yaml
-PROFILE_OF_OVERLAY = {"gpu": "gpu", "gpu-triton": "gpu-triton", "cpu": "cpu", "kind": "kind"}  # rollout.PROFILES
-
-
-@dataclass
-class Options:
-    command: str
-    overlay: str = "gpu"
-    namespace: str = BASE_NAMESPACE
-    context: str = ""
-    serving_image: str = ""
-    component_image: str = ""
-    kfp_host: str = ""
-    kfp_upload: bool = True
-    create_run: bool = False
-    model_root: str = ""
-    run_params: dict[str, Any] = field(default_factory=dict)
-    kfp_runner: str = ""
-    kfp_namespace: str = ""
-    dry_run: bool = False
-    reset_inference_service: bool = False
-    model_pvc: str = ""
-
-    @property
-    def uses_kfp(self) -> bool:
-        return self.kfp_upload and not self.dry_run
 
 
 def available_overlays() -> list[str]:
@@ -115,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deploy.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("check", "deploy", "undeploy"))
-    parser.add_argument("--overlay", default=os.environ.get("OVERLAY", "gpu"),
+    parser.add_argument("--overlay", default=os.environ.get("OVERLAY", DEFAULT_PROFILE),
                         help="manifests/overlays/<name> (gpu, gpu-triton, cpu, kind)")
     parser.add_argument("--namespace", default=os.environ.get("NAMESPACE", BASE_NAMESPACE))
     parser.add_argument("--context", default="", help="kubectl context (default: the current one)")
@@ -193,9 +192,9 @@ def check_options(opts: Options) -> list[str]:
     if opts.create_run:
         if not opts.kfp_upload:
             problems.append("CREATE_RUN=1 needs KFP_UPLOAD=1 (a run starts from the uploaded version)")
-        if opts.overlay not in PROFILE_OF_OVERLAY:
+        if opts.overlay not in PROFILES:
             problems.append(f"CREATE_RUN=1 with OVERLAY={opts.overlay}: the promote step serves the profiles "
-                            f"{sorted(PROFILE_OF_OVERLAY)} only")
+                            f"{sorted(PROFILES)} only")
         if not opts.kfp_runner and opts.kfp_namespace != opts.namespace:
             problems.append(f"CREATE_RUN=1: the run's pods need the pipeline runner Role in {opts.namespace}: set "
                             "KFP_RUNNER=kubeflow/pipeline-runner (standalone KFP) or "
@@ -230,18 +229,18 @@ def _cluster_problems(opts: Options, probes: Probes) -> list[str]:
     problems = []
     missing = [r for r in KSERVE_RESOURCES if r not in probes.kserve_resources]
     if probes.kserve_error:
-        problems.append(f"could not list {KSERVE_GROUP} resources: {probes.kserve_error}")
+        problems.append(f"could not list {GROUP} resources: {probes.kserve_error}")
     elif missing:
         problems.append(f"KServe is not installed on context {probes.context!r}: no {', '.join(missing)} in "
-                        f"{KSERVE_GROUP} (install KServe v0.20 in Standard mode; `make kind-up` does on kind)")
-    if opts.overlay == TRITON_OVERLAY:
+                        f"{GROUP} (install KServe v0.20 in Standard mode; `make kind-up` does on kind)")
+    if opts.overlay == TRITON_PROFILE:
         if probes.triton_runtime is False:
-            problems.append(f"the {TRITON_RUNTIME} ClusterServingRuntime that {TRITON_OVERLAY} selects is not "
+            problems.append(f"the {TRITON_RUNTIME} ClusterServingRuntime that {TRITON_PROFILE} selects is not "
                             "installed: apply KServe's cluster resources (kserve-cluster-resources.yaml of the "
                             "release, or its config/runtimes)")
         if probes.storage_secret is False:
             problems.append(f"secret {STORAGE_SECRET} is missing in namespace {opts.namespace}: KServe's controller "
-                            f"refuses to reconcile {TRITON_OVERLAY}'s transformer (storageUris) without the secret "
+                            f"refuses to reconcile {TRITON_PROFILE}'s transformer (storageUris) without the secret "
                             f"its ServiceAccount names; create it first (manifests/base/"
                             "model-reader-serviceaccount.yaml says how)")
     if opts.dry_run and not probes.namespace_exists:
@@ -324,12 +323,12 @@ def probe(opts: Options) -> Probes:
         probes.server_error = lines[-1]
     else:
         # Discovery, not the CRD objects: every authenticated user may read it, no cluster-scope RBAC needed.
-        proc = kubectl("api-resources", f"--api-group={KSERVE_GROUP}", "-o", "name", check=False, timeout=60)
+        proc = kubectl("api-resources", f"--api-group={GROUP}", "-o", "name", check=False, timeout=60)
         if proc.returncode != 0:
             probes.kserve_error = proc.stderr.strip()
         probes.kserve_resources = {line.split(".")[0] for line in proc.stdout.split()}
         probes.namespace_exists = kubectl("get", "namespace", opts.namespace, check=False).returncode == 0
-        if opts.overlay == TRITON_OVERLAY and opts.command == "deploy":
+        if opts.overlay == TRITON_PROFILE and opts.command == "deploy":
             probes.triton_runtime = _exists(kubectl("get", "clusterservingruntime", TRITON_RUNTIME, "-o", "name",
                                                     check=False))
             probes.storage_secret = False if not probes.namespace_exists else _exists(
@@ -387,7 +386,7 @@ def render(opts: Options, kubectl_binary: str = "kubectl") -> list[dict[str, Any
 
 
 def managed_by_promote(obj: dict[str, Any] | None) -> bool:
-    return any(entry.get("manager") == PROMOTE_MANAGER for entry in ((obj or {}).get("metadata") or {}).get(
+    return any(entry.get("manager") == FIELD_MANAGER for entry in ((obj or {}).get("metadata") or {}).get(
         "managedFields") or [])
 
 
@@ -406,10 +405,12 @@ def _dump(docs: list[dict[str, Any]]) -> str:
 
 
 def run_params(opts: Options) -> dict[str, Any]:
-    """Pipeline parameters of a run started by deploy: promote to this cluster, then RUN_PARAMS on top."""
+    """Pipeline parameters of a run started by deploy: promote to this cluster with the profile of the same name
+    as the overlay (tests/release/kserve/test_profiles.py checks that each profile is its overlay), then
+    RUN_PARAMS on top."""
     params: dict[str, Any] = {"deploy_target": "kserve", "serving_namespace": opts.namespace,
-                              "serving_profile": PROFILE_OF_OVERLAY.get(opts.overlay, "gpu")}
-    if params["serving_profile"] == "gpu-triton" and opts.serving_image:
+                              "serving_profile": opts.overlay if opts.overlay in PROFILES else DEFAULT_PROFILE}
+    if params["serving_profile"] == TRITON_PROFILE and opts.serving_image:
         params["serving_transformer_image"] = opts.serving_image  # the transformer runs the serving image
     if opts.model_root:
         params["model_root"] = opts.model_root
@@ -424,12 +425,12 @@ def deploy(opts: Options, kubectl: Kubectl) -> int:
     dry = ["--dry-run=server"] if opts.dry_run else []
     if not opts.dry_run and kubectl("get", "namespace", opts.namespace, check=False).returncode != 0:
         kubectl("create", "namespace", opts.namespace, echo=True)
-        kubectl("label", "namespace", opts.namespace, f"{CREATED_BY_LABEL}={FIELD_MANAGER}", echo=True)
+        kubectl("label", "namespace", opts.namespace, f"{CREATED_BY_LABEL}={DEPLOY_FIELD_MANAGER}", echo=True)
     live = kubectl("get", "inferenceservice", name, "-n", opts.namespace, "-o", "json", "--show-managed-fields",
                    check=False)
     current = json.loads(live.stdout) if live.returncode == 0 else None
     rest = [d for d in docs if d.get("kind") != "InferenceService"]
-    apply = ["apply", "--server-side", f"--field-manager={FIELD_MANAGER}", *dry, "-f", "-"]
+    apply = ["apply", "--server-side", f"--field-manager={DEPLOY_FIELD_MANAGER}", *dry, "-f", "-"]
     kubectl(*apply, stdin=_dump(rest), echo=True)
     if isvcs:
         if current is not None and managed_by_promote(current) and not opts.reset_inference_service:
@@ -456,8 +457,6 @@ def deploy(opts: Options, kubectl: Kubectl) -> int:
     isvc = json.loads(got.stdout) if got.returncode == 0 else None
     print(f"\ninference endpoint: {endpoint(isvc, name, opts.namespace)}")
     if opts.uses_kfp:
-        from deploy import kfp_upload
-
         kfp_upload.upload_and_run(opts, run_params(opts))
     else:
         print("Kubeflow Pipelines upload skipped (KFP_UPLOAD=0)")
@@ -467,19 +466,17 @@ def deploy(opts: Options, kubectl: Kubectl) -> int:
 def undeploy(opts: Options, kubectl: Kubectl, kserve_installed: bool = True) -> int:
     docs = render(opts, kubectl.binary)
     if not kserve_installed:  # kubectl cannot even map the kinds: those objects went with KServe's CRDs
-        docs = [d for d in docs if not d.get("apiVersion", "").startswith(f"{KSERVE_GROUP}/")]
+        docs = [d for d in docs if not d.get("apiVersion", "").startswith(f"{GROUP}/")]
     kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", stdin=_dump(docs), echo=True)
     kubectl("delete", "rolebinding", KFP_RUNNER_BINDING, "-n", opts.namespace, "--ignore-not-found", echo=True)
     ns = kubectl("get", "namespace", opts.namespace, "-o", "json", check=False)
     if ns.returncode == 0:
         labels = json.loads(ns.stdout).get("metadata", {}).get("labels") or {}
-        if labels.get(CREATED_BY_LABEL) == FIELD_MANAGER:
+        if labels.get(CREATED_BY_LABEL) == DEPLOY_FIELD_MANAGER:
             kubectl("delete", "namespace", opts.namespace, "--wait=false", echo=True)
         else:
             print(f"namespace {opts.namespace} was not created by deploy: kept")
     if opts.kfp_upload:
-        from deploy import kfp_upload
-
         kfp_upload.delete_pipeline(opts)
     print("undeployed. Promoted model versions in storage and KFP runs/experiments are kept (they are history).")
     return 0

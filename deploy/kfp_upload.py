@@ -15,10 +15,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from deploy.cli import Options
+from deploy.options import Options
+
+__all__ = ["compile_package", "delete_pipeline", "package_digest", "upload_and_run", "version_name"]
 
 PIPELINE_NAME = "shoprank"
 EXPERIMENT = "shoprank"

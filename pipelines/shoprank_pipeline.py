@@ -17,6 +17,8 @@ from components.promote import MODEL_PVC, PVC_MOUNT_PATH, promote
 from components.train import train
 from components.validate import validate
 
+__all__ = ["GPU_TAINT", "PIPELINE_NAME", "shoprank_pipeline"]
+
 PIPELINE_NAME = "shoprank"
 GPU_TAINT = "nvidia.com/gpu"
 
@@ -53,20 +55,54 @@ def shoprank_pipeline(
     serving_smoke: str = "ranking",
     serving_transformer_image: str = "",
 ) -> dsl.Artifact:
-    """`preset` picks the size (tiny/small/default/large); `overrides` is JSON on top of it, e.g.
-    {"optimize": {"target_sparsity": 0.7}}. `gpu_node_label` is key=value of the GPU nodes' label.
-    `data_source`: "synthetic", a path or storage URI (s3://, gs://) of a directory with the shoprank tables,
-    "esci:<path or URI>[?locale=us]" or "events:<path or URI>[?preset=retailrocket|taobao]" (shoprank.data.sources).
-    Returns the run summary (JSON).
+    """Train, optimise, validate and promote the ranking model; returns the run summary (JSON).
 
-    Promotion: `deploy_target` "local" publishes to the local path `model_root`; "kserve" uploads to
-    `model_root` (s3://, gs:// or pvc://) and rolls out the InferenceService in `serving_namespace`. The
-    serving_* values left at "", 0 or -1 take the defaults of manifests/overlays/<serving_profile> (gpu,
-    gpu-triton, cpu, kind): `serving_gpu` "true"/"false", `serving_gpu_node_label` key=value, `serving_deployment_mode`
-    Standard/Knative, `serving_canary_percent` (Knative only) the new revision's traffic share before the full
-    rollout, `serving_ready_timeout_s` per wait, `serving_smoke` "ranking" (a v2 request) or "none",
-    `serving_transformer_image` the shoprank serving image for gpu-triton's transformer (Triton serves the ONNX
-    export, laid out by this step as a Triton model repository)."""
+    Promotion runs only when the model is blessed. The serving_* parameters are declared once, as
+    shoprank.release.kserve.profiles.PromoteParams (tests/pipelines/test_compile.py checks this signature and
+    the promote component's against it); those left at "", 0 or -1 take the values of
+    manifests/overlays/<serving_profile>. gpu-triton serves the ONNX export, laid out by the promote step as a
+    Triton model repository, on KServe's Triton runtime behind the shoprank transformer.
+
+    Args:
+        preset: Size of the run's settings: tiny, small, default or large (shoprank.config.PRESETS).
+        overrides: JSON of settings on top of the preset, e.g. {"optimize": {"target_sparsity": 0.7}}; unknown
+            keys are refused.
+        data_source: "synthetic", a path or storage URI (s3://, gs://) of a directory with the shoprank tables,
+            "esci:<path or URI>[?locale=us]" or "events:<path or URI>[?preset=retailrocket|taobao]"
+            (shoprank.data.sources).
+        use_gpu: Train on a GPU node (accelerator, node selector and toleration are set at run time).
+        gpu_count: GPUs for the train step when use_gpu.
+        gpu_node_label: key=value of the GPU nodes' label, the train step's node selector when use_gpu.
+        model_root: Where versions are published: a local path (deploy_target local), or s3://, gs:// or
+            pvc:// (deploy_target kserve).
+        model_name: The model's folder under model_root, and the InferenceService's name.
+        deploy_target: "local" publishes to the local path model_root; "kserve" uploads to model_root and rolls
+            out the InferenceService.
+        serving_profile: The overlay in manifests/overlays whose InferenceService settings the other serving_*
+            values start from: gpu, gpu-triton, cpu or kind.
+        serving_namespace: Namespace of the InferenceService.
+        serving_gpu: "true" or "false": request a GPU and GPU node placement or not (the format and resources
+            stay the profile's); "" keeps the profile's choice.
+        serving_gpu_count: GPUs per predictor replica; 0 keeps the profile's.
+        serving_gpu_node_label: key=value (or key, meaning key=true) of the GPU nodes' label for the node
+            selector; "" keeps nvidia.com/gpu.present=true.
+        serving_min_replicas: Minimum predictor replicas (0 scales to zero, Knative only); -1 keeps the
+            profile's.
+        serving_max_replicas: Maximum predictor replicas; 0 keeps the profile's.
+        serving_scale_metric: Autoscaling metric: cpu or memory (HPA), concurrency or rps (Knative only); ""
+            keeps the profile's.
+        serving_scale_target: Autoscaling target (a utilisation percentage for cpu and memory); 0 keeps the
+            profile's.
+        serving_deployment_mode: KServe deployment mode, Standard or Knative; "" means Standard. KServe cannot
+            change the mode of a live InferenceService.
+        serving_canary_percent: Knative only: the share of traffic (1..100) the new revision gets, checked by
+            the smoke request, before the full rollout; 0 rolls out at once.
+        serving_ready_timeout_s: Seconds to wait for Ready, per rollout phase and for a rollback.
+        serving_smoke: "ranking": send a v2 ranking request to the new version once it is Ready; "none": send
+            nothing.
+        serving_transformer_image: gpu-triton only: the shoprank serving image that runs the transformer in
+            front of Triton.
+    """
     raw = ingest(source=data_source, preset=preset, overrides=overrides)
     _resources(raw, "1", "4G").set_caching_options(True)
     pre = preprocess(preset=preset, overrides=overrides, raw_data=raw.outputs["raw_data"])

@@ -25,6 +25,8 @@ from shoprank.layout import (
     TRITON_VERSION,
 )
 
+__all__ = ["bundle_version", "local_root", "publish_bundle", "triton_repository"]
+
 
 def bundle_version(optimized_dir: str | Path, transform_dir: str | Path) -> str:
     """Content-addressed: the same model and transform always get the same version (reruns are no-ops)."""

@@ -27,8 +27,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from shoprank.layout import LATEST, MANIFEST
-from shoprank.release.kserve.spec import TRITON_REPOSITORY, versioned_storage_uri
+from shoprank.layout import LATEST, MANIFEST, TRITON_DIR
+
+__all__ = [
+    "DEFAULT_PVC_MOUNT",
+    "GCSStore",
+    "LocalStore",
+    "ObjectStore",
+    "S3Store",
+    "Scheme",
+    "StorageLocation",
+    "UploadResult",
+    "bundle_files",
+    "open_store",
+    "parse_storage_uri",
+    "upload_bundle",
+    "version_location",
+    "version_of_uri",
+    "versioned_storage_uri",
+    "write_latest",
+]
 
 DEFAULT_PVC_MOUNT = "/mnt/shoprank-models"
 Scheme = Literal["s3", "gs", "pvc", "file"]
@@ -36,6 +54,7 @@ Scheme = Literal["s3", "gs", "pvc", "file"]
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]$")  # S3 and GCS bucket names (loosest common rule)
 _CLAIM_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")  # a PVC name is a DNS subdomain
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a model name or version: one path segment
 
 
 @dataclass(frozen=True)
@@ -95,8 +114,34 @@ def parse_storage_uri(uri: str) -> StorageLocation:
     return StorageLocation(scheme, bucket, "/".join(parts))  # type: ignore[arg-type]
 
 
+def versioned_storage_uri(root: str, model_name: str, version: str | int) -> str:
+    """`<root>/<model_name>/<version>` for s3://, gs://, pvc://, file:// roots and local paths."""
+    version = str(version)
+    for label, part in (("model_name", model_name), ("version", version)):
+        if not _SEGMENT_RE.match(part) or part in (".", ".."):
+            raise ValueError(f"{label} {part!r} must be one path segment of letters, digits, '.', '_', '-'")
+    root = root.strip()
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", root)
+    if match is None:  # a local path, absolute or relative
+        if not root:
+            raise ValueError("storage root is empty")
+        return posixpath.join(root.rstrip("/") or "/", model_name, version)
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if scheme in ("s3", "gs", "pvc"):
+        rest = rest.strip("/")
+        if not rest:
+            what = "a PVC name" if scheme == "pvc" else "a bucket"
+            raise ValueError(f"{root!r} names no {what}")
+        return f"{scheme}://{rest}/{model_name}/{version}"
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise ValueError(f"{root!r}: a file:// root must be an absolute path")
+        return "file://" + posixpath.join(rest.rstrip("/") or "/", model_name, version)
+    raise ValueError(f"unsupported storage scheme {scheme!r} in {root!r} (use s3://, gs://, pvc://, a path)")
+
+
 def version_location(root: str, model_name: str, version: str) -> StorageLocation:
-    """Where a version lives: `<root>/<model_name>/<version>` (validated by promotion.versioned_storage_uri)."""
+    """Where a version lives: `<root>/<model_name>/<version>` (validated by `versioned_storage_uri`)."""
     versioned_storage_uri(root, model_name, version)  # raises on a bad model name or version segment
     return parse_storage_uri(root).child(model_name, version)
 
@@ -119,7 +164,7 @@ def version_of_uri(storage_uri: str | None, root: str, model_name: str) -> str |
         return None
     # `.../<version>`, or the Triton variant's model repository inside it (`.../<version>/triton`).
     parts = loc.path[len(base.path.rstrip("/")) + 1:].split("/")
-    return parts[0] if parts[0] and parts[1:] in ([], [TRITON_REPOSITORY]) else None
+    return parts[0] if parts[0] and parts[1:] in ([], [TRITON_DIR]) else None
 
 
 # --- backends ----------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 In order: the cluster itself; every overlay through the API server's dry run; `make deploy` of the CPU and GPU
 overlays (KServe turns them into Deployments, Services and HPAs; the scheduler places the pods on the simulated
-nodes); the pipeline runner's RBAC as the API server decides it; the promote step (shoprank.release.kserve.rollout) creating,
-patching, re-running, rolling back, and reporting an unschedulable GPU request, as admin and as the pipeline's
-own ServiceAccount; a scale check (100 GPU nodes, 20 InferenceServices); `make undeploy`.
+nodes); the pipeline runner's RBAC as the API server decides it; the promote step
+(shoprank.release.kserve.rollout) creating, patching, re-running, rolling back, and reporting an unschedulable GPU
+request, as admin and as the pipeline's own ServiceAccount; a scale check (100 GPU nodes, 20 InferenceServices);
+`make undeploy`.
 
 The simulated nodes run no containers: a pod is Running and Ready as soon as it is scheduled. So a version
 "never becomes Ready" here when its pods cannot be scheduled, and no smoke request is sent (smoke="none").
@@ -23,7 +24,13 @@ import pytest
 
 from deploy import cli
 from shoprank.release.kserve import rollout
-from shoprank.release.kserve.rollout import KServeApi, PromoteParams, RolloutConfig
+from shoprank.release.kserve.client import KServeApi
+from shoprank.release.kserve.names import FIELD_MANAGER
+from shoprank.release.kserve.plan import apply_body
+from shoprank.release.kserve.profiles import PromoteParams, serving_settings
+from shoprank.release.kserve.rollout import RolloutConfig
+from shoprank.release.kserve.spec import desired_inference_service
+from shoprank.release.kserve.wait import deployment_rolled_out
 from shoprank.release.model_store import LocalStore
 from tests.support import kserve_crds  # noqa: E402
 
@@ -121,7 +128,7 @@ def wait_rolled_out(cluster: Cluster, namespace: str, name: str, storage_uri: st
         if got.returncode != 0:
             return None
         dep = json.loads(got.stdout)
-        ok, _ = rollout.deployment_rolled_out(dep, storage_uri)
+        ok, _ = deployment_rolled_out(dep, storage_uri)
         return dep if ok and dep["status"].get("availableReplicas", 0) >= 1 else None
     return cluster.wait_for(f"Deployment {namespace}/{name}-predictor rolled out", done, timeout)
 
@@ -369,10 +376,10 @@ def test_rerun_with_the_same_version_changes_nothing(cluster: Cluster, promote_n
     assert (record["outcome"], record["action"], record["version"]) == ("unchanged", "noop", _versions["v2"])
     assert record["uploaded"] is False  # the bundle is already in storage
     # Server-side apply of the very same configuration is a no-op for the API server too.
-    settings, autoscaling, _ = rollout.serving_settings(PromoteParams(profile="cpu", namespace=promote_ns),
-                                                         record["storage_uri"], E2E)
-    desired = rollout.desired_inference_service(settings, autoscaling=autoscaling)
-    KServeApi(cluster.api_client).apply(rollout.apply_body(desired), field_manager=rollout.FIELD_MANAGER)
+    settings, autoscaling, _ = serving_settings(PromoteParams(profile="cpu", namespace=promote_ns),
+                                                record["storage_uri"], E2E)
+    desired = desired_inference_service(settings, autoscaling=autoscaling)
+    KServeApi(cluster.api_client).apply(apply_body(desired), field_manager=FIELD_MANAGER)
     after = isvc(cluster, promote_ns, E2E)
     for key in ("resourceVersion", "generation", "managedFields"):
         assert after["metadata"][key] == before["metadata"][key], key
@@ -505,7 +512,7 @@ def test_gpu_triton_promotion_runs_triton_on_gpu_behind_the_transformer(cluster:
         found = json.loads(got.stdout)
         inits = found["spec"]["template"]["spec"].get("initContainers") or []
         fetches = any(bundle in (c.get("args") or []) for c in inits)
-        ok, _ = rollout.deployment_rolled_out(found)
+        ok, _ = deployment_rolled_out(found)
         return found if ok and fetches else None
     transformer = cluster.wait_for("the transformer Deployment fetching the bundle", transformer_rolled_out, 90)
     spec = transformer["spec"]["template"]["spec"]

@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from deploy import cli, kfp_upload
-from deploy.cli import Options, Probes
+from deploy.cli import Probes
+from deploy.options import Options
+from shoprank.release.kserve import names, profiles
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = dict(serving_image="registry.example/shoprank-serving:0.1.0",
@@ -91,6 +93,19 @@ def test_a_gpu_triton_run_promotes_the_onnx_export_with_the_serving_image_as_tra
     assert params["serving_profile"] == "gpu-triton"
     assert params["serving_transformer_image"] == o.serving_image
     assert "serving_transformer_image" not in cli.run_params(opts(create_run=True, overlay="gpu"))
+
+
+@pytest.mark.parametrize("overlay", cli.available_overlays())
+def test_runs_started_by_deploy_set_only_parameters_the_pipeline_has(overlay):
+    params = cli.run_params(opts(create_run=True, overlay=overlay, model_root="s3://b01"))
+    assert set(params) <= cli.pipeline_parameters(), set(params) - cli.pipeline_parameters()
+    assert params["serving_profile"] == overlay
+
+
+def test_every_overlay_has_the_promote_steps_profile_of_its_name():
+    # What makes `serving_profile=<overlay>` right; test_profiles compares each profile with its overlay.
+    assert set(cli.available_overlays()) == set(profiles.PROFILES)
+    assert profiles.DEFAULT_PROFILE in profiles.PROFILES and profiles.TRITON_PROFILE in profiles.PROFILES
 
 
 def test_component_image_is_not_needed_without_the_kfp_upload():
@@ -243,6 +258,7 @@ def test_render_keeps_the_base_namespace_by_default():
 
 
 def test_inference_service_managed_by_promote_is_detected():
+    assert (names.DEPLOY_FIELD_MANAGER, names.FIELD_MANAGER) == ("shoprank-deploy", "shoprank-promote")
     live = {"metadata": {"managedFields": [{"manager": "shoprank-deploy"}, {"manager": "shoprank-promote"}]}}
     assert cli.managed_by_promote(live)
     assert not cli.managed_by_promote({"metadata": {"managedFields": [{"manager": "shoprank-deploy"}]}})
@@ -281,3 +297,24 @@ def test_version_names_carry_the_package_digest(tmp_path):
     digest = kfp_upload.package_digest(path)
     assert len(digest) == 10
     assert kfp_upload.version_name(digest, now=0) == f"19700101-000000-{digest}"
+
+
+# --- imports ---------------------------------------------------------------------------------------------------
+
+
+def test_deploy_imports_the_promote_steps_names_without_the_rollout():
+    """deploy/cli.py takes field managers, runtimes and profiles from shoprank.release.kserve's light modules
+    instead of copying them; loading it must not load the rollout, the Kubernetes or KFP clients, or numpy."""
+    code = ("import sys, deploy.cli; "
+            "heavy = ('kfp', 'kubernetes', 'kserve', 'boto3', 'numpy', 'tensorflow', 'pandas'); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy); "
+            "bad += sorted(m for m in sys.modules if m.startswith('shoprank.') and m not in ("
+            "'shoprank.release', 'shoprank.release.kserve', 'shoprank.release.kserve.names', "
+            "'shoprank.release.kserve.profiles', 'shoprank.release.kserve.spec', 'shoprank.layout')); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_cli_and_kfp_upload_do_not_import_each_other():
+    code = "import sys, deploy.kfp_upload; assert 'deploy.cli' not in sys.modules, 'kfp_upload imports cli'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)

@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from shoprank.release.kserve.plan import plan_promotion
+from shoprank.release.kserve.spec import Resources, ServingSettings, build_inference_service
+from shoprank.release.model_store import versioned_storage_uri
 from tests.support import kserve_crds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -350,44 +353,36 @@ def test_missing_go_is_a_clear_failure(monkeypatch, tmp_path):
 # --- the promote step writes what the overlays deploy -----------------------------------------------
 
 
-def _promotion():
-    from shoprank.release.kserve import spec as promotion
-
-    return promotion
-
-
-def _gpu_settings(promotion, **extra):
-    return promotion.ServingSettings(
+def _gpu_settings(**extra):
+    return ServingSettings(
         storage_uri="s3://shoprank-models/shoprank-ranker/latest", model_format="shoprank-savedmodel",
         backend="savedmodel", use_gpu=True, max_replicas=4, scale_target=60,
-        resources=promotion.Resources("2", "4Gi", "4", "8Gi"), **extra,
+        resources=Resources("2", "4Gi", "4", "8Gi"), **extra,
     )
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])
 def test_promotion_builds_the_overlay_inference_service(rendered, overlay):
-    promotion = _promotion()
     if overlay == "cpu":
-        settings = promotion.ServingSettings(storage_uri="s3://shoprank-models/shoprank-ranker/latest")
+        settings = ServingSettings(storage_uri="s3://shoprank-models/shoprank-ranker/latest")
     else:
-        settings = _gpu_settings(promotion)
-    built = promotion.build_inference_service(settings)
+        settings = _gpu_settings()
+    built = build_inference_service(settings)
     deployed = only(rendered[overlay], "InferenceService")
     assert built["spec"] == deployed["spec"]
     assert built["metadata"]["annotations"] == deployed["metadata"]["annotations"]
-    assert promotion.plan_promotion(deployed, built).action == "noop"
+    assert plan_promotion(deployed, built).action == "noop"
 
 
 def test_promotion_output_validates_against_kserve_crds(crds):
-    promotion = _promotion()
-    uri = promotion.versioned_storage_uri("s3://shoprank-models", "shoprank-ranker", "20260101-1")
+    uri = versioned_storage_uri("s3://shoprank-models", "shoprank-ranker", "20260101-1")
     variants = [
-        promotion.ServingSettings(storage_uri=uri),
-        _gpu_settings(promotion, gpu_count=2),
-        promotion.ServingSettings(storage_uri=uri, deployment_mode="Knative", scale_metric="concurrency",
-                                  scale_target=8, min_replicas=0, canary_traffic_percent=10),
-        promotion.ServingSettings(storage_uri=uri, deployment_mode="Knative"),
+        ServingSettings(storage_uri=uri),
+        _gpu_settings(gpu_count=2),
+        ServingSettings(storage_uri=uri, deployment_mode="Knative", scale_metric="concurrency",
+                        scale_target=8, min_replicas=0, canary_traffic_percent=10),
+        ServingSettings(storage_uri=uri, deployment_mode="Knative"),
     ]
     for settings in variants:
-        isvc = promotion.build_inference_service(settings)
+        isvc = build_inference_service(settings)
         assert not kserve_crds.validation_errors(isvc), (settings, kserve_crds.validation_errors(isvc))

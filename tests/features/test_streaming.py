@@ -12,10 +12,21 @@ from shoprank.data.streaming import NpyWriter, string_hash
 from shoprank.data.validation import duplicate_mask
 from shoprank.features.dataset import SPLITS, load_split
 from shoprank.features.preprocess import history_rows, preprocess, sample_negatives
+from shoprank.features.transform import INPUTS
 from tests.conftest import NOW, quiet
 from tests.support.reference_preprocess import reference_preprocess
 
 SMALL_PIECES = {"preprocess": {"partition_rows": 3_000, "bucket_rows": 1_500}, "sources": {"chunk_rows": 2_000}}
+
+
+@pytest.fixture(scope="module")
+def fresh_features(tmp_path_factory, tiny_raw, tiny_config):
+    """The tiny shop preprocessed for this module alone: other tests write into the shared `tiny_features`
+    (a shuffled-label training adds train/shuffled_label.npy), and these comparisons must see exactly what
+    preprocess wrote."""
+    base = tmp_path_factory.mktemp("fresh")
+    report = preprocess(tiny_raw, base / "features", base / "transform", tiny_config, progress=quiet, now=NOW)
+    return base / "features", report
 
 
 def _arrays(features):
@@ -26,25 +37,29 @@ def _arrays(features):
     return out
 
 
-def test_streaming_preprocess_matches_the_in_memory_reference(tiny_features, tiny_raw, tiny_config):
-    features, _, _ = tiny_features
+def _assert_same_arrays(got, expected):
+    """The same array names in every split, both ways, and every array equal."""
+    for split in SPLITS:
+        assert sorted(got[split]) == sorted(expected[split]), split
+        for name, want in expected[split].items():
+            np.testing.assert_array_equal(got[split][name], want, err_msg=f"{split}/{name}")
+
+
+def test_streaming_preprocess_matches_the_in_memory_reference(fresh_features, tiny_raw, tiny_config):
+    features, _ = fresh_features
     ref = reference_preprocess(tiny_raw, tiny_config, NOW)
     got = _arrays(features)
-    for split in SPLITS:
-        assert set(ref[split]) <= set(got[split]), split  # other tests may add e.g. shuffled_label.npy
-        for name, expected in ref[split].items():
-            np.testing.assert_array_equal(got[split][name], expected, err_msg=f"{split}/{name}")
+    assert all(len(ref[split]) == len(INPUTS) + 7 for split in SPLITS)  # + labels, gain, oracle, request, top_category
+    _assert_same_arrays(got, ref)
 
 
-def test_partitioning_and_bucket_sizes_do_not_change_the_output(tmp_path, tiny_features, tiny_raw):
-    features, _, report = tiny_features
+def test_partitioning_and_bucket_sizes_do_not_change_the_output(tmp_path, fresh_features, tiny_raw):
+    features, report = fresh_features
     config = resolve_config("tiny", SMALL_PIECES)
     small = preprocess(tiny_raw, tmp_path / "f", tmp_path / "t", config, progress=quiet, now=NOW)
     assert small["partitions"]["impressions"] > 3 and small["partitions"]["buckets"] > 8
-    a, b = _arrays(features), _arrays(tmp_path / "f")
-    for split in SPLITS:
-        for name in b[split]:
-            np.testing.assert_array_equal(a[split][name], b[split][name], err_msg=f"{split}/{name}")
+    assert report["partitions"]["impressions"] == 1 and report["partitions"]["buckets"] == 3
+    _assert_same_arrays(_arrays(tmp_path / "f"), _arrays(features))
     assert json.loads((features / "golden_requests.json").read_text()) == \
         json.loads((tmp_path / "f" / "golden_requests.json").read_text())
     assert small["validation"] == report["validation"]

@@ -22,10 +22,9 @@ from shoprank.config import BlessingConfig, TritonConfig, resolve_config
 from shoprank.evaluation.blessing import bless
 from shoprank.features.dataset import load_split
 from shoprank.features.transform import INPUTS
-from shoprank.layout import SCORE
+from shoprank.layout import SCORE, TRITON_DIR
 from shoprank.modeling.onnx_export import TensorInfo, tensor_infos, triton_config
 from shoprank.release.bundle import triton_repository
-from shoprank.release.kserve.spec import TRITON_REPOSITORY
 from shoprank.scoring.backends import OnnxScorer, score_in_batches
 
 NAME = "shoprank-ranker"
@@ -50,7 +49,7 @@ def parse_model_config(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def repository(tiny_bundle) -> Path:
-    return tiny_bundle["bundle_dir"] / TRITON_REPOSITORY
+    return tiny_bundle["bundle_dir"] / TRITON_DIR
 
 
 def test_the_bundle_holds_a_triton_model_repository(repository):

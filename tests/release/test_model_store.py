@@ -1,4 +1,5 @@
-"""Versioned model storage: URI parsing for every scheme, and real copies for local and pvc:// roots.
+"""Versioned model storage: URI parsing for every scheme, version paths, and real copies for local and pvc://
+roots.
 
 s3:// and gs:// are checked for parsing and for the order and idempotency of what is sent, through a small
 recording store; talking to a real bucket is not tested here (no object store is reachable from CI).
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shoprank.release import model_store
-from shoprank.release.model_store import StorageLocation, parse_storage_uri
+from shoprank.release.model_store import StorageLocation, parse_storage_uri, versioned_storage_uri
 
 
 @pytest.mark.parametrize("uri, expected", [
@@ -46,6 +47,42 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
 def test_parse_storage_uri_rejects(uri, message):
     with pytest.raises(ValueError, match=message):
         parse_storage_uri(uri)
+
+
+@pytest.mark.parametrize(
+    ("root", "expected"),
+    [
+        ("s3://shoprank-models", "s3://shoprank-models/ranker/7"),
+        ("s3://shoprank-models/prod/", "s3://shoprank-models/prod/ranker/7"),
+        ("gs://bucket/a/b", "gs://bucket/a/b/ranker/7"),
+        ("pvc://models-pvc", "pvc://models-pvc/ranker/7"),
+        ("pvc://models-pvc/exports//", "pvc://models-pvc/exports/ranker/7"),
+        ("/mnt/models/", "/mnt/models/ranker/7"),
+        ("artifacts/models", "artifacts/models/ranker/7"),
+        ("/", "/ranker/7"),
+        ("file:///tmp/models", "file:///tmp/models/ranker/7"),
+    ],
+)
+def test_versioned_storage_uri(root, expected):
+    assert versioned_storage_uri(root, "ranker", 7) == expected
+
+
+@pytest.mark.parametrize(
+    ("root", "model", "version", "message"),
+    [
+        ("s3://", "ranker", "1", "names no a bucket"),
+        ("pvc:///", "ranker", "1", "names no a PVC name"),
+        ("http://host/models", "ranker", "1", "unsupported storage scheme"),
+        ("", "ranker", "1", "empty"),
+        ("s3://b", "../etc", "1", "model_name"),
+        ("s3://b", "ranker", "1/2", "version"),
+        ("s3://b", "ranker", "..", "version"),
+        ("file://relative/path", "ranker", "1", "absolute"),
+    ],
+)
+def test_versioned_storage_uri_rejects(root, model, version, message):
+    with pytest.raises(ValueError, match=message):
+        versioned_storage_uri(root, model, version)
 
 
 @pytest.mark.parametrize("root, uri", [

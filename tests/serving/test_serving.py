@@ -342,7 +342,7 @@ def test_models_pickle_without_native_handles_and_reload(served):
 
 # --- the bundle's version -----------------------------------------------------------------------------------
 def test_the_bundle_version_is_in_the_metadata_and_every_infer_response(served, golden, tiny_bundle):
-    from shoprank.release.kserve.rollout import served_versions
+    from shoprank.release.kserve.smoke import served_versions
 
     version = json.loads((tiny_bundle["bundle_dir"] / "manifest.json").read_text())["version"]
     assert re.fullmatch(r"v[0-9a-f]{12}", version)

@@ -18,7 +18,13 @@ SPLITS = ("train", "validation", "test")
 LABELS = ("clicked", "carted", "purchased")
 
 
-def build_histories(events, req_user, req_ts, length):
+def build_histories(events: pd.DataFrame, req_user: np.ndarray, req_ts: np.ndarray, length: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The last `length` interest events of each request's user strictly before the request time.
+
+    Returns (item ids [R, length] as objects, "" for padding, oldest first) and the count used. Written
+    independently of the library's `history_rows`, which the streaming preprocessing uses.
+    """
     ev = events[events["event"].isin(INTEREST_EVENTS)]
     users = pd.Index(pd.unique(np.concatenate([ev["user_id"].to_numpy(), req_user])))
     ev_code = users.get_indexer(ev["user_id"].to_numpy()).astype(np.int64)

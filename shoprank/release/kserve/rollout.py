@@ -1,17 +1,25 @@
 """Cluster promotion: publish the blessed bundle to versioned storage, then roll the InferenceService forward
 with server-side apply, check it, and roll it back when it does not come up.
 
-Layers, so that the decisions are plain functions and the Kubernetes calls are few and explicit:
+Why this module: it is the driver, the only place that sequences the layers below it, so that the decisions are
+plain functions and the Kubernetes calls are few and explicit:
 
-- pure decisions: `serving_settings` (pipeline parameters on top of an overlay profile), `apply_body` (the
-  server-side-apply configuration: only the fields the promote step owns), `plan_rollout` (phases to apply and
-  what to apply to undo them, on top of `shoprank.release.kserve.spec.plan_promotion`), `resolve_conflicts` (when to
-  force), `smoke_url`, `deployment_rolled_out`, `build_record`;
-- waiting: `wait_until_ready` polls a reader callable with an injectable clock;
-- the API: `KServeApi` (get, server-side apply, read the predictor Deployment) with the kubernetes client;
-- `run_rollout` drives a plan through the API; `promote_to_kserve` is the whole step for the component.
+- `shoprank.release.kserve.names`: the API group, annotations, labels, field managers and runtimes;
+- `shoprank.release.kserve.spec`: `ServingSettings` and the desired InferenceService;
+- `shoprank.release.kserve.profiles`: the overlay profiles and `PromoteParams` (the pipeline's `serving_*`
+  parameters, declared once), `serving_settings` (parameters on top of a profile);
+- `shoprank.release.kserve.plan`: `plan_promotion`, `apply_body` (the server-side-apply configuration: only the
+  fields the promote step owns), `plan_rollout` (phases to apply and what to apply to undo them),
+  `rollback_spec`, `resolve_conflicts` (when to force);
+- `shoprank.release.kserve.wait`: `is_ready`, `deployment_rolled_out`, `wait_until_ready` (polls a reader
+  callable with an injectable clock);
+- `shoprank.release.kserve.smoke`: `smoke_url` and the v2 ranking request;
+- `shoprank.release.kserve.client`: `KServeApi` (get, server-side apply, read the predictor Deployment) with the
+  kubernetes client, and the `InferenceServiceApi` Protocol;
+- here: `decide_after_rollout` (keep or roll back), `run_rollout` drives a plan through the API, `build_record`,
+  and `promote_to_kserve` is the whole step for the component.
 
-Unit tests (tests/release/kserve/test_rollout.py) cover the decisions, the waiting logic and the sequencing of `run_rollout`
+Unit tests (tests/release/kserve/) cover the decisions, the waiting logic and the sequencing of `run_rollout`
 with a recording stand-in that returns scripted objects. That stand-in does not emulate the API server: how
 the API server treats these requests (apply semantics, field ownership and conflicts, status, RBAC) is
 tested against a real kube-apiserver with KServe's CRDs in tests/cluster (`make test-cluster`).
@@ -30,692 +38,70 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
-import re
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from shoprank.errors import PlanError
 from shoprank.release import model_store
 from shoprank.release.bundle import publish_bundle
-from shoprank.release.kserve.spec import (
-    API_VERSION,
-    AUTOSCALER_CLASS_ANNOTATION,
-    DEPLOYMENT_MODE_ANNOTATION,
-    KIND,
-    KNATIVE,
-    MANAGED_ANNOTATIONS,
-    MANAGED_MODEL_FIELDS,
-    MANAGED_PREDICTOR_FIELDS,
-    MANAGED_TRANSFORMER_FIELDS,
-    OPTIONAL_MODEL_FIELDS,
-    OPTIONAL_PREDICTOR_FIELDS,
-    STANDARD,
-    TRITON_RUNTIME,
-    Resources,
-    ServingSettings,
-    build_inference_service,
-    decide_after_rollout,
-    has_failed,
-    is_ready,
-    normalize_deployment_mode,
-    plan_promotion,
-    rollback_spec,
-)
+from shoprank.release.kserve.client import ApplyConflict, InferenceServiceApi, KServeApi
+from shoprank.release.kserve.names import DEPLOY_FIELD_MANAGER, FIELD_MANAGER, KNATIVE
+from shoprank.release.kserve.plan import RolloutPlan, plan_rollout, resolve_conflicts
+from shoprank.release.kserve.profiles import PromoteParams, serving_settings
+from shoprank.release.kserve.smoke import SmokeCheck, SmokeContext, no_smoke, ranking_smoke, smoke_url
+from shoprank.release.kserve.spec import ServingSettings, desired_inference_service
+from shoprank.release.kserve.wait import latest_created_revision, wait_until_ready
 
-FIELD_MANAGER = "shoprank-promote"
-DEPLOY_FIELD_MANAGER = "shoprank-deploy"  # `make deploy` applies the overlays with this manager
-GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
-SOURCE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
-MANAGED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/part-of")
-CANARY_FIELD = "spec.predictor.canaryTrafficPercent"
+__all__ = [
+    "OUTCOMES",
+    "Outcome",
+    "RolloutConfig",
+    "build_record",
+    "decide_after_rollout",
+    "promote_to_kserve",
+    "run_rollout",
+]
 
 # Outcomes: promoted (new version serving), unchanged (already serving it), rolled_back (the rollout failed and
 # the previous spec was re-applied), failed (refused, or failed with nothing to restore: a human must act).
 OUTCOMES = ("promoted", "unchanged", "rolled_back", "failed")
 
 
-# --- settings: overlay profiles and pipeline parameters -------------------------------------------------
+# --- the verdict on a phase ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Profile:
-    """What `manifests/overlays/<name>` deploys, as ServingSettings values (tests compare them)."""
+class Outcome:
+    """The verdict on a rollout: keep it ("promoted") or restore the previous one ("rolled_back")."""
 
-    settings: Mapping[str, Any]
-    autoscaling: bool = True  # False: no HPA (autoscalerClass none), as the kind overlay
-
-
-PROFILES: dict[str, Profile] = {
-    "gpu": Profile({"model_format": "shoprank-savedmodel", "backend": "savedmodel", "use_gpu": True,
-                    "gpu_count": 1, "min_replicas": 1, "max_replicas": 4, "scale_metric": "cpu",
-                    "scale_target": 60, "resources": Resources("2", "4Gi", "4", "8Gi")}),
-    "cpu": Profile({"model_format": "shoprank-tflite", "backend": "tflite", "use_gpu": False,
-                    "min_replicas": 1, "max_replicas": 8, "scale_metric": "cpu", "scale_target": 70,
-                    "resources": Resources("1", "1Gi", "2", "2Gi")}),
-    # The ONNX export on KServe's Triton runtime (onnxruntime + TensorRT) behind the shoprank transformer;
-    # manifests/overlays/gpu-triton. The transformer image is a parameter (serving_transformer_image).
-    "gpu-triton": Profile({"model_format": "onnx", "backend": "triton", "runtime": TRITON_RUNTIME, "use_gpu": True,
-                           "gpu_count": 1, "min_replicas": 1, "max_replicas": 4, "scale_metric": "cpu",
-                           "scale_target": 60, "resources": Resources("2", "4Gi", "4", "8Gi")}),
-    "kind": Profile({"model_format": "shoprank-tflite", "backend": "tflite", "use_gpu": False,
-                     "min_replicas": 1, "max_replicas": 1, "scale_metric": "cpu", "scale_target": 70,
-                     "resources": Resources("100m", "256Mi", "500m", "512Mi")}, autoscaling=False),
-}
-DEFAULT_PROFILE = "gpu"  # the default overlay of `make deploy`
-SMOKE_MODES = ("ranking", "none")
-
-
-@dataclass(frozen=True)
-class PromoteParams:
-    """The promote step's cluster parameters, as the pipeline passes them.
-
-    Empty strings, 0 and -1 mean "the profile's value" (KFP parameters cannot be None). `gpu` is "", "true"
-    or "false" and toggles only the GPU request and placement; the profile picks format and resources.
-    `canary_percent` > 0 sends that share of traffic to the new revision first, in Knative mode only.
-    """
-
-    profile: str = DEFAULT_PROFILE
-    namespace: str = "shoprank"
-    gpu: str = ""
-    gpu_count: int = 0
-    gpu_node_label: str = ""
-    min_replicas: int = -1
-    max_replicas: int = 0
-    scale_metric: str = ""
-    scale_target: int = 0
-    deployment_mode: str = ""
-    canary_percent: int = 0
-    ready_timeout_s: int = 600
-    smoke: str = "ranking"
-    smoke_url: str = ""
-    force_conflicts: bool = False
-    transformer_image: str = ""  # gpu-triton: the shoprank serving image that runs the transformer
-
-
-def _parse_label(label: str) -> dict[str, str]:
-    key, sep, value = label.strip().partition("=")
-    if not key or (sep and not value) or "=" in value:
-        raise ValueError(f"node selector label {label!r} must be key=value (or just key, meaning key=true)")
-    return {key: value or "true"}
-
-
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, not {text!r}")
-
-
-def serving_settings(params: PromoteParams, storage_uri: str, name: str) -> tuple[ServingSettings, bool,
-                                                                                  tuple[str, ...]]:
-    """ServingSettings from a profile with the parameters that are set on top; also whether to autoscale and
-    notes on what was adjusted (recorded in the outcome)."""
-    if params.profile not in PROFILES:
-        raise ValueError(f"unknown serving profile {params.profile!r}: one of {sorted(PROFILES)}")
-    profile = PROFILES[params.profile]
-    values: dict[str, Any] = dict(profile.settings, storage_uri=storage_uri, name=name, namespace=params.namespace)
-    notes: list[str] = []
-    if params.gpu:
-        values["use_gpu"] = _parse_bool(params.gpu)
-    if params.gpu_count:
-        values["gpu_count"] = params.gpu_count
-    if params.transformer_image:
-        values["transformer_image"] = params.transformer_image
-    if params.gpu_node_label:
-        values["gpu_node_selector"] = _parse_label(params.gpu_node_label)
-    if params.min_replicas >= 0:
-        values["min_replicas"] = params.min_replicas
-    if params.max_replicas:
-        values["max_replicas"] = params.max_replicas
-    if params.scale_metric:
-        values["scale_metric"] = params.scale_metric
-    if params.scale_target:
-        values["scale_target"] = params.scale_target
-    mode = normalize_deployment_mode(params.deployment_mode) if params.deployment_mode else STANDARD
-    values["deployment_mode"] = mode
-    if params.canary_percent < 0 or params.canary_percent > 100:
-        raise ValueError("canary_percent must be within 0..100")
-    if params.canary_percent and mode != KNATIVE:
-        # Standard mode has one Deployment and no revisions to split traffic between: roll out directly,
-        # behind the same Ready and smoke checks, and say so.
-        notes.append(f"canary_percent {params.canary_percent} ignored: {mode} mode cannot split traffic "
-                     "between revisions (use deployment_mode Knative); rolled out directly")
-    if params.smoke not in SMOKE_MODES:
-        raise ValueError(f"smoke must be one of {SMOKE_MODES}, not {params.smoke!r}")
-    if params.ready_timeout_s < 1:
-        raise ValueError("ready_timeout_s must be >= 1")
-    return ServingSettings(**values), profile.autoscaling, tuple(notes)
-
-
-def desired_inference_service(settings: ServingSettings, *, autoscaling: bool = True) -> dict[str, Any]:
-    """`build_inference_service`, without an autoscaler where the profile has none (the kind overlay)."""
-    manifest = build_inference_service(settings)
-    if not autoscaling and settings.deployment_mode == STANDARD:
-        manifest["metadata"]["annotations"][AUTOSCALER_CLASS_ANNOTATION] = "none"
-        manifest["spec"]["predictor"].pop("autoScaling", None)
-    return manifest
-
-
-# --- what to apply ---------------------------------------------------------------------------------------
-
-
-def _mode_of(manifest: Mapping[str, Any]) -> str | None:
-    mode = ((manifest.get("metadata") or {}).get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION)
-    return normalize_deployment_mode(mode) if mode else None
-
-
-def apply_body(manifest: Mapping[str, Any], *, canary_percent: int | None = None) -> dict[str, Any]:
-    """The server-side-apply configuration for an InferenceService manifest: only the fields the promote
-    step owns (promotion.MANAGED_*, two labels), plus `canaryTrafficPercent` when a canary step wants it.
-
-    Everything else on the live object belongs to other managers and is neither sent nor touched. In Knative
-    mode tag routing is switched on so the new revision has its own `latest-` URL for the smoke request.
-    """
-    meta = manifest.get("metadata") or {}
-    predictor = ((manifest.get("spec") or {}).get("predictor")) or {}
-    model = predictor.get("model") or {}
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in MANAGED_ANNOTATIONS}
-    if _mode_of(manifest) == KNATIVE:
-        annotations[TAG_ROUTING_ANNOTATION] = "true"
-    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k in MANAGED_LABELS}
-    body_meta: dict[str, Any] = {"name": meta["name"], "namespace": meta["namespace"]}
-    if labels:
-        body_meta["labels"] = labels
-    if annotations:
-        body_meta["annotations"] = annotations
-    body_predictor: dict[str, Any] = {k: predictor[k] for k in MANAGED_PREDICTOR_FIELDS + OPTIONAL_PREDICTOR_FIELDS
-                                      if k in predictor}
-    if canary_percent is not None:
-        body_predictor["canaryTrafficPercent"] = canary_percent
-    body_predictor["model"] = {k: model[k] for k in MANAGED_MODEL_FIELDS + OPTIONAL_MODEL_FIELDS if k in model}
-    spec: dict[str, Any] = {"predictor": body_predictor}
-    transformer = (manifest.get("spec") or {}).get("transformer")
-    if transformer:  # left out, a transformer this manager applied before is removed by the apply
-        spec["transformer"] = {k: transformer[k] for k in MANAGED_TRANSFORMER_FIELDS if k in transformer}
-    return {"apiVersion": manifest.get("apiVersion", API_VERSION), "kind": manifest.get("kind", KIND),
-            "metadata": body_meta, "spec": spec}
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One apply (if any), then wait for Ready; `smoke` says whether to smoke-test after it and where to send it
-    ("latest": the new revision's own URL, Knative canary; "service": the service's address)."""
-
-    name: Literal["rollout", "canary", "full", "verify"]
-    body: dict[str, Any] | None  # None: apply nothing, only check (a rerun of what is already there)
-    expects_new_revision: bool
-    smoke: bool
-    target: Literal["latest", "service"] = "service"
-
-
-@dataclass(frozen=True)
-class RolloutPlan:
-    """Everything `run_rollout` will do, decided before the first write.
-
-    `rollback` holds the apply bodies that undo the phases, in order (empty when there is nothing to restore:
-    the promotion created the service); `rollback_note` says why or what.
-    """
-
-    action: Literal["create", "patch", "noop"]
+    status: Literal["promoted", "rolled_back"]
     reason: str
-    changes: tuple[str, ...]
-    phases: tuple[Phase, ...]
-    rollback: tuple[dict[str, Any], ...]
-    rollback_note: str
-    canary_percent: int | None
+
+    @property
+    def promoted(self) -> bool:
+        return self.status == "promoted"
 
 
-def plan_rollout(current: Mapping[str, Any] | None, desired: Mapping[str, Any], *,
-                 canary_percent: int | None = None) -> RolloutPlan:
-    """Phases and rollback for moving `current` (the live object, or None) to `desired`.
+def decide_after_rollout(ready: bool, smoke_ok: bool | None, timed_out: bool, detail: str = "") -> Outcome:
+    """Promote only a rollout that became ready in time and passed the smoke test; otherwise roll back.
 
-    - nothing to change (a rerun of the same model and settings): apply nothing, only "verify" that the
-      service is Ready and answers (a rerun after an interrupted rollout must not report success blindly);
-    - create: one phase, no canary (there is no previous revision);
-    - patch in Knative mode with a canary percentage: "canary" (new revision takes that share; smoke its own
-      URL), then "full" (all traffic; wait for Ready);
-    - any other patch: one "rollout" phase, smoke-tested on the service address.
-
-    Rolling back re-applies the previous object's values of the owned fields (after a canary first sends all
-    traffic back to the previous revision with canaryTrafficPercent 0). `desired` must not carry a canary
-    percentage itself; pass it here. Raises promotion.PlanError when KServe cannot move there by an apply.
+    `smoke_ok` is None when the smoke test did not run; `detail` (e.g. is_ready's reason) is appended.
+    A timeout wins over everything else: the deadline is part of the contract.
     """
-    desired = json.loads(json.dumps(desired))  # a private copy
-    desired["spec"]["predictor"].pop("canaryTrafficPercent", None)
-    plan = plan_promotion(current, desired)
-    meta = desired["metadata"]
-    if plan.action == "noop":
-        verify = Phase("verify", None, expects_new_revision=False, smoke=True)
-        return RolloutPlan("noop", plan.reason, (), (verify,), (),
-                           "nothing was applied, so there is nothing to roll back", None)
-    full_body = apply_body(desired)
-    if current is None:
-        note = (f"nothing to restore: this promotion creates {meta['namespace']}/{meta['name']}. The pipeline "
-                "runner's Role has no delete verb, so a failed first promotion leaves it in place (it served "
-                f"nothing before); remove it with `kubectl -n {meta['namespace']} delete inferenceservice "
-                f"{meta['name']}` if unwanted")
-        phase = Phase("rollout", full_body, expects_new_revision=True, smoke=True)
-        return RolloutPlan("create", plan.reason, plan.changes, (phase,), (), note, None)
-    restore = rollback_spec(current, name=meta["name"], namespace=meta["namespace"])
-    assert restore.manifest is not None  # current is not None, so this is a restore
-    restore_body = apply_body(restore.manifest)
-    new_revision = any(change != CANARY_FIELD for change in plan.changes)
-    knative = _mode_of(desired) == KNATIVE
-    if knative and canary_percent and new_revision:
-        phases = (
-            Phase("canary", apply_body(desired, canary_percent=canary_percent), expects_new_revision=True,
-                  smoke=True, target="latest"),
-            Phase("full", full_body, expects_new_revision=False, smoke=False),
-        )
-        back = (apply_body(desired, canary_percent=0), restore_body)
-        note = f"send all traffic back to the previous revision, then {restore.reason}"
-        return RolloutPlan("patch", plan.reason, plan.changes, phases, back, note, canary_percent)
-    phase = Phase("rollout", full_body, expects_new_revision=new_revision, smoke=True)
-    return RolloutPlan("patch", plan.reason, plan.changes, (phase,), (restore_body,), restore.reason, None)
-
-
-# --- conflicts ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Conflict:
-    manager: str
-    field: str
-
-
-_CONFLICT_RE = re.compile(r'conflict with "([^"]+)"')
-
-
-def parse_conflicts(status_body: str | bytes | Mapping[str, Any] | None) -> list[Conflict]:
-    """The field-manager conflicts of a 409 answer to an apply (a metav1.Status)."""
-    if status_body is None:
-        return []
-    if isinstance(status_body, str | bytes):
-        try:
-            status_body = json.loads(status_body)
-        except ValueError:
-            return []
-    causes = ((status_body or {}).get("details") or {}).get("causes") or []
-    out = []
-    for cause in causes:
-        if cause.get("reason") != "FieldManagerConflict":
-            continue
-        match = _CONFLICT_RE.search(cause.get("message", ""))
-        out.append(Conflict(match.group(1) if match else "?", cause.get("field", "?")))
-    return out
-
-
-def resolve_conflicts(conflicts: Iterable[Conflict], *, take_over_from: Iterable[str] = (DEPLOY_FIELD_MANAGER,),
-                      force_all: bool = False) -> tuple[bool, str]:
-    """Whether to re-apply with force, and why (or why not).
-
-    Forcing is right only for fields the promote step is meant to own and someone set before it: the
-    InferenceService `make deploy` creates (a placeholder storageUri, the overlay's settings). Anyone else's
-    values are a concurrent edit and are not overwritten unless `force_all` says so.
-    """
-    conflicts = list(conflicts)
-    if not conflicts:
-        return False, "no field-manager conflict reported"
-    listing = ", ".join(sorted(f"{c.field} (owned by {c.manager})" for c in conflicts))
-    managers = {c.manager for c in conflicts}
-    if force_all:
-        return True, f"force_conflicts is set: taking over {listing}"
-    allowed = set(take_over_from)
-    if managers <= allowed:
-        return True, f"taking over from {', '.join(sorted(managers))} (the deploy-time manifest): {listing}"
-    return False, (f"refusing to overwrite fields another manager owns: {listing}. Resolve it with them, or "
-                   "rerun with force_conflicts to take the fields over")
-
-
-# --- readiness ---------------------------------------------------------------------------------------------
-
-
-def _predictor_status(isvc: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return (((isvc or {}).get("status") or {}).get("components") or {}).get("predictor") or {}
-
-
-def latest_created_revision(isvc: Mapping[str, Any] | None) -> str | None:
-    return _predictor_status(isvc).get("latestCreatedRevision")
-
-
-def deployment_rolled_out(deployment: Mapping[str, Any], storage_uri: str | None = None) -> tuple[bool, str]:
-    """Whether a predictor Deployment (Standard mode) finished rolling out the wanted model, as `kubectl rollout
-    status` decides, plus: its pod template must already carry `storage_uri` (KServe writes it to an
-    annotation), since right after an apply the Deployment may not have been updated yet."""
-    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
-    template_meta = ((spec.get("template") or {}).get("metadata")) or {}
-    source = (template_meta.get("annotations") or {}).get(SOURCE_URI_ANNOTATION)
-    if storage_uri and source is not None and source != storage_uri:
-        return False, f"predictor Deployment still runs {source}"
-    generation = (deployment.get("metadata") or {}).get("generation", 0)
-    if status.get("observedGeneration", 0) < generation:
-        return False, "predictor Deployment update not observed yet"
-    wanted = spec.get("replicas", 1)
-    updated, replicas = status.get("updatedReplicas", 0), status.get("replicas", 0)
-    available = status.get("availableReplicas", 0)
-    if updated < wanted:
-        return False, f"{updated} of {wanted} replicas updated"
-    if replicas > updated:
-        return False, f"{replicas - updated} old replicas pending termination"
-    if available < updated:
-        return False, f"{available} of {updated} updated replicas available"
-    return True, f"{updated} replicas rolled out"
-
-
-@dataclass(frozen=True)
-class ReadyResult:
-    ready: bool
-    timed_out: bool
-    detail: str
-    seconds: float
-    isvc: dict[str, Any] | None = None
-    notes: tuple[str, ...] = ()
-
-
-class DeploymentUnreadable(Exception):
-    """The predictor Deployment cannot be read (no RBAC, or it does not exist): rely on other evidence."""
-
-
-def wait_until_ready(read: Callable[[], dict[str, Any] | None], *, timeout_s: float, poll_s: float = 5.0,
-                     previous_revision: str | None = None, expects_new_revision: bool = False,
-                     read_deployment: Callable[[], dict[str, Any]] | None = None, storage_uri: str | None = None,
-                     clock: Callable[[], float] = time.monotonic,
-                     sleep: Callable[[float], None] = time.sleep) -> ReadyResult:
-    """Poll until the InferenceService is Ready for this change, a terminal failure shows, or the timeout.
-
-    Ready means `promotion.is_ready` and, where the status can tell stale from fresh: in Knative mode a new
-    revision must have been created when one is expected; in Standard mode, when `read_deployment` can read the
-    predictor Deployment, it must have rolled out `storage_uri` (Ready stays True on the old pods during a
-    rolling update). If the Deployment cannot be read (the narrow Role does not grant it), the smoke request
-    is what tells the new version from the old one; that is noted.
-    """
-    start = clock()
-    notes: list[str] = []
-    detail, isvc = "not read yet", None
-    deployment_readable = read_deployment is not None
-    while True:
-        isvc = read()
-        if isvc is None:
-            detail = "InferenceService not found"
-        else:
-            status = isvc.get("status") or {}
-            failed, why = has_failed(status)
-            if failed:
-                return ReadyResult(False, False, why, clock() - start, isvc, tuple(notes))
-            ok, detail = is_ready(status)
-            if ok and expects_new_revision and previous_revision and \
-                    latest_created_revision(isvc) == previous_revision:
-                ok, detail = False, f"new revision not created yet (latest is {previous_revision})"
-            if ok and deployment_readable and status.get("deploymentMode", STANDARD) in (STANDARD,
-                                                                                        "RawDeployment"):
-                try:
-                    ok, detail = deployment_rolled_out(read_deployment(), storage_uri)  # type: ignore[misc]
-                except DeploymentUnreadable as exc:
-                    deployment_readable = False
-                    notes.append(f"predictor Deployment not readable ({exc}): Ready may reflect the old pods "
-                                 "until the rolling update ends; the smoke request checks the new version")
-            if ok:
-                return ReadyResult(True, False, detail, clock() - start, isvc, tuple(notes))
-        elapsed = clock() - start
-        if elapsed >= timeout_s:
-            return ReadyResult(False, True, detail, elapsed, isvc, tuple(notes))
-        sleep(min(poll_s, max(0.0, timeout_s - elapsed)))
-
-
-# --- smoke request -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SmokeContext:
-    """What a smoke check gets: where to send it (None when the status has no URL), the served model's name,
-    the version that should answer, and how long it may keep retrying."""
-
-    url: str | None
-    model_name: str
-    version: str
-    timeout_s: float
-    phase: str
-
-
-@dataclass(frozen=True)
-class SmokeResult:
-    ok: bool
-    detail: str
-
-
-SmokeCheck = Callable[[SmokeContext], SmokeResult]
-_BUNDLE_VERSION_RE = re.compile(r"^v[0-9a-f]{12}$")  # shoprank.release.bundle.bundle_version
-SMOKE_CANDIDATES = ("i0000001", "i0000002", "i0000003")
-
-
-def smoke_url(isvc: Mapping[str, Any] | None, target: Literal["latest", "service"]) -> str | None:
-    """Where the smoke request goes: the new revision's tagged URL for a Knative canary (tag routing), else the
-    cluster-local address (reachable from a pipeline pod), else the external URL."""
-    status = (isvc or {}).get("status") or {}
-    predictor = _predictor_status(isvc)
-    if target == "latest":
-        for entry in predictor.get("traffic") or []:
-            if entry.get("tag") == "latest" and entry.get("url"):
-                return entry["url"]
-    candidates = [((status.get("address") or {}).get("url")), status.get("url"),
-                  ((predictor.get("address") or {}).get("url")), predictor.get("url")]
-    return next((c for c in candidates if c), None)
-
-
-def ranking_request(candidates: Iterable[str] = SMOKE_CANDIDATES) -> dict[str, Any]:
-    """A v2 ranking request (the shoprank server's BYTES interface); unknown item ids are scored too."""
-    items = list(candidates)
-    return {"inputs": [
-        {"name": "query", "datatype": "BYTES", "shape": [1], "data": ["running shoes"]},
-        {"name": "user_id", "datatype": "BYTES", "shape": [1], "data": ["shoprank-smoke-test"]},
-        {"name": "history", "datatype": "BYTES", "shape": [1], "data": [items[0]]},
-        {"name": "candidates", "datatype": "BYTES", "shape": [len(items)], "data": items},
-    ]}
-
-
-def check_ranking_response(response: Mapping[str, Any], candidates: Iterable[str] = SMOKE_CANDIDATES) -> str | None:
-    """None when the v2 response is a ranking of the candidates with finite scores; else what is wrong."""
-    items = list(candidates)
-    outputs = {o.get("name"): o for o in response.get("outputs") or []}
-    for name in ("scores", "ranking"):
-        if name not in outputs:
-            return f"response has no '{name}' output (outputs: {sorted(outputs)})"
-    scores, ranking = outputs["scores"].get("data") or [], outputs["ranking"].get("data") or []
-    if len(scores) != len(items) or not all(isinstance(s, int | float) and math.isfinite(s) for s in scores):
-        return f"'scores' should be {len(items)} finite numbers, got {scores!r:.200}"
-    if sorted(ranking) != sorted(items):
-        return f"'ranking' should be a permutation of the candidates, got {ranking!r:.200}"
-    return None
-
-
-def served_versions(metadata: Mapping[str, Any]) -> list[str]:
-    """Bundle versions a v2 model-metadata answer reports (`versions`), if it reports shoprank versions."""
-    return [v for v in metadata.get("versions") or [] if isinstance(v, str) and _BUNDLE_VERSION_RE.match(v)]
-
-
-def _http_json(url: str, payload: Mapping[str, Any] | None, timeout: float) -> dict[str, Any]:
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (URL from the cluster)
-        return json.loads(response.read())
-
-
-def ranking_smoke(ctx: SmokeContext, *, clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] = time.sleep, request_timeout_s: float = 10.0) -> SmokeResult:
-    """Send a v2 ranking request until it is answered correctly by the new version, or the time is up.
-
-    When the model's metadata (`GET /v2/models/NAME`) reports shoprank bundle versions, the answer must come
-    from `ctx.version`; an old version answering means old pods still serve (Standard mode mid-rollout), so
-    it retries. Errors are retried too: the first requests after Ready may meet a cold model.
-    """
-    if not ctx.url:
-        return SmokeResult(False, "no URL for the smoke request in the InferenceService status (set smoke_url)")
-    base = ctx.url.rstrip("/") + f"/v2/models/{ctx.model_name}"
-    deadline, last = clock() + ctx.timeout_s, "no attempt"
-    while True:
-        try:
-            versions = served_versions(_http_json(base, None, request_timeout_s))
-            if versions and ctx.version not in versions:
-                last = f"answered by version {', '.join(versions)}, waiting for {ctx.version}"
-            else:
-                problem = check_ranking_response(_http_json(base + "/infer", ranking_request(), request_timeout_s))
-                if problem is None:
-                    return SmokeResult(True, f"v2 ranking request to {base}/infer answered correctly")
-                return SmokeResult(False, problem)  # a wrong answer is not transient
-        except urllib.error.HTTPError as exc:
-            body = exc.read()[:300].decode(errors="replace")
-            last = f"HTTP {exc.code} from {exc.url}: {body}"
-            if 400 <= exc.code < 500 and exc.code not in (404, 408, 429):
-                return SmokeResult(False, last)  # the request is refused: retrying will not help
-        except (OSError, ValueError) as exc:  # connection refused, timeouts, DNS, bad JSON
-            last = f"{type(exc).__name__}: {exc}"
-        if clock() >= deadline:
-            return SmokeResult(False, f"no correct answer within {ctx.timeout_s:.0f}s: {last}")
-        sleep(min(5.0, max(0.0, deadline - clock())))
-
-
-def no_smoke(ctx: SmokeContext) -> SmokeResult:
-    """`smoke=none`: no request is sent (the cluster tests' simulated nodes run no model server)."""
-    return SmokeResult(True, "skipped: smoke=none")
-
-
-# --- the API -------------------------------------------------------------------------------------------------
-
-ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"  # KServe labels an InferenceService's pods with its name
-_WAITING_PROBLEMS = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
-                     "CreateContainerError", "InvalidImageName", "RunContainerError")
-
-
-def pod_problems(pods: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Why pods are not Ready, from their status: unschedulable (with the scheduler's message, e.g.
-    "Insufficient nvidia.com/gpu") or a container stuck waiting. One line per distinct problem, with a count."""
-    seen: dict[str, int] = {}
-    for pod in pods:
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue
-        status = pod.get("status") or {}
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                line = f"Pending, {cond.get('reason') or 'not scheduled'}: {cond.get('message') or ''}".strip()
-                seen[line] = seen.get(line, 0) + 1
-        for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _WAITING_PROBLEMS:
-                line = f"container {container.get('name')} {waiting['reason']}: {waiting.get('message') or ''}"
-                seen[line.strip()] = seen.get(line.strip(), 0) + 1
-    return [f"{count} predictor pod{'s' if count > 1 else ''} {line}" for line, count in seen.items()]
-
-
-class ApplyConflict(Exception):
-    def __init__(self, conflicts: list[Conflict], message: str) -> None:
-        super().__init__(message)
-        self.conflicts = conflicts
-
-
-class InferenceServiceApi(Protocol):
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-
-    def apply(self, body: Mapping[str, Any], *, field_manager: str, force: bool = False) -> dict[str, Any]: ...
-
-    def get_predictor_deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
-
-
-class KServeApi:
-    """InferenceService reads and server-side applies through the kubernetes client's ApiClient.
-
-    Written against the real API (`/apis/serving.kserve.io/v1beta1/...` with `application/apply-patch+yaml`,
-    `fieldManager`, `force`); the generated CustomObjectsApi cannot send an apply patch in kubernetes 30.1
-    (it fixes the content type to merge patch), hence `call_api`. Exercised against kube-apiserver and KServe's
-    controller in tests/cluster (`make test-cluster`).
-    """
-
-    def __init__(self, api_client: Any) -> None:
-        self.api_client = api_client
-
-    @classmethod
-    def from_environment(cls, context: str | None = None) -> KServeApi:
-        """In a pod: its ServiceAccount; elsewhere: the kubeconfig's (current or named) context."""
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config(context=context)
-        return cls(client.ApiClient())
-
-    @staticmethod
-    def _path(namespace: str, name: str) -> str:
-        return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
-
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        from kubernetes.client import CustomObjectsApi
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            return CustomObjectsApi(self.api_client).get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def apply(self, body: Mapping[str, Any], *, field_manager: str, force: bool = False) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-
-        meta = body["metadata"]
-        query = [("fieldManager", field_manager)]
-        if force:
-            query.append(("force", "true"))
-        try:
-            return self.api_client.call_api(
-                self._path(meta["namespace"], meta["name"]), "PATCH", query_params=query,
-                header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-                body=dict(body), response_type="object", auth_settings=["BearerToken"],
-                _return_http_data_only=True)
-        except ApiException as exc:
-            if exc.status == 409:
-                conflicts = parse_conflicts(exc.body)
-                raise ApplyConflict(conflicts, f"apply conflicts: {exc.body}") from exc
-            raise
-
-    def get_predictor_deployment(self, namespace: str, name: str) -> dict[str, Any]:
-        from kubernetes.client import AppsV1Api
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            deployment = AppsV1Api(self.api_client).read_namespaced_deployment(f"{name}-predictor", namespace)
-        except ApiException as exc:
-            if exc.status in (401, 403, 404):
-                raise DeploymentUnreadable(f"HTTP {exc.status} {exc.reason}") from exc
-            raise
-        return self.api_client.sanitize_for_serialization(deployment)
-
-
-    def predictor_pod_problems(self, namespace: str, name: str) -> list[str]:
-        """`pod_problems` of the InferenceService's pods; [] when pods cannot be read (the pipeline runner's
-        Role does not grant them: then the timeout alone is reported)."""
-        from kubernetes.client import CoreV1Api
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            pods = CoreV1Api(self.api_client).list_namespaced_pod(namespace,
-                                                                  label_selector=f"{ISVC_POD_LABEL}={name}")
-        except ApiException as exc:
-            if exc.status in (401, 403):
-                return []
-            raise
-        return pod_problems(self.api_client.sanitize_for_serialization(pods).get("items") or [])
+    suffix = f": {detail}" if detail else ""
+    if timed_out:
+        return Outcome("rolled_back", "not ready before the timeout" + suffix)
+    if not ready:
+        return Outcome("rolled_back", "rollout failed" + suffix)
+    if smoke_ok is None:
+        return Outcome("rolled_back", "ready, but the smoke test did not run" + suffix)
+    if not smoke_ok:
+        return Outcome("rolled_back", "smoke test failed" + suffix)
+    return Outcome("promoted", "ready and the smoke test passed" + suffix)
 
 
 # --- driving a plan ----------------------------------------------------------------------------------------
@@ -723,6 +109,8 @@ class KServeApi:
 
 @dataclass(frozen=True)
 class RolloutConfig:
+    """How `run_rollout` waits and applies: timeouts, polling, the field manager and whom to take fields from."""
+
     ready_timeout_s: float = 600.0  # per wait (each phase, and the rollback)
     poll_s: float = 5.0
     smoke_timeout_s: float = 120.0  # at least this long to retry the smoke request

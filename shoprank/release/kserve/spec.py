@@ -1,44 +1,50 @@
-"""Decision logic of the promote step: which InferenceService to want, how to get there, when to roll back.
+"""The InferenceService shoprank wants: `ServingSettings` and the manifest built from them.
 
-Pure functions over plain dicts (the shapes the Kubernetes API returns as JSON); standard library only, so
-the pipeline component, the deploy tooling and the tests share them without a cluster. The API calls that
-act on these decisions live elsewhere.
-
-The flow the promote step follows:
-
-1. `desired = build_inference_service(settings)` with `settings.storage_uri` from `versioned_storage_uri`;
-2. `plan = plan_promotion(current, desired)`: create it, merge-patch it (`plan.body` is an RFC 7386 merge
-   patch, send it as `application/merge-patch+json`), or nothing (a rerun of the same model is a no-op);
-3. poll `is_ready(status)` (stop early when `has_failed(status)`), run the smoke test;
-4. `decide_after_rollout(ready, smoke_ok, timed_out)`; on `rolled_back`, `rollback_spec(previous, ...)`
-   and plan again from the current object to the restored manifest. After a good Knative canary,
-   `full_rollout_patch()` moves all traffic to the new revision.
+Why on its own: what the promote step writes must be the same object the overlays in `manifests/` deploy
+(tests/deploy compares them), and the builders are pure functions over plain dicts, so the pipeline, the
+deploy tooling and the tests share them without a cluster. Which settings a pipeline run asks for is
+`shoprank.release.kserve.profiles`; how to move a live object to this one is `shoprank.release.kserve.plan`.
+Standard library and `shoprank.layout` only.
 """
 
 from __future__ import annotations
 
-import copy
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from shoprank.errors import PlanError
+from shoprank.layout import TRITON_DIR
+from shoprank.release.kserve.names import (
+    API_VERSION,
+    AUTOSCALER_CLASS_ANNOTATION,
+    DEPLOYMENT_MODE_ANNOTATION,
+    KIND,
+    KNATIVE,
+    KNATIVE_CLASS_ANNOTATION,
+    KNATIVE_HPA_CLASS,
+    SHOPRANK_RUNTIME,
+    STANDARD,
+    TRITON_RUNTIME,
+    normalize_deployment_mode,
+)
 
-API_VERSION = "serving.kserve.io/v1beta1"
-KIND = "InferenceService"
-
-DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
-AUTOSCALER_CLASS_ANNOTATION = "serving.kserve.io/autoscalerClass"
-KNATIVE_CLASS_ANNOTATION = "autoscaling.knative.dev/class"
-KNATIVE_HPA_CLASS = "hpa.autoscaling.knative.dev"
-
-STANDARD = "Standard"
-KNATIVE = "Knative"
-DEPLOYMENT_MODES = (STANDARD, KNATIVE)
-# KServe < 0.16 names; KServe itself still accepts and normalises them.
-_LEGACY_MODES = {"RawDeployment": STANDARD, "Serverless": KNATIVE}
+__all__ = [
+    "FORMAT_BACKENDS",
+    "GPU_RESOURCE",
+    "HPA_METRICS",
+    "HTTP_PORT",
+    "KPA_METRICS",
+    "MODEL_MOUNT",
+    "SCRATCH_VOLUME",
+    "Resources",
+    "ServingSettings",
+    "Toleration",
+    "build_inference_service",
+    "build_transformer",
+    "desired_inference_service",
+]
 
 GPU_RESOURCE = "nvidia.com/gpu"
 HTTP_PORT = 8080
@@ -49,8 +55,6 @@ FORMAT_BACKENDS = {
     "tensorflow": "savedmodel",
     "onnx": "triton",  # the ONNX export on KServe's Triton runtime, behind the shoprank transformer
 }
-TRITON_RUNTIME = "kserve-tritonserver"  # KServe's stock ClusterServingRuntime for Triton
-TRITON_REPOSITORY = "triton"  # the bundle's Triton model repository folder (shoprank.modeling.onnx_export.TRITON_DIR)
 MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts a storage URI's files
 SCRATCH_VOLUME = "tmp"  # emptyDir at /tmp: the root filesystem is read-only
 # Metrics each autoscaler understands: HPA (Standard, or Knative with the HPA class) and Knative's KPA.
@@ -59,42 +63,6 @@ KPA_METRICS = ("concurrency", "rps")
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # KServe's InferenceService name rule (DNS-1035)
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-# Fields the promote step owns. Only these are compared and patched, so defaults the KServe webhook adds
-# and fields other tools own are left alone. canaryTrafficPercent is handled on its own (see plan_promotion).
-MANAGED_ANNOTATIONS = (DEPLOYMENT_MODE_ANNOTATION, AUTOSCALER_CLASS_ANNOTATION, KNATIVE_CLASS_ANNOTATION)
-MANAGED_PREDICTOR_FIELDS = (
-    "serviceAccountName", "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "autoScaling",
-    "nodeSelector", "tolerations",
-)
-MANAGED_MODEL_FIELDS = (
-    "modelFormat", "runtime", "storageUri", "args", "resources", "securityContext", "readinessProbe",
-    "livenessProbe",
-)
-# Owned only where the desired object has them (the Triton variant): other profiles leave them to whoever
-# set them (an overlay's scratch volume), so that a rerun stays a no-op.
-OPTIONAL_PREDICTOR_FIELDS = ("volumes",)
-OPTIONAL_MODEL_FIELDS = ("volumeMounts",)
-# The transformer (Triton variant) is owned whole: compared whenever the desired or the live object has one.
-MANAGED_TRANSFORMER_FIELDS = (
-    "serviceAccountName", "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "autoScaling",
-    "storageUris", "volumes", "containers",
-)
-_SERVER_METADATA = (
-    "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp",
-    "deletionGracePeriodSeconds", "managedFields", "selfLink", "ownerReferences", "finalizers",
-)
-_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-
-
-def normalize_deployment_mode(mode: str) -> str:
-    """`Standard` or `Knative`; the pre-0.16 names RawDeployment/Serverless are mapped to them."""
-    mode = _LEGACY_MODES.get(mode, mode)
-    if mode not in DEPLOYMENT_MODES:
-        raise ValueError(f"deployment mode must be one of {DEPLOYMENT_MODES}, not {mode!r}")
-    return mode
-
 
 # --- settings -----------------------------------------------------------------------------------------
 
@@ -154,7 +122,7 @@ class ServingSettings:
     namespace: str = "shoprank"
     model_format: str = "shoprank-tflite"
     backend: str = "tflite"
-    runtime: str = "shoprank-ranker"
+    runtime: str = SHOPRANK_RUNTIME
     service_account: str | None = "shoprank-model-reader"
     use_gpu: bool = False
     gpu_count: int = 1
@@ -350,7 +318,7 @@ def build_inference_service(settings: ServingSettings) -> dict[str, Any]:
     model: dict[str, Any] = {
         "modelFormat": {"name": s.model_format, "version": "1"} if triton else {"name": s.model_format},
         "runtime": s.runtime,
-        "storageUri": posixpath.join(s.storage_uri, TRITON_REPOSITORY) if triton else s.storage_uri,
+        "storageUri": posixpath.join(s.storage_uri, TRITON_DIR) if triton else s.storage_uri,
     }
     if not triton:  # Triton's arguments come from its ServingRuntime
         model["args"] = [f"--backend={s.backend}"]
@@ -381,335 +349,10 @@ def build_inference_service(settings: ServingSettings) -> dict[str, Any]:
     }
 
 
-def versioned_storage_uri(root: str, model_name: str, version: str | int) -> str:
-    """`<root>/<model_name>/<version>` for s3://, gs://, pvc://, file:// roots and local paths."""
-    version = str(version)
-    for label, part in (("model_name", model_name), ("version", version)):
-        if not _SEGMENT_RE.match(part) or part in (".", ".."):
-            raise ValueError(f"{label} {part!r} must be one path segment of letters, digits, '.', '_', '-'")
-    root = root.strip()
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", root)
-    if match is None:  # a local path, absolute or relative
-        if not root:
-            raise ValueError("storage root is empty")
-        return posixpath.join(root.rstrip("/") or "/", model_name, version)
-    scheme, rest = match.group(1).lower(), match.group(2)
-    if scheme in ("s3", "gs", "pvc"):
-        rest = rest.strip("/")
-        if not rest:
-            what = "a PVC name" if scheme == "pvc" else "a bucket"
-            raise ValueError(f"{root!r} names no {what}")
-        return f"{scheme}://{rest}/{model_name}/{version}"
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise ValueError(f"{root!r}: a file:// root must be an absolute path")
-        return "file://" + posixpath.join(rest.rstrip("/") or "/", model_name, version)
-    raise ValueError(f"unsupported storage scheme {scheme!r} in {root!r} (use s3://, gs://, pvc://, a path)")
-
-
-# --- planning ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to do to reach the desired InferenceService.
-
-    `body` is the manifest to create (action "create"), an RFC 7386 JSON merge patch (action "patch"; send
-    it as application/merge-patch+json), or None (action "noop"). `changes` lists the fields that differ.
-    """
-
-    action: Literal["create", "patch", "noop"]
-    reason: str
-    body: dict[str, Any] | None = None
-    changes: tuple[str, ...] = ()
-
-
-def _norm(value: Any) -> Any:
-    """Compare quantities written as numbers and as strings alike (1 == "1")."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {k: _norm(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_norm(v) for v in value]
-    return value
-
-
-def _merge_diff(current: Any, desired: Any) -> Any:
-    """The merge patch that turns `current` into `desired` (None deletes a key; lists are replaced)."""
-    if isinstance(current, Mapping) and isinstance(desired, Mapping):
-        patch: dict[str, Any] = {}
-        for key in current.keys() | desired.keys():
-            if key not in desired or desired[key] is None:
-                if current.get(key) is not None:
-                    patch[key] = None
-            elif _norm(current.get(key)) != _norm(desired[key]):
-                patch[key] = _merge_diff(current.get(key), desired[key])
-        return patch
-    return copy.deepcopy(desired)
-
-
-def _current_mode(current: Mapping[str, Any]) -> str | None:
-    mode = (current.get("status") or {}).get("deploymentMode") or (
-        (current.get("metadata") or {}).get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION)
-    if not mode:
-        return None
-    return _LEGACY_MODES.get(mode, mode)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _owned(always: tuple[str, ...], optional: tuple[str, ...], desired: Mapping[str, Any]) -> tuple[str, ...]:
-    return always + tuple(k for k in optional if k in desired)
-
-
-def _field_patch(where: str, current: Mapping[str, Any], desired: Mapping[str, Any], keys: Iterable[str],
-                 changes: list[str]) -> dict[str, Any]:
-    """Merge patch of the owned `keys` that differ; appends `where.key` to `changes` for each."""
-    patch: dict[str, Any] = {}
-    for key in keys:
-        if _norm(desired.get(key)) != _norm(current.get(key)):
-            changes.append(f"{where}.{key}")
-            patch[key] = _merge_diff(current.get(key), desired.get(key))
-    return patch
-
-
-def plan_promotion(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> Plan:
-    """Decide between create, patch and noop by comparing the fields the promote step owns.
-
-    A rerun with the same model, format, runtime, resources, scaling and placement is a noop, whatever
-    status, defaults or fields of other owners the live object carries. Canary traffic only accompanies a
-    real change: it is dropped on create (there is no previous revision) and a canary percentage alone
-    never triggers a patch (that would shift traffic back to the previous revision); a leftover canary
-    split on the live object with no canary wanted is removed. A change of deployment mode or an object
-    being deleted raise PlanError: KServe refuses the first, and the second has to finish first.
-    """
-    meta = desired.get("metadata") or {}
-    name, namespace = meta.get("name"), meta.get("namespace")
-    where = f"{namespace}/{name}"
-    d_predictor = desired["spec"]["predictor"]
-    d_model = d_predictor.get("model") or {}
-    d_annotations = meta.get("annotations") or {}
-    d_canary = d_predictor.get("canaryTrafficPercent")
-
-    if current is None:
-        body = copy.deepcopy(dict(desired))
-        body["spec"]["predictor"].pop("canaryTrafficPercent", None)
-        return Plan("create", f"no InferenceService {where} yet", body)
-
-    c_meta = current.get("metadata") or {}
-    if current.get("kind", KIND) != KIND or (c_meta.get("name"), c_meta.get("namespace", namespace)) != (
-        name, namespace
-    ):
-        raise ValueError(f"current object {c_meta.get('namespace')}/{c_meta.get('name')} is not {where}")
-    if c_meta.get("deletionTimestamp"):
-        raise PlanError(f"InferenceService {where} is being deleted; wait for it to go, then create it")
-    desired_mode = d_annotations.get(DEPLOYMENT_MODE_ANNOTATION)
-    current_mode = _current_mode(current)
-    if desired_mode and current_mode and _LEGACY_MODES.get(desired_mode, desired_mode) != current_mode:
-        raise PlanError(f"InferenceService {where} runs in {current_mode} mode and KServe cannot change "
-                        f"it to {desired_mode}: delete it first (or keep the mode)")
-
-    c_annotations = c_meta.get("annotations") or {}
-    c_predictor = (current.get("spec") or {}).get("predictor") or {}
-    c_model = c_predictor.get("model") or {}
-    c_canary = c_predictor.get("canaryTrafficPercent")
-
-    changes: list[str] = []
-    annotations_patch: dict[str, Any] = {}
-    for key in MANAGED_ANNOTATIONS:
-        if d_annotations.get(key) != c_annotations.get(key):
-            changes.append(f"metadata.annotations[{key}]")
-            annotations_patch[key] = d_annotations.get(key)
-    predictor_patch = _field_patch("spec.predictor", c_predictor, d_predictor, _owned(
-        MANAGED_PREDICTOR_FIELDS, OPTIONAL_PREDICTOR_FIELDS, d_predictor), changes)
-    model_patch = _field_patch("spec.predictor.model", c_model, d_model, _owned(
-        MANAGED_MODEL_FIELDS, OPTIONAL_MODEL_FIELDS, d_model), changes)
-    d_transformer = desired["spec"].get("transformer")
-    c_transformer = (current.get("spec") or {}).get("transformer")
-    transformer_patch: dict[str, Any] | None = {}
-    if d_transformer is None and c_transformer is not None:
-        changes.append("spec.transformer")
-        transformer_patch = None  # the new spec has no transformer: remove it
-    elif d_transformer is not None:
-        transformer_patch = _field_patch("spec.transformer", c_transformer or {}, d_transformer,
-                                         MANAGED_TRANSFORMER_FIELDS, changes)
-
-    if changes:
-        if d_canary != c_canary:
-            predictor_patch["canaryTrafficPercent"] = d_canary
-    elif c_canary is not None and c_canary < 100 and d_canary is None:
-        changes.append("spec.predictor.canaryTrafficPercent")
-        predictor_patch["canaryTrafficPercent"] = None
-
-    if not changes:
-        return Plan("noop", f"{where} already serves {c_model.get('storageUri')} with the wanted spec")
-
-    if model_patch:
-        predictor_patch["model"] = model_patch
-    body: dict[str, Any] = {"spec": {"predictor": predictor_patch}}
-    if transformer_patch is None or transformer_patch:
-        body["spec"]["transformer"] = transformer_patch
-    if annotations_patch:
-        body["metadata"] = {"annotations": annotations_patch}
-    details = []
-    for key in ("storageUri", "modelFormat", "runtime"):
-        if key in model_patch:
-            details.append(f"{key} {_short(c_model.get(key))} -> {_short(d_model.get(key))}")
-    reason = f"{where}: changed " + ", ".join(changes)
-    if details:
-        reason += " (" + "; ".join(details) + ")"
-    if "canaryTrafficPercent" in predictor_patch and predictor_patch["canaryTrafficPercent"] is not None:
-        reason += f"; canary gets {predictor_patch['canaryTrafficPercent']}% of traffic"
-    return Plan("patch", reason, body, tuple(changes))
-
-
-def full_rollout_patch() -> dict[str, Any]:
-    """Merge patch that ends a Knative canary: all traffic to the latest revision."""
-    return {"spec": {"predictor": {"canaryTrafficPercent": None}}}
-
-
-# --- readiness and the verdict -------------------------------------------------------------------------
-
-
-def _conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    return {c.get("type", ""): c for c in status.get("conditions") or [] if isinstance(c, Mapping)}
-
-
-def _explain(condition: Mapping[str, Any]) -> str:
-    parts = [condition.get("type", "?"), str(condition.get("status", "Unknown"))]
-    for key in ("reason", "message"):
-        if condition.get(key):
-            parts.append(str(condition[key]))
-    return ": ".join(parts)
-
-
-def has_failed(isvc_status: Mapping[str, Any] | None) -> tuple[bool, str]:
-    """Whether KServe reports a failure that waiting will not fix (model failed to load, invalid spec)."""
-    model_status = (isvc_status or {}).get("modelStatus") or {}
-    transition = model_status.get("transitionStatus")
-    if transition in ("BlockedByFailedLoad", "InvalidSpec"):
-        failure = model_status.get("lastFailureInfo") or {}
-        detail = ": ".join(str(failure[k]) for k in ("reason", "message") if failure.get(k))
-        return True, f"model {transition}" + (f" ({detail})" if detail else "")
-    return False, ""
-
-
-def is_ready(isvc_status: Mapping[str, Any] | None) -> tuple[bool, str]:
-    """Read KServe's status: ready only when the Ready condition is True and the latest model is up.
-
-    Beyond `Ready`, a loaded-but-outdated model (`modelStatus.transitionStatus` other than UpToDate) and,
-    in Knative mode, a latest created revision that is not the latest ready one also count as not ready.
-    In Standard mode `Ready` stays True on the old pods during a rolling update, so the caller should also
-    see the Deployment's rollout finish (or smoke-test the new version explicitly).
-    """
-    if not isvc_status:
-        return False, "no status yet"
-    conditions = _conditions(isvc_status)
-    stopped = conditions.get("Stopped")
-    if stopped and stopped.get("status") == "True":
-        return False, "stopped (serving.kserve.io/stop is set)"
-    failed, why = has_failed(isvc_status)
-    if failed:
-        return False, why
-    ready = conditions.get("Ready")
-    if ready is None:
-        return False, "no Ready condition yet"
-    if ready.get("status") != "True":
-        for ctype in ("PredictorReady", "TransformerReady", "IngressReady", "LatestDeploymentReady",
-                      "PredictorConfigurationReady", "RoutesReady"):
-            cond = conditions.get(ctype)
-            if cond is not None and cond.get("status") != "True":
-                return False, _explain(cond)
-        return False, _explain(ready)
-    latest = conditions.get("LatestDeploymentReady")
-    if latest is not None and latest.get("status") != "True":
-        return False, _explain(latest)
-    transition = ((isvc_status.get("modelStatus") or {}).get("transitionStatus"))
-    if transition and transition != "UpToDate":
-        return False, f"model transition {transition}"
-    for component, spec in (isvc_status.get("components") or {}).items():
-        created, ready_rev = spec.get("latestCreatedRevision"), spec.get("latestReadyRevision")
-        if created and ready_rev and created != ready_rev:
-            return False, f"{component} revision {created} not ready yet (serving {ready_rev})"
-    return True, _explain(ready)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The verdict on a rollout: keep it ("promoted") or restore the previous one ("rolled_back")."""
-
-    status: Literal["promoted", "rolled_back"]
-    reason: str
-
-    @property
-    def promoted(self) -> bool:
-        return self.status == "promoted"
-
-
-def decide_after_rollout(ready: bool, smoke_ok: bool | None, timed_out: bool, detail: str = "") -> Outcome:
-    """Promote only a rollout that became ready in time and passed the smoke test; otherwise roll back.
-
-    `smoke_ok` is None when the smoke test did not run; `detail` (e.g. is_ready's reason) is appended.
-    A timeout wins over everything else: the deadline is part of the contract.
-    """
-    suffix = f": {detail}" if detail else ""
-    if timed_out:
-        return Outcome("rolled_back", "not ready before the timeout" + suffix)
-    if not ready:
-        return Outcome("rolled_back", "rollout failed" + suffix)
-    if smoke_ok is None:
-        return Outcome("rolled_back", "ready, but the smoke test did not run" + suffix)
-    if not smoke_ok:
-        return Outcome("rolled_back", "smoke test failed" + suffix)
-    return Outcome("promoted", "ready and the smoke test passed" + suffix)
-
-
-@dataclass(frozen=True)
-class Rollback:
-    """How to undo a promotion: re-apply `manifest` ("restore") or delete the service ("delete")."""
-
-    action: Literal["restore", "delete"]
-    name: str
-    namespace: str
-    reason: str
-    manifest: dict[str, Any] | None = None
-
-
-def rollback_spec(previous: Mapping[str, Any] | None, *, name: str, namespace: str) -> Rollback:
-    """The previous InferenceService to re-apply, cleaned of status and server-set metadata.
-
-    A canary percentage of the previous object is dropped: the restored revision takes all traffic.
-
-    Feed `manifest` to `plan_promotion(current, manifest)` to get the patch. With no previous object the
-    promotion created the service, and undoing it is a deletion (which needs the `delete` verb; the
-    pipeline runner's Role does not grant it, so that case is reported for a human to act on).
-    """
-    if previous is None:
-        return Rollback("delete", name, namespace, f"{namespace}/{name} did not exist before this promotion")
-    meta = previous.get("metadata") or {}
-    if (meta.get("name"), meta.get("namespace", namespace)) != (name, namespace):
-        found = f"{meta.get('namespace')}/{meta.get('name')}"
-        raise ValueError(f"previous object {found} is not {namespace}/{name}")
-    clean_meta = {k: copy.deepcopy(v) for k, v in meta.items() if k not in _SERVER_METADATA}
-    clean_meta["namespace"] = namespace
-    annotations = {k: v for k, v in (clean_meta.get("annotations") or {}).items() if k != _LAST_APPLIED}
-    if annotations:
-        clean_meta["annotations"] = annotations
-    else:
-        clean_meta.pop("annotations", None)
-    manifest = {
-        "apiVersion": previous.get("apiVersion", API_VERSION),
-        "kind": previous.get("kind", KIND),
-        "metadata": clean_meta,
-        "spec": copy.deepcopy(dict(previous.get("spec") or {})),
-    }
-    predictor = manifest["spec"].get("predictor") or {}
-    predictor.pop("canaryTrafficPercent", None)  # a restore takes all traffic at once
-    storage = (predictor.get("model") or {}).get("storageUri")
-    return Rollback("restore", name, namespace, f"restore {namespace}/{name} to {storage}", manifest)
+def desired_inference_service(settings: ServingSettings, *, autoscaling: bool = True) -> dict[str, Any]:
+    """`build_inference_service`, without an autoscaler where the profile has none (the kind overlay)."""
+    manifest = build_inference_service(settings)
+    if not autoscaling and settings.deployment_mode == STANDARD:
+        manifest["metadata"]["annotations"][AUTOSCALER_CLASS_ANNOTATION] = "none"
+        manifest["spec"]["predictor"].pop("autoScaling", None)
+    return manifest
