@@ -494,7 +494,6 @@ def run_reference(features_dir: str | Path, config: ShoprankConfig, out_dir: str
     rows = _shuffled_within_lists(rows, list_index(np.asarray(train.column("request"))[rows])[0], rc.seed)
     x_tr, l_tr = stats.matrix(train, rows, fold_all[rows])
     y_tr = np.clip(np.asarray(train.column("gain"))[rows], 0, None).astype(np.int32)
-    t_features = time.perf_counter() - t0
     params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [config.evaluation.top_k],
               "learning_rate": rc.learning_rate, "num_leaves": rc.num_leaves, "min_data_in_leaf": rc.min_data_in_leaf,
               "feature_fraction": rc.feature_fraction, "lambda_l2": rc.lambda_l2, "num_threads": rc.threads,
@@ -513,6 +512,7 @@ def run_reference(features_dir: str | Path, config: ShoprankConfig, out_dir: str
         callbacks = [lgb.early_stopping(rc.early_stopping_rounds, first_metric_only=True, verbose=False),
                      lgb.record_evaluation(curve)]
     t1 = time.perf_counter()
+    t_features = t1 - t0  # statistics, and the training and validation matrices
     booster = lgb.train(params, dtrain, num_boost_round=rc.max_rounds, valid_sets=valid_sets, callbacks=callbacks)
     t_train = time.perf_counter() - t1
     best = int(booster.best_iteration) if booster.best_iteration > 0 else booster.current_iteration()
