@@ -30,6 +30,34 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:,.1f} TB"
 
 
+def _reference_lines(summary: dict) -> list[str]:
+    """The LambdaMART reference beside the network (tie-aware metrics), the bootstrap interval, its cost."""
+    ref = summary.get("reference")
+    if not ref:
+        return []
+    if "error" in ref:
+        return ["", f"LambdaMART reference: {ref['error']}"]
+    table, boot, cost = ref["table"], ref["bootstrap"], ref.get("cost", {})
+    ndcg = next(key for key in boot if key.startswith("ndcg_at_"))
+    lines = ["", f"{'tie-aware':<24}{'AUC':>10}{'NDCG@' + ndcg[8:]:>10}{'MRR':>10}{'Recall@' + ndcg[8:]:>10}"
+             f"{'AUC share':>11}"]
+    for name, row in table.items():
+        share = row.get("oracle_share", {}).get("auc")
+        lines.append(f"{name:<24}{row['auc']:>10.4f}{row[ndcg]:>10.4f}{row['mrr']:>10.4f}"
+                     f"{row['recall_at_' + ndcg[8:]]:>10.4f}{(f'{share:.3f}' if share is not None else '-'):>11}")
+    for m in (ndcg, "auc"):
+        b = boot[m]
+        lines.append(f"{boot['a']} - reference, {m}: {b['diff']:+.4f}, {boot['level']:.0%} interval "
+                     f"[{b['low']:+.4f}, {b['high']:+.4f}] ({boot['resamples']} resamples over requests)")
+    if cost:
+        share = cost.get("share_of_run_wall_time")
+        lines.append(f"reference cost: {cost.get('total_seconds', 0):.1f}s (training and scoring "
+                     f"{cost.get('seconds', 0):.1f}s, bootstraps the rest), "
+                     f"peak RSS {cost.get('peak_rss_mib', 0):.0f} MiB"
+                     + (f", {share:.1%} of the run's wall time" if share is not None else ""))
+    return lines
+
+
 def summary_table(summary: dict) -> str:
     """The human-readable end-of-run table."""
     data = summary.get("data", {})
@@ -45,6 +73,7 @@ def summary_table(summary: dict) -> str:
     if "oracle_auc_share" in summary:
         s = summary["oracle_auc_share"]
         lines.append(f"{'(AUC-.5)/(oracle-.5)':<24}{s['baseline']:>14.3f}{s['optimized']:>16.3f}")
+    lines += _reference_lines(summary)
     lines.append("")
     lines.append(f"{'artefact':<24}{'bytes':>14}{'gzip':>16}{'ms @1':>10}{'ms @256':>10}")
     for name, size in summary["sizes"].items():
@@ -97,6 +126,9 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
     summary |= {"run_id": run_id, "data_source": data, "wall_seconds": round(wall, 1),
                 "stages": [json.loads(line) for line in telemetry.read_text().splitlines()]
                 if telemetry.exists() else []}
+    cost = (summary.get("reference") or {}).get("cost", {})
+    if "total_seconds" in cost:  # the reference's cost bound (issue 14): its share of the run's wall time
+        cost["share_of_run_wall_time"] = round(cost["total_seconds"] / wall, 4)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     reports = sorted((run_dir / "artifacts").rglob("report.html"), key=lambda p: "validate" not in str(p))
     if reports:
