@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e ".[pipeline,serving,deploy,dev]"
+	$(VENV)/bin/pip install -q -e ".[pipeline,serving,savedmodel,deploy,dev]"
 	$(VENV)/bin/pip check
 	@touch $@
 

@@ -61,7 +61,7 @@ class TensorSpec:
 
     @classmethod
     def from_transform(cls, transform: FeatureTransform) -> TensorSpec:
-        from shoprank.model import input_shapes
+        from shoprank.signature import input_shapes
 
         sizes = transform.sizes
         return cls(shapes=input_shapes(transform.config), upper={k: int(sizes[v]) for k, v in _VOCAB_OF.items()})

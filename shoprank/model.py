@@ -7,24 +7,10 @@ from pathlib import Path
 
 from shoprank._tf import keras, tf
 from shoprank.config import FeatureConfig, ModelConfig
-from shoprank.signature import SCORE, SIGNATURE  # noqa: F401 (re-exported)
+from shoprank.signature import SCORE, SIGNATURE, input_shapes  # noqa: F401 (re-exported)
 from shoprank.transform import INPUTS
 
 L = keras.layers
-
-
-def input_shapes(features: FeatureConfig) -> dict[str, tuple[int, ...]]:
-    return {
-        "query_tokens": (features.query_len,),
-        "title_tokens": (features.title_len,),
-        "history_items": (features.history_len,),
-        "history_categories": (features.history_len,),
-        "history_brands": (features.history_len,),
-        "item_id": (),
-        "category": (),
-        "brand": (),
-        "price_bucket": (),
-    }
 
 
 def build_model(sizes: dict[str, int], mc: ModelConfig, fc: FeatureConfig) -> keras.Model:
