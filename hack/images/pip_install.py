@@ -1,6 +1,6 @@
 """Install a project's pinned dependencies (not the project itself) inside an image build.
 
-    python3 pip_install.py PYPROJECT EXTRAS [REQUIREMENT ...]
+    python3 pip_install.py [--slim MODULES] PYPROJECT EXTRAS [REQUIREMENT ...]
 
 Runs in the Dockerfiles' dependency layer, before any source code is copied, so that a code change rebuilds only
 the layers after it. EXTRAS is a comma-separated list of extras of pyproject.toml (self-references such as
@@ -13,12 +13,21 @@ The host's pip settings and CA bundle reach this step as build secrets (`--secre
 package index needs its own CA or index URL builds the same images as one that needs nothing. pip's cache goes to
 the build's cache mount when there is one (rebuilds after a dependency change download less) and is not kept
 otherwise. Standard library only: it runs before anything is installed.
+
+`--slim MODULES` (the serving image, whose size is a target): no bytecode is compiled at install time, the test
+suites that packages ship (`tests` directories) are removed, and then MODULES (space-separated) are imported once
+with bytecode writing on, so exactly the modules the server imports get their .pyc. A read-only root filesystem
+cannot cache bytecode at run time, so without it every start compiles them again (measured: ready in ~2 s with,
+~4.5 s without); compiling everything instead costs ~200 MB of .pyc for modules the server never imports (sympy,
+kubernetes' async client, ...). A module missing from the list costs start-up time, not correctness.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -74,13 +83,37 @@ def pip_environment(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def drop_test_suites(prefix: Path) -> int:
+    """Remove the `tests` packages installed under prefix; return the bytes freed."""
+    freed = 0
+    for site in prefix.glob("lib/python3*/site-packages"):
+        for path in sorted(site.rglob("tests"), key=lambda p: len(p.parts)):
+            if path.is_dir() and not path.is_symlink() and path.exists():
+                freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                shutil.rmtree(path)
+    return freed
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    reqs = requirements(Path(argv[0]), argv[1].split(",")) + argv[2:]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--slim", default="", help="space-separated modules to precompile (see the docstring)")
+    p.add_argument("pyproject", type=Path)
+    p.add_argument("extras")
+    p.add_argument("requirements", nargs="*")
+    a = p.parse_args(argv)
+    reqs = requirements(a.pyproject, a.extras.split(",")) + a.requirements
     print("pip_install: " + " ".join(reqs), flush=True)
-    return subprocess.call([sys.executable, "-m", "pip", "install", *reqs], env=pip_environment(dict(os.environ)))
+    env = pip_environment(dict(os.environ))
+    rc = subprocess.call([sys.executable, "-m", "pip", "install", *(["--no-compile"] if a.slim else []), *reqs],
+                         env=env)
+    if rc != 0 or not a.slim:
+        return rc
+    freed = drop_test_suites(Path(sys.prefix))
+    print(f"pip_install: removed the packages' test suites ({freed / 1e6:.0f} MB)", flush=True)
+    modules = a.slim.split()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    return subprocess.call([sys.executable, "-c", code, *modules], env=env)
 
 
 if __name__ == "__main__":
