@@ -16,15 +16,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
     TF_CPP_MIN_LOG_LEVEL=2 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv --system-site-packages /opt/venv \
     && (getent passwd 1000 >/dev/null || useradd --uid 1000 --user-group --create-home shoprank)
-WORKDIR /opt/shoprank
 COPY pyproject.toml hack/images/pip_install.py /opt/build/
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-ca --mount=type=cache,target=/root/.cache/pip \
     python3 /opt/build/pip_install.py /opt/build/pyproject.toml "${EXTRAS}"
-COPY pyproject.toml README.md ./
-COPY shoprank shoprank
-COPY components components
-COPY pipelines pipelines
-COPY serving serving
-RUN pip install --no-deps --no-build-isolation --no-index --no-cache-dir . && pip check \
-    && rm -rf build shoprank.egg-info
+# The code: installed into the venv from a copy that is then not on sys.path (the working directory is the user's
+# home), so the installed modules are the ones imported.
+COPY pyproject.toml README.md /opt/build/src/
+COPY shoprank /opt/build/src/shoprank
+COPY components /opt/build/src/components
+COPY pipelines /opt/build/src/pipelines
+COPY serving /opt/build/src/serving
+RUN pip install --no-deps --no-build-isolation --no-index --no-cache-dir /opt/build/src && pip check \
+    && rm -rf /opt/build/src/build /opt/build/src/*.egg-info
+WORKDIR /home/shoprank
 USER 1000:1000

@@ -112,7 +112,10 @@ def main(argv: list[str]) -> int:
     print(f"pip_install: removed the packages' test suites ({freed / 1e6:.0f} MB)", flush=True)
     modules = a.slim.split()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+    # A module whose import fails here fails for the server too, which treats such imports as optional features
+    # (KServe's OpenAI routes without vllm): what it imported before failing still gets its bytecode.
+    code = ("import importlib, sys\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n"
+            "    except ImportError as e:\n        print(f'pip_install: precompile {m}: {e}', flush=True)\n")
     return subprocess.call([sys.executable, "-c", code, *modules], env=env)
 
 

@@ -236,3 +236,20 @@ def test_transformer_in_front_of_the_onnx_backend(onnx_predictor_and_transformer
     check_rest(transformer.url, golden, expected, tensors, tensor_scores)  # through the transformer
     check_grpc(transformer.grpc, golden, expected)
     assert "--protocol=v2" in transformer.args and "--model_dir=/mnt/models" in transformer.args
+
+
+def test_every_module_the_server_imports_has_bytecode(tool, serving_image, bundle, cpu_predictor):
+    """A read-only root filesystem cannot cache bytecode, so the image must carry it for every module the server
+    imports (serving/Dockerfile, PRECOMPILE): run it writable with bytecode writing on, serve a request, and look
+    for .pyc files written since start. Any is a module compiled at every start of every pod."""
+    writable = PodContainer(["sh", "-c", 'touch /tmp/started && exec "$@"', "sh", *cpu_predictor.command],
+                            cpu_predictor.args, {**cpu_predictor.env, "PYTHONDONTWRITEBYTECODE": ""},
+                            {"runAsUser": 0}, "", {})
+    c = Container(tool, serving_image, writable, bundle).start()
+    try:
+        c.wait_ready()
+        assert httpx.get(f"{c.url}/v2/models/{NAME}").status_code == 200
+        compiled = c.exec("find", "/opt", "-newer", "/tmp/started", "-name", "*.pyc").split()
+    finally:
+        c.remove()
+    assert compiled == [], f"{len(compiled)} modules compiled at start, e.g. {compiled[:10]}"
