@@ -25,6 +25,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 SUMMARY_ROWS = (
     ("AUC", "auc"), ("NDCG@10", "ndcg_at_10"), ("log loss", "log_loss"), ("MRR", "mrr"),
@@ -143,6 +144,7 @@ def _container_runner(image: str, run_dir: Path, telemetry: Path, tool: str) -> 
     import docker
     from docker.types import Mount
     from kfp import local
+    from kfp.local import docker_task_handler
 
     from deploy.images import docker_api
 
@@ -171,13 +173,37 @@ def _container_runner(image: str, run_dir: Path, telemetry: Path, tool: str) -> 
             env = {"SHOPRANK_TELEMETRY": str(telemetry)}
             if os.environ.get("PYTHONHASHSEED"):
                 env["PYTHONHASHSEED"] = os.environ["PYTHONHASHSEED"]
-            yield local.DockerRunner(mounts=[Mount(str(run_dir), str(run_dir), type="bind")], environment=env,
-                                     network_mode="host")
+            original = docker_task_handler.run_docker_container
+            docker_task_handler.run_docker_container = _run_container
+            try:
+                yield local.DockerRunner(mounts=[Mount(str(run_dir), str(run_dir), type="bind")], environment=env,
+                                         network_mode="host")
+            finally:
+                docker_task_handler.run_docker_container = original
         finally:
             if previous is None:
                 os.environ.pop("DOCKER_HOST", None)
             else:
                 os.environ["DOCKER_HOST"] = previous
+
+
+def _run_container(client: Any, image: str, command: list[str], volumes: dict[str, Any], **run_args: Any) -> int:
+    """kfp.local's run_docker_container, with the exit status read before the container is removed.
+
+    kfp.local starts each step with auto_remove and, when `wait` finds the container gone, assumes exit code 0.
+    podman removes such a container as soon as it exits, so a failed step was reported as SUCCESS and the run
+    failed later, at the next step, with "task 'ingest' not found" (or not at all, for the last step). Here the
+    container is kept until its status is read, then removed. No pull: there is no registry to pull from, and the
+    runner checked that the image is there."""
+    run_args.pop("auto_remove", None)
+    container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
+                                      volumes=volumes, auto_remove=False, **run_args)
+    try:
+        for line in container.logs(stream=True, follow=True):
+            print(line.decode(errors="replace"), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)
 
 
 def main(argv: list[str] | None = None) -> int:

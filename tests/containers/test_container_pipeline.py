@@ -17,11 +17,12 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from shoprank.ranker import Ranker
 
@@ -64,9 +65,10 @@ def assert_same(a: Any, b: Any, path: str = "") -> None:
         assert a == b or (math.isnan(a) and math.isnan(b)), (path, a, b)
 
 
-def test_both_runners_bless_and_promote(runs):
+def test_both_runners_bless_and_promote(runs, measured):
     for runner, run in runs.items():
         summary = run["summary"]
+        measured[f"stage seconds, {runner} runner"] = {s["stage"]: s["seconds"] for s in summary["stages"]}
         assert summary["blessed"], (runner, summary["blessing_reasons"])
         assert summary["bundle_dir"] and Path(summary["bundle_dir"]).is_dir(), runner
         assert {s["stage"] for s in summary["stages"]} == {"ingest", "preprocess", "train", "evaluate", "optimize",
@@ -154,8 +156,17 @@ def test_same_report(runs):
     assert reports["subprocess"] == reports["container"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _record_times(runs, measured):
-    for runner, run in runs.items():
-        stages = {s["stage"]: s["seconds"] for s in run["summary"]["stages"]}
-        measured[f"stage seconds, {runner} runner"] = stages
+def test_a_failing_step_fails_the_run(tmp_path, tool, component_image):
+    """A step that fails in its container fails the run, named (kfp.local alone reported it as SUCCESS with
+    podman, which removes the container before its status is read: pipelines.run_local._run_container)."""
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.run_local", "--preset", "tiny", "--data",
+                           str(tmp_path / "empty"), "--runs-dir", str(tmp_path / "runs"), "--runner", "container",
+                           "--component-image", component_image, "--container-tool", tool.name],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "lacks ['catalogue.parquet'" in out  # the step's own error, from inside the container
+    assert re.search(r"Task \S*'ingest'\S* finished with status \S*FAILURE", out), out[-3000:]
+    assert not re.search(r"Task \S*'ingest'\S* finished with status \S*SUCCESS", out)
+    assert "shoprank pipeline failed" in out
