@@ -1,6 +1,7 @@
 """Build and run shoprank's container images with docker, podman or buildah, also where no registry is reachable.
 
     python3 -m deploy.images base-image [--tool podman]      the local Python 3.11 base (debootstrap), cached
+    python3 -m deploy.images check [--image REF]             fail with the reason when containers cannot run
     python3 -m deploy.images build --component-image REF --serving-image REF [--base-image REF] [--push]
     python3 -m deploy.images report REF...                   size and largest layers of images
     python3 -m deploy.images serve --image REF --bundle DIR  the serving image as the cpu overlay runs it
@@ -205,6 +206,27 @@ def ensure_base_image(tool: Tool) -> str:
         tool.run("import", *changes, str(tarball), tag, capture=True)
     print(f"base image: {tag} imported from {tarball} in {time.monotonic() - t0:.1f}s", flush=True)
     return tag
+
+
+def check_containers(tool: Tool, image: str) -> None:
+    """Run a trivial container from `image` as the tests and the pipeline will (non-root, read-only): raise with
+    the tool's own message when containers cannot run here, so CI fails with the reason instead of later, in a
+    build step or a test, with a symptom."""
+    if tool.name == "buildah":
+        args = ["run", "--user", "1000:1000"]  # buildah runs commands in working containers only
+        ctr = tool.run("from", image, capture=True).stdout.strip()
+        try:
+            proc = tool.run(*args, ctr, "python3", "-c", "print('ok')", check=False, capture=True, timeout=120)
+        finally:
+            tool.run("rm", ctr, check=False, capture=True)
+    else:
+        proc = tool.run("run", "--rm", "--user", "1000:1000", "--read-only", "--cap-drop", "ALL", image, "python3",
+                        "-c", "print('ok')", check=False, capture=True, timeout=120)
+    if proc.returncode != 0 or proc.stdout.strip() != "ok":
+        conf = tool.env.get("CONTAINERS_CONF", os.environ.get("CONTAINERS_CONF", "the tool's defaults"))
+        raise ImageError(f"containers cannot run on this machine ({tool.name}, settings: {conf}): "
+                         f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    print(f"containers run here ({tool.name}, {image})", flush=True)
 
 
 # ----- pip settings as build secrets -----
@@ -544,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tool", default=os.environ.get("CONTAINER_TOOL", ""), help="docker | podman | buildah")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("base-image", help="build (or find) the local Python 3.11 base image")
+    c = sub.add_parser("check", help="fail with the reason when containers cannot run here")
+    c.add_argument("--image", default="", help="default: the local base image (built if needed)")
     b = sub.add_parser("build", help="build the component and serving images")
     b.add_argument("--component-image", default=LOCAL_COMPONENT_IMAGE)
     b.add_argument("--serving-image", default=LOCAL_SERVING_IMAGE)
@@ -567,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         tool = find_tool(a.tool)
         if a.cmd == "base-image":
             print(ensure_base_image(tool))
+        elif a.cmd == "check":
+            check_containers(tool, a.image or ensure_base_image(tool))
         elif a.cmd == "build":
             refs = {"component": a.component_image, "serving": a.serving_image}
             if a.only:

@@ -3,6 +3,7 @@
 # only, so base-image and images need no virtualenv) and tests/containers/.
 #
 #   make base-image                         Python 3.11 base (Debian bookworm via debootstrap), cached by recipe
+#   make container-check                    a trivial container runs here, or the reason it does not
 #   make images [CONTAINER_TOOL=podman]     both images (IMAGE=component|serving: one); the local base when built,
 #                                           else python:3.11-slim
 #   make images COMPONENT_IMAGE=REG/shoprank-components:TAG SERVING_IMAGE=REG/shoprank-serving:TAG PUSH=1
@@ -25,10 +26,13 @@ PUSH ?= 0
 CONTAINER_TEST_ARGS ?=
 IMAGES_PY = python3 -m deploy.images --tool '$(CONTAINER_TOOL)'
 
-.PHONY: base-image images serve-container test-containers
+.PHONY: base-image container-check images serve-container test-containers
 
 base-image: ## build (or find cached) the local Python 3.11 base image with debootstrap (no registry needed)
 	$(IMAGES_PY) base-image
+
+container-check: ## run a trivial container (non-root, read-only) from the base image; say why when that fails
+	$(IMAGES_PY) check $(if $(BASE_IMAGE),--image '$(BASE_IMAGE)',)
 
 images: ## build the component and serving images (docker, podman or buildah; COMPONENT_IMAGE=, SERVING_IMAGE=, PUSH=1)
 	$(IMAGES_PY) build --component-image '$(BUILD_COMPONENT_IMAGE)' --serving-image '$(BUILD_SERVING_IMAGE)' \
