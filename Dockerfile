@@ -7,7 +7,7 @@
 #
 # BASE_IMAGE: any Python 3.11 image with `python3 -m venv` (python:3.11-slim; `make base-image` builds a Debian
 # bookworm one locally where no registry is reachable). Layers, most stable first: the venv and the user, the
-# pinned dependencies (from pyproject.toml only), then the code; a code change rebuilds only the last two.
+# pinned dependencies (from pyproject.toml only), then the code; a code change rebuilds only the code layers.
 # pip's settings and CA bundle come in as build secrets (hack/images/pip_install.py), never as a layer.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}

@@ -80,6 +80,12 @@ class Container:
             time.sleep(0.2)
         raise AssertionError(f"{self.name} not ready after {READY_TIMEOUT_S}s:\n{self.logs()}")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process (pid 1) has used: start-up cost independent of the machine's load."""
+        fields = self.exec("cat", "/proc/1/stat").rsplit(")", 1)[1].split()
+        ticks = int(self.exec("getconf", "CLK_TCK").strip())
+        return (int(fields[11]) + int(fields[12])) / ticks
+
     def inspect(self) -> dict[str, Any]:
         return json.loads(self.tool.run("inspect", self.name, capture=True).stdout)[0]
 
@@ -106,6 +112,7 @@ def predictor(tool, serving_image, bundle, cpu_predictor, measured):
     c = Container(tool, serving_image, cpu_predictor, bundle).start()
     try:
         measured["serving image (tflite), start-up to ready (s)"] = round(c.wait_ready(), 2)
+        measured["serving image (tflite), CPU seconds to ready"] = round(c.cpu_seconds(), 2)
         yield c
     finally:
         c.remove()
@@ -120,12 +127,14 @@ def onnx_predictor_and_transformer(tool, serving_image, bundle, cpu_predictor, m
     transformer = None
     try:
         measured["serving image (onnx), start-up to ready (s)"] = round(onnx.wait_ready(), 2)
+        measured["serving image (onnx), CPU seconds to ready"] = round(onnx.cpu_seconds(), 2)
         pod = transformer_container(rendered_manifests("gpu-triton"), NAME)
         # What KServe appends to a transformer's args: the model name and the predictor's address (a Service
         # there; the predictor container's own address on the container network here).
         transformer = Container(tool, serving_image, pod, bundle,
                                 [f"--model_name={NAME}", f"--predictor_host={onnx.ip()}:8080"]).start()
         measured["serving image (transformer), start-up to ready (s)"] = round(transformer.wait_ready(), 2)
+        measured["serving image (transformer), CPU seconds to ready"] = round(transformer.cpu_seconds(), 2)
         yield onnx, transformer
     finally:
         for c in (transformer, onnx):
