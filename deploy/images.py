@@ -599,8 +599,11 @@ def main(argv: list[str] | None = None) -> int:
                 refs = {a.only: refs[a.only]}
             times = build_images(tool, refs, a.base_image, a.build_arg, a.push, a.network, a.no_cache)
             for name, ref in refs.items():
-                size = image_report(tool, ref)["bytes"] if tool.name != "docker" or not a.push else 0
-                print(f"  {name:<10} {ref}  {size / 1e6:,.0f} MB  ({times[name]:.0f}s)")
+                try:
+                    size = f"{image_report(tool, ref)['bytes'] / 1e6:,.0f} MB"
+                except ImageError:  # buildah alone: its size is read through podman
+                    size = "size unknown"
+                print(f"  {name:<10} {ref}  {size}  ({times[name]:.0f}s)")
         elif a.cmd == "report":
             print(json.dumps([image_report(tool, ref) for ref in a.images], indent=2))
         elif a.cmd == "serve":
