@@ -747,6 +747,34 @@ def _up(state: dict[str, Any], pki: Path, kserve: bool) -> None:
         log(f"KServe controller ready ({time.monotonic() - t0:.1f}s)")
 
 
+STORAGE_SECRET = "shoprank-storage"  # manifests/base/model-reader-serviceaccount.yaml names it
+
+
+def storage_secret(state: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """The `shoprank-storage` secret for the cluster's S3 store, as a user creates it for an S3-compatible store
+    (manifests/base/model-reader-serviceaccount.yaml): the key pair, and KServe's s3-* annotations with the
+    store's address, which KServe's pod webhook turns into the storage initializer's AWS_* / S3_* variables."""
+    s3 = state.get("s3") or {"endpoint": "http://s3.invalid", "access_key": "none", "secret_key": "none",
+                             "region": "us-east-1"}
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": STORAGE_SECRET, "namespace": namespace, "annotations": {
+                "serving.kserve.io/s3-endpoint": s3["endpoint"].split("://", 1)[1],
+                "serving.kserve.io/s3-usehttps": "0", "serving.kserve.io/s3-region": s3["region"],
+                "serving.kserve.io/s3-useanoncredential": "false"}},
+            "stringData": {"AWS_ACCESS_KEY_ID": s3["access_key"], "AWS_SECRET_ACCESS_KEY": s3["secret_key"]}}
+
+
+def s3_client(state: dict[str, Any]) -> Any:
+    """A boto3 client for the cluster's S3 store (path-style addressing: the store has no per-bucket names)."""
+    import boto3
+    from botocore.config import Config
+
+    s3 = state["s3"]
+    return boto3.client("s3", endpoint_url=s3["endpoint"], aws_access_key_id=s3["access_key"],
+                        aws_secret_access_key=s3["secret_key"], region_name=s3["region"],
+                        config=Config(retries={"max_attempts": 3}, s3={"addressing_style": "path"}))
+
+
 def images_cache() -> Path:
     path = cache_root() / "images"
     path.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ from hack.cluster import localcluster as lc
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = os.environ.get("CLUSTER", "local")
 SERVING_IMAGE = "registry.invalid/shoprank-serving:cluster-test"
-STORAGE_SECRET = "shoprank-storage"  # manifests/base/model-reader-serviceaccount.yaml names it
 BUCKET = "shoprank-models"
 
 
@@ -73,19 +72,11 @@ class Cluster:
         return (self.state.get("images") or {}).get("serving") or SERVING_IMAGE
 
     def storage_secret(self, namespace: str) -> None:
-        """The `shoprank-storage` secret the model reader's ServiceAccount names, as a user creates it for an
-        S3-compatible store: the keys, and KServe's s3-* annotations with the store's address. KServe's pod
-        webhook refuses predictor pods without it."""
-        s3 = self.state.get("s3") or {"endpoint": "http://s3.invalid", "access_key": "test", "secret_key": "test",
-                                      "region": "us-east-1"}
-        secret = {"apiVersion": "v1", "kind": "Secret",
-                  "metadata": {"name": STORAGE_SECRET, "namespace": namespace, "annotations": {
-                      "serving.kserve.io/s3-endpoint": s3["endpoint"].split("://", 1)[1],
-                      "serving.kserve.io/s3-usehttps": "0", "serving.kserve.io/s3-region": s3["region"],
-                      "serving.kserve.io/s3-useanoncredential": "false"}},
-                  "stringData": {"AWS_ACCESS_KEY_ID": s3["access_key"], "AWS_SECRET_ACCESS_KEY": s3["secret_key"]}}
+        """The `shoprank-storage` secret for the cluster's S3 store (localcluster.storage_secret); KServe's pod
+        webhook refuses predictor pods without the secret their ServiceAccount names."""
         self.kubectl("create", "namespace", namespace, check=False)
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(secret))
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                     stdin=json.dumps(lc.storage_secret(self.state, namespace)))
 
     def add_gpu_nodes(self, names: list[str], gpus: int = 8) -> None:
         lc.add_nodes(self.state, [(n, gpus) for n in names])
@@ -192,15 +183,9 @@ def api_proxy(cluster) -> KubectlProxy:
 def s3(cluster):
     """A boto3 client for the cluster's S3 store (versitygw in the node's network namespace) and the bucket
     the tests publish bundles to, created through the S3 API."""
-    import boto3
-    from botocore.config import Config
-
-    info = cluster.state.get("s3")
-    if not info:
+    if not cluster.state.get("s3"):
         pytest.fail("the cluster has no S3 store (the local cluster starts one with its real node)", pytrace=False)
-    client = boto3.client("s3", endpoint_url=info["endpoint"], aws_access_key_id=info["access_key"],
-                          aws_secret_access_key=info["secret_key"], region_name=info["region"],
-                          config=Config(retries={"max_attempts": 3}, s3={"addressing_style": "path"}))
+    client = lc.s3_client(cluster.state)
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if BUCKET not in existing:
         client.create_bucket(Bucket=BUCKET)
