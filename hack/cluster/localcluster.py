@@ -866,6 +866,7 @@ def stop_node(state: dict[str, Any]) -> None:
     stop_process(state, "containerd", timeout=30)
     stop_process(state, "apiserver-forward")
     node.remove_netns_files(netns_paths)
+    node.remove_log_links(run)
     node.unmount_under(run)
     if (state.get("node") or {}).get("network") or node.netns_exists():
         node.delete_network()

@@ -150,6 +150,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [metrics]
   address = ""
 
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{dirs['base'] / 'containerd' / 'opt'}"
+
 [{cri}]
   sandbox_image = "{sandbox_image}"
   # This sandbox forbids a negative oom_score_adj: without this every sandbox fails in runc with
@@ -204,6 +207,7 @@ def write_kubelet_config(run: Path, pki: Path, healthz_port: int) -> Path:
                            "x509": {"clientCAFile": str(pki / "ca.crt")}},
         "authorization": {"mode": "Webhook"},
         "podLogsDir": str(dirs["pod_logs"]),
+        "volumePluginDir": str(dirs["kubelet"] / "volume-plugins"),
         "resolvConf": "",  # pods get no DNS server: nothing outside the node's namespace is ever asked
         "clusterDomain": "cluster.local",
         "registerNode": True, "rotateCertificates": False, "serverTLSBootstrap": False,
@@ -335,6 +339,22 @@ def unmount_under(path: Path) -> None:
                     key=lambda p: p.count("/"), reverse=True)
     for point in points:
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)
+
+
+CONTAINER_LOG_LINKS = Path("/var/log/containers")  # the kubelet's fixed folder of per-container log links
+
+
+def remove_log_links(run: Path) -> None:
+    """The kubelet links every container's log into /var/log/containers; remove the links into this cluster."""
+    target = str(node_dirs(run)["pod_logs"].resolve())
+    if not CONTAINER_LOG_LINKS.is_dir():
+        return
+    for link in CONTAINER_LOG_LINKS.iterdir():
+        try:
+            if link.is_symlink() and os.readlink(link).startswith(target):
+                link.unlink()
+        except OSError:
+            pass
 
 
 def remove_netns_files(paths: list[str]) -> None:
