@@ -27,10 +27,11 @@ def test_kubelet_config_has_what_this_machine_needs(tmp_path):
 
 
 def test_containerd_config_and_pod_network_stay_inside(tmp_path):
-    text = node.write_containerd_config(tmp_path, "localhost/shoprank-cluster/pause:abc").read_text()
+    pause = "localhost/shoprank-cluster/pause:abc"
+    text = node.write_containerd_config(tmp_path, pause, tmp_path / "cache").read_text()
     assert "restrict_oom_score_adj = true" in text and "SystemdCgroup = false" in text
     assert 'sandbox_image = "localhost/shoprank-cluster/pause:abc"' in text
-    assert f'root = "{tmp_path}' in text and f'state = "{tmp_path}' in text
+    assert f'root = "{tmp_path / "cache"}"' in text and f'state = "{tmp_path}' in text
     [conflist] = (tmp_path / "node" / "cni" / "net.d").glob("*.conflist")
     bridge = json.loads(conflist.read_text())["plugins"][0]
     assert bridge["ipMasq"] is False

@@ -801,7 +801,7 @@ def start_node(state: dict[str, Any]) -> None:
     state["node"]["network"] = True
     _save_state(state)
     ctr_sock = node.containerd_socket(run)
-    config = node.write_containerd_config(run, state["images"]["pause"])
+    config = node.write_containerd_config(run, state["images"]["pause"], cache_root() / "containerd")
     _start(state, "containerd", node.containerd_args(config), exe=shutil.which("containerd") or "containerd",
            netns=node.NETNS_PATH)
     _wait("containerd", lambda: images.ctr(ctr_sock, "version", check=False).returncode == 0, state, "containerd", 60)

@@ -116,8 +116,7 @@ def delete_network() -> None:
 
 def node_dirs(run: Path) -> dict[str, Path]:
     base = run / "node"
-    return {"base": base, "containerd_root": base / "containerd" / "root",
-            "containerd_state": base / "containerd" / "state", "cni_conf": base / "cni" / "net.d",
+    return {"base": base, "containerd_state": base / "containerd" / "state", "cni_conf": base / "cni" / "net.d",
             "cni_data": base / "cni" / "ipam", "kubelet": base / "kubelet", "pod_logs": base / "pod-logs",
             "s3": base / "s3"}
 
@@ -126,13 +125,17 @@ def containerd_socket(run: Path) -> str:
     return str(node_dirs(run)["base"] / "containerd" / "containerd.sock")
 
 
-def write_containerd_config(run: Path, sandbox_image: str) -> Path:
+def write_containerd_config(run: Path, sandbox_image: str, root: Path) -> Path:
+    """containerd's configuration and the pods' CNI network. `root` (content, snapshots, metadata) outlives a
+    cluster: the imported images stay there, so a restart does not import gigabytes again; every container is
+    deleted at shutdown (kill_tasks). Its runtime state is under the cluster's folder."""
     dirs = node_dirs(run)
-    for key in ("containerd_root", "containerd_state", "cni_conf", "cni_data"):
+    root.mkdir(parents=True, exist_ok=True)
+    for key in ("containerd_state", "cni_conf", "cni_data"):
         dirs[key].mkdir(parents=True, exist_ok=True)
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     config = f"""version = 2
-root = "{dirs['containerd_root']}"
+root = "{root}"
 state = "{dirs['containerd_state']}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
                     "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
