@@ -229,12 +229,18 @@ def pause_archive(cache: Path, pause_binary: Path) -> tuple[str, Path]:
     return ref, target
 
 
+def build_containers(cache: Path) -> dict[str, str]:
+    """The images built with podman (everything but pause, which needs the Go build): name -> reference."""
+    base = base_image(cache)
+    return {"base": base, "storage-initializer": storage_initializer_image(cache, base),
+            "serving": serving_image(cache, base)}
+
+
 def build_all(cache: Path, pause_binary: Path) -> dict[str, str]:
     """Every image the node needs (built or found); returns name -> reference."""
-    base = base_image(cache)
-    pause_ref, _ = pause_archive(cache, pause_binary)
-    return {"base": base, "pause": pause_ref, "storage-initializer": storage_initializer_image(cache, base),
-            "serving": serving_image(cache, base)}
+    refs = build_containers(cache)
+    refs["pause"] = pause_archive(cache, pause_binary)[0]
+    return refs
 
 
 # --- into containerd ------------------------------------------------------------------------------------------
