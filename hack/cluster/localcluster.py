@@ -1,27 +1,33 @@
-"""A local Kubernetes control plane for the cluster tests: real upstream binaries built from their Go modules,
-simulated nodes (KWOK), KServe's CRDs and KServe's own controller, all on loopback.
+"""A local Kubernetes cluster for the cluster tests: real upstream binaries built from their Go modules, KServe's
+CRDs and KServe's own controller, simulated GPU nodes (KWOK), and one real node (kubelet + containerd) that runs
+the CPU serving pods for real, inside a network namespace of its own.
 
     python hack/cluster/localcluster.py build        build (or find cached) binaries, print progress
     python hack/cluster/localcluster.py up           build if needed, start everything, write the kubeconfig
     python hack/cluster/localcluster.py down         stop every process this driver started, remove state
-    python hack/cluster/localcluster.py status       what runs (pids, ports); exit 1 when not up
+    python hack/cluster/localcluster.py status       what runs (pids, ports, node, images); exit 1 when not up
+    python hack/cluster/localcluster.py images       rebuild the images that changed, load them into the node
     python hack/cluster/localcluster.py kubeconfig   print the kubeconfig path (admin)
     python hack/cluster/localcluster.py add-nodes N  add N more simulated GPU nodes (the scale test)
 
 What is real: etcd, kube-apiserver (TLS with generated certificates, RBAC + Node authorisation, the default
-admission plugins plus NodeRestriction, ServiceAccount token signing), kube-controller-manager (Deployments,
-ReplicaSets, HPA, namespaces, ServiceAccount tokens, garbage collection), kube-scheduler (node selectors,
-taints, extended resources such as nvidia.com/gpu), KServe v0.20.0's CRDs, and KServe's controller manager
-(`cmd/manager`, Standard mode) with its InferenceService/ServingRuntime admission webhooks registered.
-What is simulated: the nodes and the pods on them (KWOK marks scheduled pods Running and Ready; no container
-runs), so no model server answers requests and nothing measures CPU for the HPA.
+admission plugins plus NodeRestriction, ServiceAccount token signing, the kubelet API, the aggregation layer),
+kube-controller-manager (Deployments, ReplicaSets, HPA with shortened windows, namespaces, ServiceAccount tokens,
+EndpointSlices, garbage collection), kube-scheduler, KServe v0.20.0's CRDs and controller manager
+(`cmd/manager`, Standard mode) with its InferenceService/ServingRuntime admission webhooks and its pod mutator
+(storage initializer), the real node `shoprank-node` (node.py: kubelet, Debian's containerd and runc, CNI
+bridge, metrics-server, an S3 store), and the images its pods run (images.py: built here, no registry).
+What is simulated: the GPU nodes and the pods on them (KWOK marks scheduled pods Running and Ready; no
+container runs).
 
-Recipe: hack/cluster/k8s/go.mod (Kubernetes + etcd), hack/cluster/kwok/go.mod (KWOK), and KServe built in its
+Recipe: hack/cluster/k8s/go.mod (Kubernetes + etcd, kubelet included), hack/cluster/kwok/go.mod (KWOK), the
+tool modules of TOOL_MODULES (metrics-server, kube-score, versitygw, the pause process), and KServe built in its
 own module (its go.mod carries replace directives) with one build overlay that binds its webhook server to
 127.0.0.1 instead of every interface. Binaries are cached outside the checkout under
 `$SHOPRANK_CACHE_DIR/cluster/<key>/bin` (default ~/.cache/shoprank), the key a hash of the recipe; the state
-of a running cluster (certificates, kubeconfigs, etcd data, logs, pids) under `.../cluster/run/`.
-Everything listens on 127.0.0.1 ports picked free at start.
+of a running cluster (certificates, kubeconfigs, etcd data, the node's runtime state, logs, pids) under
+`.../cluster/run/`. The control plane listens on 127.0.0.1 ports picked free at start; the node's addresses
+are inside its network namespace (node.py).
 """
 
 from __future__ import annotations
