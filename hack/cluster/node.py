@@ -256,7 +256,8 @@ def metrics_server_args(run: Path, pki: Path, kubeconfig: Path) -> list[str]:
             f"--kubelet-client-certificate={pki / 'metrics-server-client.crt'}",
             f"--kubelet-client-key={pki / 'metrics-server-client.key'}",
             # Only the real node: the simulated nodes' addresses (KWOK's 10.0.0.1) must never be contacted.
-            f"--node-selector={selector}", "--metric-resolution=10s", "--v=1"]
+            f"--node-selector={selector}", "--metric-resolution=10s", "--kubelet-request-timeout=5s",
+            "--v=1"]
 
 
 def new_s3_credentials() -> tuple[str, str]:
