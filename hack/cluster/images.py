@@ -173,6 +173,7 @@ def _build(cache: Path, name: str, ref: str, containerfile: Path, context: Path,
     if image_exists(cache, ref):
         return ref
     start = time.monotonic()
+    _prune(cache, f"{PREFIX}/{name}", ref)  # before: an older serving image is gigabytes of disk
     log(f"{name} image {ref}: podman build -f {containerfile.relative_to(REPO)} (FROM {base})")
     podman(cache, "build", "--network", "host", "--pull=never", "--layers", *_mounts(),
            "--build-arg", f"BASE_IMAGE={base}", "-f", str(containerfile), "-t", ref, str(context))
@@ -265,6 +266,10 @@ def containerd_images(address: str) -> set[str]:
 def load(cache: Path, address: str, images: dict[str, str], pause_binary: Path) -> list[str]:
     """Import every image containerd does not have yet (by reference: tags are content hashes); drop older
     shoprank-cluster images from its store. Returns what was imported."""
+    wanted = set(images.values())
+    for ref in containerd_images(address) - wanted:  # older images first: the disk is shared
+        if ref.startswith(PREFIX + "/"):
+            ctr(address, "images", "remove", ref, check=False)
     have = containerd_images(address)
     loaded = []
     for name, ref in images.items():
@@ -275,15 +280,27 @@ def load(cache: Path, address: str, images: dict[str, str], pause_binary: Path) 
             _, archive = pause_archive(cache, pause_binary)
             with open(archive, "rb") as fh:
                 ctr(address, "images", "import", "-", stdin=fh.fileno())
-        else:
-            with tempfile.TemporaryFile(dir=cache) as archive:
-                podman(cache, "save", "--format", "docker-archive", ref, stdout=archive.fileno())
-                archive.seek(0)
-                ctr(address, "images", "import", "-", stdin=archive.fileno())
+        else:  # streamed: no archive of gigabytes on disk
+            _save_into(cache, address, ref)
         loaded.append(ref)
         log(f"imported {ref} into the node's containerd in {time.monotonic() - start:.0f}s")
-    wanted = set(images.values())
-    for ref in containerd_images(address) - wanted:
-        if ref.startswith(PREFIX + "/"):
-            ctr(address, "images", "remove", ref, check=False)
     return loaded
+
+
+def _save_into(cache: Path, address: str, ref: str) -> None:
+    """`podman save --format docker-archive REF | ctr images import -`, failing with either side's error."""
+    podman_bin, ctr_bin = shutil.which("podman"), shutil.which("ctr")
+    if podman_bin is None or ctr_bin is None:
+        raise ImageError("podman and ctr are needed to load images into the node")
+    env = dict(os.environ, CONTAINERS_CONF=str(_conf(cache)))
+    save = subprocess.Popen([podman_bin, "save", "--format", "docker-archive", ref], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    load = subprocess.run([ctr_bin, "--address", address, "--namespace", "k8s.io", "images", "import", "-"],
+                          stdin=save.stdout, capture_output=True, text=True, timeout=3600, check=False)
+    if save.stdout:
+        save.stdout.close()
+    save_err = save.stderr.read().decode(errors="replace") if save.stderr else ""
+    save.wait(60)
+    if save.returncode != 0 or load.returncode != 0:
+        raise ImageError(f"podman save {ref} | ctr images import failed: podman exit {save.returncode} "
+                         f"{save_err.strip()[-1500:]}; ctr exit {load.returncode} {load.stderr.strip()[-1500:]}")
