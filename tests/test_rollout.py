@@ -859,3 +859,16 @@ def test_a_timed_out_phase_reports_the_pod_problems_the_api_sees():
     result = run(api, plan_rollout(api.current, desired(NEW)), FakeSmoke(True), timeout=10)
     assert result["outcome"] == "rolled_back" and "Unschedulable: no GPU" in result["reason"]
     assert result["phases"][0]["pod_problems"] == ["1 predictor pod Pending, Unschedulable: no GPU"]
+
+
+def test_a_failure_of_the_pods_being_replaced_is_not_the_new_versions():
+    from shoprank.rollout import failure_of_another_version
+
+    placeholder = ("model BlockedByFailedLoad (ModelLoadFailed: ... Initializing, args: src_uri "
+                   "[s3://shoprank-models/shoprank-ranker/latest] dest_path [/mnt/models] ... No model found)")
+    new = "s3://shoprank-models/shoprank-ranker/v0123456789ab"
+    assert failure_of_another_version(placeholder, new)
+    own = placeholder.replace("shoprank-ranker/latest", "shoprank-ranker/v0123456789ab")
+    assert not failure_of_another_version(own, new)
+    assert not failure_of_another_version("model BlockedByFailedLoad (ModelLoadFailed)", new)  # cannot tell: fail
+    assert not failure_of_another_version(placeholder, None)
