@@ -46,16 +46,16 @@ class Profile:
 TRITON_PROFILE = "gpu-triton"
 PROFILES: dict[str, Profile] = {
     "gpu": Profile({"model_format": "shoprank-savedmodel", "backend": "savedmodel", "use_gpu": True,
-                    "gpu_count": 1, "min_replicas": 1, "max_replicas": 4, "scale_metric": "cpu",
+                    "gpu_count": 1, "min_replicas": 2, "max_replicas": 4, "scale_metric": "cpu",
                     "scale_target": 60, "resources": Resources("2", "4Gi", "4", "8Gi"),
                     "max_memory": "16Gi"}),
     "cpu": Profile({"model_format": "shoprank-tflite", "backend": "tflite", "use_gpu": False,
-                    "min_replicas": 1, "max_replicas": 8, "scale_metric": "cpu", "scale_target": 70,
-                    "resources": Resources("1", "1Gi", "2", "2Gi"), "max_memory": "8Gi"}),
+                    "min_replicas": 2, "max_replicas": 8, "scale_metric": "cpu", "scale_target": 70,
+                    "resources": Resources("500m", "1Gi", "2", "2Gi"), "max_memory": "8Gi"}),
     # The ONNX export on KServe's Triton runtime (onnxruntime + TensorRT) behind the shoprank transformer;
     # manifests/overlays/gpu-triton. The transformer image is a parameter (serving_transformer_image).
     TRITON_PROFILE: Profile({"model_format": "onnx", "backend": "triton", "runtime": TRITON_RUNTIME,
-                             "use_gpu": True, "gpu_count": 1, "min_replicas": 1, "max_replicas": 4,
+                             "use_gpu": True, "gpu_count": 1, "min_replicas": 2, "max_replicas": 4,
                              "scale_metric": "cpu", "scale_target": 60,
                              "resources": Resources("2", "4Gi", "4", "8Gi"), "max_memory": "8Gi"}),
     "kind": Profile({"model_format": "shoprank-tflite", "backend": "tflite", "use_gpu": False,

@@ -94,16 +94,24 @@ class Toleration:
 
 @dataclass(frozen=True)
 class Resources:
-    """CPU/memory requests and limits of the model server container (Kubernetes quantity strings)."""
+    """CPU/memory/ephemeral-storage requests and limits of a serving container (Kubernetes quantity strings).
 
-    cpu_request: str = "1"
+    Ephemeral storage bounds what a replica may write to its node's disk (the bundle the storage initializer
+    downloads, /tmp, logs): without a limit one replica can fill the node and get others evicted; the request
+    lets the scheduler count it."""
+
+    cpu_request: str = "500m"
     memory_request: str = "1Gi"
     cpu_limit: str = "2"
     memory_limit: str = "2Gi"
+    ephemeral_request: str = "256Mi"
+    ephemeral_limit: str = "1Gi"
 
     def to_k8s(self, gpu_count: int = 0) -> dict[str, dict[str, str]]:
-        requests = {"cpu": str(self.cpu_request), "memory": str(self.memory_request)}
-        limits = {"cpu": str(self.cpu_limit), "memory": str(self.memory_limit)}
+        requests = {"cpu": str(self.cpu_request), "memory": str(self.memory_request),
+                    "ephemeral-storage": str(self.ephemeral_request)}
+        limits = {"cpu": str(self.cpu_limit), "memory": str(self.memory_limit),
+                  "ephemeral-storage": str(self.ephemeral_limit)}
         if gpu_count:
             requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(gpu_count)
         return {"requests": requests, "limits": limits}
@@ -129,7 +137,7 @@ class ServingSettings:
     gpu_count: int = 1
     gpu_node_selector: Mapping[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     tolerations: tuple[Toleration, ...] = (Toleration(),)
-    min_replicas: int = 1
+    min_replicas: int = 2  # production overlays start at 2 (with a PodDisruptionBudget): no single replica
     max_replicas: int = 8
     scale_metric: str = "cpu"
     scale_target: int = 70
