@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +22,7 @@ from kserve.logging import logger
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from prometheus_client import Gauge
 
-from serving.batcher import BatchSettings, MicroBatcher
+from serving.batcher import BatchSettings, MicroBatcher, retry_singly
 from serving.codec import (
     SCORE,
     Limits,
@@ -39,8 +38,9 @@ from shoprank.features.transform import INPUTS
 
 __all__ = ["MODEL_INFO", "Item", "ShoprankModel", "detect_backend"]
 
-MODEL_INFO = Gauge("shoprank_model_info", "The bundle this worker process serves (value 1)",
-                   ["model_name", "backend", "version", "pid"])
+# One series per live process: in multiprocess mode (serving.metrics) prometheus_client adds the `pid` label.
+MODEL_INFO = Gauge("shoprank_model_info", "The bundle this process serves (value 1)",
+                   ["model_name", "backend", "version"], multiprocess_mode="liveall")
 
 # shoprank.scoring.ranker (numpy, pyarrow, the scorers' runtimes) is imported in load(), not here, so that a spawned
 # worker unpickles this class quickly and answers KServe's 5-second liveness ping while it loads.
@@ -65,7 +65,8 @@ class ShoprankModel(Model):
 
     def __init__(self, name: str, model_dir: str | Path, backend: str | None = None,
                  batch: BatchSettings | None = None, limits: Limits | None = None, num_threads: int | None = 1,
-                 batch_in_thread: bool | None = None, unknown_candidates: str = "last"):
+                 batch_in_thread: bool | None = None, token_cache_bytes: int | None = None,
+                 unknown_candidates: str = "last"):
         super().__init__(name)
         self.model_dir = str(model_dir)
         self.backend = backend
@@ -76,6 +77,7 @@ class ShoprankModel(Model):
         # so handing batches to a thread only adds switches (measured: inline is 10-30% faster); TensorFlow
         # releases the GIL while it runs, so the SavedModel backend gets its own thread.
         self.batch_in_thread = batch_in_thread
+        self.token_cache_bytes = token_cache_bytes  # None: the transform's default (TOKEN_CACHE_BYTES)
         # shoprank.scoring.ranker.UNKNOWN_POLICIES: "last" (default) ranks candidates the model does not know after
         # every known one; "score" lets the model's score rank them. Both report them in `unknown_items`.
         self.unknown_candidates = unknown_candidates
@@ -92,7 +94,8 @@ class ShoprankModel(Model):
     def _init_args(self) -> dict:
         return {"name": self.name, "model_dir": self.model_dir, "backend": self.backend,
                 "batch": self.batch_settings, "limits": self.limits, "num_threads": self.num_threads,
-                "batch_in_thread": self.batch_in_thread, "unknown_candidates": self.unknown_candidates}
+                "batch_in_thread": self.batch_in_thread, "token_cache_bytes": self.token_cache_bytes,
+                "unknown_candidates": self.unknown_candidates}
 
     def __getstate__(self) -> dict:
         # Native handles (LiteRT interpreter, TF functions), the executor and asyncio objects stay behind.
@@ -122,6 +125,8 @@ class ShoprankModel(Model):
             self._split_ranked = split_ranked
             self.version = self.bundle_version()
             self.ranker = self._load_ranker()
+            if self.token_cache_bytes is not None:
+                self.ranker.transform.token_cache_bytes = self.token_cache_bytes
             self.spec = TensorSpec.from_transform(self.ranker.transform)
             self._warm_up()
         except Exception as e:  # anything: a bad bundle must not crash-loop the pod
@@ -131,7 +136,7 @@ class ShoprankModel(Model):
                          self.backend or "auto", self.load_error)
             return False
         self.load_error, self.ready = None, True
-        MODEL_INFO.labels(self.name, self.backend, self.version, str(os.getpid())).set(1)
+        MODEL_INFO.labels(self.name, self.backend, self.version).set(1)
         logger.info("model '%s' ready: backend %s, %d catalogue items, bundle %s, loaded in %.2fs", self.name,
                     self.backend, len(self.ranker.items), self.model_dir, time.perf_counter() - t0)
         return True
@@ -169,6 +174,20 @@ class ShoprankModel(Model):
     async def healthy(self) -> bool:
         return self.ready
 
+    # --- admission --------------------------------------------------------------------------------------
+    def retry_singly(self, error: Exception) -> bool:
+        """Whether a batch that failed with `error` is retried request by request (see serving.batcher)."""
+        return retry_singly(error)
+
+    def check_admission(self) -> None:
+        """Raise serving.errors.Overloaded when the batcher's queue is full: called by the lean REST path
+        before it decodes the body, so a refusal under overload costs almost nothing."""
+        if self._batcher is not None and self._batcher.full():
+            self._batcher.refuse()
+
+    def _new_batcher(self) -> MicroBatcher[Item]:
+        return MicroBatcher(self._run_batch, self.batch_settings, self.name, retry_singly=self.retry_singly)
+
     # --- metadata ---------------------------------------------------------------------------------------
     def get_input_types(self) -> list[dict]:
         inputs, _ = ranking_metadata()
@@ -188,7 +207,7 @@ class ShoprankModel(Model):
             raise ModelNotReady(self.name, self.load_error)
         req = parse_request(payload, self.spec, self.limits)
         if self._batcher is None:
-            self._batcher = MicroBatcher(self._run_batch, self.batch_settings, self.name)
+            self._batcher = self._new_batcher()
         if isinstance(req, RankingRequest):
             ranked = await self._batcher.submit(req, req.rows)
             return ranking_response(self.name, payload, ranked.scores, ranked.ranking, ranked.unknown_items,

@@ -7,6 +7,11 @@ micro-batcher, the same `Ranker.features` (catalogue look-up + the pipeline's tr
 Only the scoring step differs: a batch's model tensors go to the predictor as one v2 request (binary tensors,
 REST or gRPC) and its `score` output comes back. Tensor requests are passed through the same way.
 
+When the predictor cannot be reached (connection refused or reset, timeout, its 502/503/504, gRPC UNAVAILABLE,
+DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED), the batch fails as a whole with `PredictorUnavailable` (the clients
+get 503 with Retry-After): retrying it request by request, as the batcher does for a failure that may be one
+request's fault, would only send N more requests to a predictor that is down.
+
     python -m serving.transformer --model_name shoprank-ranker --predictor_host HOST:PORT --protocol v2 \\
         [--model_dir /mnt/models] [--predictor_model_name NAME] [--http_port 8080]
 
@@ -18,10 +23,18 @@ request/item split is the CPU backend's (issue 11): on a GPU the towers cost lit
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before anything imports prometheus_client (KServe does): see serving.metrics
+    from serving.metrics import use_multiprocess_metrics
+
+    use_multiprocess_metrics()
+
+import asyncio  # noqa: E402
 import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import numpy as np
 from kserve.inference_client import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.logging import logger
@@ -29,9 +42,23 @@ from kserve.predictor_config import PredictorConfig
 
 from serving.batcher import BatchSettings
 from serving.codec import Limits, score_of, tensor_request
+from serving.errors import PredictorUnavailable
 from serving.model import Item, ShoprankModel
 
-__all__ = ["ShoprankTransformer", "main", "predictor_config"]
+__all__ = ["UNREACHABLE_GRPC", "UNREACHABLE_HTTP", "ShoprankTransformer", "main", "predictor_config", "unreachable"]
+
+UNREACHABLE_HTTP = (502, 503, 504)
+UNREACHABLE_GRPC = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def unreachable(error: BaseException) -> bool:
+    """True when a predictor call failed for a reason that is the predictor's (or the network's), not the
+    request's."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code in UNREACHABLE_HTTP
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return error.code() in UNREACHABLE_GRPC
+    return isinstance(error, httpx.TransportError | OSError | asyncio.TimeoutError)
 
 
 class ShoprankTransformer(ShoprankModel):
@@ -39,9 +66,10 @@ class ShoprankTransformer(ShoprankModel):
 
     def __init__(self, name: str, model_dir: str | Path, predictor: PredictorConfig | None = None,
                  predictor_model_name: str | None = None, batch: BatchSettings | None = None,
-                 limits: Limits | None = None, unknown_candidates: str = "last"):
+                 limits: Limits | None = None, token_cache_bytes: int | None = None,
+                 unknown_candidates: str = "last"):
         super().__init__(name, model_dir, backend="remote", batch=batch, limits=limits,
-                         unknown_candidates=unknown_candidates)
+                         token_cache_bytes=token_cache_bytes, unknown_candidates=unknown_candidates)
         self.predictor = predictor
         self.predictor_model_name = predictor_model_name or name
         self._rest: InferenceRESTClient | None = None
@@ -50,7 +78,8 @@ class ShoprankTransformer(ShoprankModel):
     def _init_args(self) -> dict:
         return {"name": self.name, "model_dir": self.model_dir, "predictor": self.predictor,
                 "predictor_model_name": self.predictor_model_name, "batch": self.batch_settings,
-                "limits": self.limits, "unknown_candidates": self.unknown_candidates}
+                "limits": self.limits, "token_cache_bytes": self.token_cache_bytes,
+                "unknown_candidates": self.unknown_candidates}
 
     def _load_ranker(self) -> Any:
         from shoprank.scoring.ranker import Ranker
@@ -69,6 +98,15 @@ class ShoprankTransformer(ShoprankModel):
         return self.predictor.predictor_protocol
 
     async def _remote_score(self, tensors: dict[str, np.ndarray], rows: int) -> np.ndarray:
+        try:
+            return await self._call_predictor(tensors, rows)
+        except Exception as e:
+            if unreachable(e):
+                raise PredictorUnavailable(f"the predictor at {self.predictor.predictor_host} did not answer: "
+                                           f"{type(e).__name__}: {e}") from e
+            raise
+
+    async def _call_predictor(self, tensors: dict[str, np.ndarray], rows: int) -> np.ndarray:
         p = self.predictor
         request = tensor_request(self.predictor_model_name, tensors, binary=True)
         if self._client_protocol() == "grpc-v2":
@@ -130,9 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     config = predictor_config(args)
     model = ShoprankTransformer(args.model_name, args.model_dir, config, args.predictor_model_name,
                                 batch=batch_settings(args), limits=limits(args),
-                                unknown_candidates=args.unknown_candidates)
-    model.load()
-    ShoprankModelServer(predictor_config=config, **server_kwargs(args)).start([model])
+                                token_cache_bytes=args.token_cache_bytes, unknown_candidates=args.unknown_candidates)
+    if args.workers <= 1:  # with workers, each loads the bundle itself; this process after spawning them
+        model.load()
+    ShoprankModelServer(predictor_config=config, **server_kwargs(args)).start([model],
+                                                                              load_after_start=args.workers > 1)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ from shoprank.config import resolve_config
 
 # tests/cluster/ needs a Kubernetes control plane: `make test-cluster` runs it (and sets this variable).
 collect_ignore = [] if os.environ.get("SHOPRANK_CLUSTER_TESTS") == "1" else ["cluster"]
+# tests/containers/ needs the built images and podman or Docker: `make test-containers` runs it (and sets this).
+if os.environ.get("SHOPRANK_CONTAINER_TESTS") != "1":
+    collect_ignore.append("containers")
 
 NOW = 1_800_000_000  # a fixed "now" so timestamp checks do not depend on the wall clock
 
