@@ -5,9 +5,9 @@ distinct values (tied rows are common), and the comparison is a paired bootstrap
 value per request and model. A metric that breaks ties by row order would credit or penalise a model for the
 order preprocessing wrote the rows in. Here tied rows share their positions: NDCG and Recall average the
 gains of a tied block over the positions it occupies (as sklearn's `ndcg_score` does), and the reciprocal
-rank is its expectation over a random order of the tied block. `shoprank.evaluation.metrics.ranking_metrics` is
-being made tie-aware the same way (issue 11); until then this module is the tie-aware one, and the two
-should give the same NDCG@k.
+rank is its expectation over a random order of the tied block. `shoprank.evaluation.metrics.ranking_metrics` (the
+means the evaluation, the gate and the README report) is tie-aware the same way since issue 11;
+tests/evaluation/test_metrics.py checks that the two agree.
 
 Gains are the graded `gain` column (what the pipeline's NDCG uses), transformed as 2**gain - 1.
 """

@@ -57,10 +57,11 @@ def test_ties_average_over_every_order_of_the_tied_rows(seed):
     assert m.recall[0] == pytest.approx(recall)
 
 
-def test_row_order_does_not_matter_with_ties_but_does_in_the_shared_metrics():
+def test_row_order_does_not_matter_with_ties_here_nor_in_the_shared_metrics():
     gains = np.array([1, 0, 0, 0])
-    scores = np.zeros(4)  # all tied: the shared metric credits the stored order
-    assert ranking_metrics(np.zeros(4), gains, scores, 2)["mrr"] == 1.0
+    scores = np.zeros(4)  # all tied: before issue 11 the shared metric credited the stored order (MRR 1.0)
+    expected_rr = (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4
+    assert ranking_metrics(np.zeros(4), gains, scores, 2)["mrr"] == pytest.approx(expected_rr)
     forward = list_metrics(np.zeros(4), gains, scores, 2)
     backward = list_metrics(np.zeros(4), gains[::-1], scores, 2)
     assert forward.rr[0] == pytest.approx(backward.rr[0]) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)

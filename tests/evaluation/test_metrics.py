@@ -130,3 +130,18 @@ def test_tie_statistics_counts_lists_with_equal_scores():
     t = tie_statistics(groups, scores)
     assert t == {"rows": 8, "distinct_scores": 5, "lists": 3, "lists_with_ties": 2,
                  "share_of_lists_with_ties": pytest.approx(2 / 3), "tied_pairs": 3}
+
+
+def test_tie_aware_means_equal_the_per_list_metrics_of_the_reference_comparison():
+    """shoprank.evaluation.listwise (per-list values for the paired bootstrap against the LambdaMART reference)
+    and ranking_metrics (the means the evaluation and the gate report) define ties the same way."""
+    from shoprank.evaluation.listwise import list_metrics
+
+    rng = np.random.default_rng(9)
+    for levels, k in ((3, 10), (6, 3), (10_000, 10)):
+        groups, gains, scores = _random_lists(rng, 250, (2, 25), levels)
+        ours = ranking_metrics(groups, gains, scores, k=k)
+        theirs = list_metrics(groups, gains, scores, k).means(k)
+        assert ours["lists"] == theirs["lists"]
+        for a, b in (("ndcg_at_k", f"ndcg_at_{k}"), ("mrr", "mrr"), ("recall_at_k", f"recall_at_{k}")):
+            assert ours[a] == pytest.approx(theirs[b], rel=1e-12), (a, levels, k)
