@@ -14,7 +14,11 @@ FROM ${BASE_IMAGE}
 ARG EXTRAS=pipeline,deploy
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 TF_USE_LEGACY_KERAS=1 \
     TF_CPP_MIN_LOG_LEVEL=2 VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
-RUN python3 -m venv --system-site-packages /opt/venv \
+# libgomp1 (OpenMP) is linked by LightGBM's wheel (the evaluate step's reference model); python:3.11-slim lacks it,
+# the local base (`make base-image`) has it, so apt runs only where it is missing.
+RUN (ldconfig -p | grep -q libgomp.so.1 || (apt-get update -qq && apt-get install -y -q --no-install-recommends \
+        libgomp1 && rm -rf /var/lib/apt/lists/*)) \
+    && python3 -m venv --system-site-packages /opt/venv \
     && (getent passwd 1000 >/dev/null || useradd --uid 1000 --user-group --create-home shoprank)
 COPY pyproject.toml hack/images/pip_install.py /opt/build/
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-ca --mount=type=cache,target=/root/.cache/pip \
@@ -28,5 +32,9 @@ COPY pipelines /opt/build/src/pipelines
 COPY serving /opt/build/src/serving
 RUN pip install --no-deps --no-build-isolation --no-index --no-cache-dir /opt/build/src && pip check \
     && rm -rf /opt/build/src/build /opt/build/src/*.egg-info
+# Steps hash strings in a fixed order (tf2onnx names graph nodes through sets): the same run makes the same bytes
+# here as under `make run`, which exports PYTHONHASHSEED=0 too. Set late so that it does not invalidate the
+# dependency layer.
+ENV PYTHONHASHSEED=0
 WORKDIR /home/shoprank
 USER 1000:1000

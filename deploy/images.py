@@ -61,7 +61,9 @@ BASE_RECIPE: dict[str, Any] = {
     "suite": "bookworm",
     "variant": "minbase",
     "mirror": "http://deb.debian.org/debian",
-    "include": ["python3", "python3-venv", "ca-certificates"],
+    # libgomp1: OpenMP, which LightGBM's wheel links (the evaluate step's reference); python:3.11-slim lacks it too,
+    # so the component Dockerfile installs it with apt where it is missing.
+    "include": ["python3", "python3-venv", "ca-certificates", "libgomp1"],
     # Removed after debootstrap: apt's package lists and downloaded .debs, documentation, man pages, locales.
     "trim": ["var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "usr/share/doc/*",
              "usr/share/man/*", "usr/share/info/*", "usr/share/locale/*", "var/log/*.log", "var/log/apt/*"],

@@ -25,8 +25,10 @@ What is written to `<optimised model>/towers/`:
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,19 @@ def tower_tflite(tower: keras.Model, names: tuple[str, ...], fc: FeatureConfig, 
         return converter.convert()
 
 
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez` with fixed zip entry times: numpy stamps each entry with the wall clock, so the same weights
+    written a minute apart made different bytes, hence a different content-addressed bundle version (seen as the
+    container and host runs of one pipeline disagreeing). Readable by `np.load` as any .npz."""
+    # writestr with the whole entry in memory (the head is a few hundred bytes): the headers then carry known
+    # sizes, no streaming zip64 markers, whose form differs between Python patch releases (3.11.2 in the image).
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(arrays[name]), allow_pickle=False)
+            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+
+
 def export_towers(model: keras.Model, split: SplitData, out_dir: str | Path, config: ShoprankConfig) -> dict:
     """Write `out_dir/towers/` (see the module doc) from a trained (optimised) model; `split` (training) supplies
     the int8 calibration requests. Returns towers.json's content."""
@@ -114,7 +129,7 @@ def export_towers(model: keras.Model, split: SplitData, out_dir: str | Path, con
 
     (d / REQUEST_TOWER_FILE).write_bytes(tower_tflite(request, REQUEST_INPUTS, fc, calibration))
     (d / ITEM_TOWER_FILE).write_bytes(tower_tflite(item, ITEM_INPUTS, fc))
-    np.savez(d / HEAD_FILE, **head_weights(model))
+    write_npz(d / HEAD_FILE, head_weights(model))
     widths = {k: int(v.shape[-1]) for k, v in {**request.output, **item.output}.items()}
     meta = {"request_vectors": {k: widths[k] for k in REQUEST_VECTORS},
             "item_vectors": {k: widths[k] for k in ITEM_VECTORS},

@@ -3,6 +3,7 @@ model server loads (layout in shoprank.layout)."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import shutil
@@ -28,12 +29,19 @@ from shoprank.layout import (
     TRITON_VERSION,
 )
 
-__all__ = ["UNVERSIONED", "bundle_files", "bundle_version", "local_root", "publish_bundle", "triton_repository"]
+__all__ = ["BYTES_NOT_HASHED", "UNVERSIONED", "bundle_files", "bundle_version", "local_root", "publish_bundle",
+           "triton_repository"]
 
 
 # Files of a bundle that no server reads: the run summary (its timestamps and wall times differ on every run)
 # and the manifest (written last, it names the version). Every other file is hashed into the version.
 UNVERSIONED = (SUMMARY_FILE, MANIFEST)
+# Files whose bytes are not reproducible although their content is a function of hashed files: the version covers
+# their path (present or not) but not their bytes. TensorFlow writes a random UUID into every SavedModel's
+# fingerprint; tf2onnx numbers graph nodes in a different order on every export of the same SavedModel (measured:
+# two exports in fresh processes, PYTHONHASHSEED=0, gave different bytes; same operators and weights, and its scores
+# are compared with the SavedModel's in the optimise step). Hashing their bytes made every rerun a new version.
+BYTES_NOT_HASHED = ("saved_model/fingerprint.pb", "triton/*/*/model.onnx")
 _CHUNK = 1 << 20
 
 
@@ -48,11 +56,14 @@ def bundle_version(bundle_dir: str | Path) -> str:
     """Content-addressed over every file the servers read: each file's relative path, size and bytes, in path
     order. So a new catalogue with an unchanged model is a new version, a file added to the bundle layout
     (per-item tables, a new export) is covered without touching this function, and the same artefacts always
-    get the same version (a rerun is a no-op)."""
+    get the same version (a rerun is a no-op; BYTES_NOT_HASHED: by path only)."""
     root = Path(bundle_dir)
     h = hashlib.sha256()
     for rel in bundle_files(root):
         f = root / rel
+        if any(fnmatch.fnmatchcase(rel, pattern) for pattern in BYTES_NOT_HASHED):
+            h.update(f"{rel}\0derived\0".encode())
+            continue
         h.update(f"{rel}\0{f.stat().st_size}\0".encode())
         with f.open("rb") as stream:
             while chunk := stream.read(_CHUNK):

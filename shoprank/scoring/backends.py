@@ -154,7 +154,7 @@ def latency_ms(scorer: Scorer, columns: dict[str, np.ndarray], batch_size: int, 
 
 
 def artefact_size(path: str | Path) -> dict[str, int]:
-    """Bytes on disk and gzip bytes (a SavedModel directory is tarred in a fixed order first)."""
+    """Bytes on disk and gzip bytes (a directory is tarred in a fixed order, without owners or times, first)."""
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file())
@@ -163,7 +163,9 @@ def artefact_size(path: str | Path) -> dict[str, int]:
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for f in files:
                 info = tar.gettarinfo(str(f), arcname=str(f.relative_to(p)))
-                info.mtime = 0
+                # Only the names and bytes count: owner and mode differ between a container step (uid 1000)
+                # and the host, and moved the gzip size by a few bytes.
+                info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
                 with open(f, "rb") as fh:
                     tar.addfile(info, fh)
         data = buf.getvalue()

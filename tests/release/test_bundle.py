@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shoprank.release.bundle import UNVERSIONED, bundle_files, bundle_version, publish_bundle
+from shoprank.release.bundle import BYTES_NOT_HASHED, UNVERSIONED, bundle_files, bundle_version, publish_bundle
 
 NAME = "shoprank-ranker"
 
@@ -18,6 +18,7 @@ def artefacts(tmp_path: Path, catalogue: bytes = b"catalogue v1") -> tuple[Path,
     opt, tr = tmp_path / "optimized", tmp_path / "transform"
     (opt / "saved_model" / "variables").mkdir(parents=True)
     (opt / "saved_model" / "saved_model.pb").write_bytes(b"pb")
+    (opt / "saved_model" / "fingerprint.pb").write_bytes(b"uuid 1")
     (opt / "saved_model" / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights")
     (opt / "model.tflite").write_bytes(b"int8 model")
     tr.mkdir()
@@ -82,3 +83,21 @@ def test_the_onnx_export_is_part_of_the_version(tmp_path):
     with_onnx = publish(tmp_path, opt, tr, summary)
     assert with_onnx["version"] != plain["version"]  # the onnx backend and Triton read it
     assert with_onnx["triton_repository"].endswith("triton")
+
+
+def test_unreproducible_derived_files_count_by_path_only(tmp_path):
+    """A rerun that re-exports the ONNX model and re-saves the SavedModel (new fingerprint UUID) from the same
+    weights is the same version; changing any other file's bytes is not."""
+    opt, tr, summary = artefacts(tmp_path)
+    (opt / "onnx").mkdir()
+    (opt / "onnx" / "model.onnx").write_bytes(b"onnx, nodes in one order")
+    (opt / "onnx" / "config.pbtxt").write_text('backend: "onnxruntime"\n')
+    bundle = Path(publish(tmp_path, opt, tr, summary)["bundle_dir"])
+    derived = [rel for rel in bundle_files(bundle) if rel.endswith(("model.onnx", "fingerprint.pb"))]
+    assert len(derived) == 2 and len(BYTES_NOT_HASHED) == 2, derived
+    before = bundle_version(bundle)
+    for rel in derived:
+        (bundle / rel).write_bytes(b"the same content, other bytes")
+    assert bundle_version(bundle) == before
+    (bundle / "triton" / "shoprank-ranker" / "config.pbtxt").write_text('backend: "onnxruntime"\n# changed\n')
+    assert bundle_version(bundle) != before
