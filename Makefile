@@ -7,6 +7,8 @@ SCALE ?= default
 DATA ?= synthetic
 OVERRIDES ?= {}
 RUNS ?= runs
+TRAIN_WORKERS ?= 1
+TUNE ?= 0
 export PYTHONHASHSEED := 0
 
 .PHONY: help venv run test test-unit test-integration lint compile bench clean
@@ -24,8 +26,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create the virtualenv with the pinned dependencies
 
-run: venv ## run the whole pipeline locally via kfp.local (SCALE=tiny|small|default, DATA=synthetic|DIR)
-	$(PY) -m pipelines.run_local --preset $(SCALE) --data '$(DATA)' --overrides '$(OVERRIDES)' --runs-dir $(RUNS)
+run: venv ## run the whole pipeline locally via kfp.local (SCALE=tiny|small|default, DATA=synthetic|DIR, TRAIN_WORKERS=N, TUNE=N)
+	$(PY) -m pipelines.run_local --preset $(SCALE) --data '$(DATA)' --overrides '$(OVERRIDES)' --runs-dir $(RUNS) \
+		--train-workers $(TRAIN_WORKERS) --tune-trials $(TUNE)
 
 test: venv ## unit tests, golden compile test, manifest tests and the tiny end-to-end pipeline run
 	$(PY) -m pytest
