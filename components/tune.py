@@ -3,7 +3,8 @@
 The pipeline lays them out as `RUNGS` rungs, each a `dsl.ParallelFor` over one rung's trial specs (one
 `tune-trial` task per trial, each with its own Metrics artefact in the KFP UI), with `tune-rung` between rungs
 and `tune-select` at the end (shoprank.modeling.tune says how the trials are drawn and halved). With
-`tune_trials` 0 the plan is empty, the loops run nothing and `tune-select` returns "{}" (the preset).
+`tune_trials` 0 each rung runs one placeholder trial that returns at once (kfp.local fails on a ParallelFor
+over an empty list) and `tune-select` returns "{}" (the preset).
 """
 
 from typing import NamedTuple
@@ -32,7 +33,7 @@ def tune_plan(preset: str, overrides: str, tune_trials: int, rungs: int) -> list
     from shoprank.modeling.tune import plan
 
     specs = plan(resolve_config(preset, overrides), tune_trials, rungs)
-    print(f"[tune] {len(specs)} trial(s) planned over {rungs} rungs" if specs else "[tune] off (tune_trials 0)")
+    print(f"[tune] {tune_trials} trial(s) planned over {rungs} rungs" if tune_trials else "[tune] off (tune_trials 0)")
     return specs
 
 
@@ -55,6 +56,9 @@ def tune_trial(preset: str, overrides: str, spec: dict, features: Input[Dataset]
     from shoprank.modeling.tune import run_trial
 
     result = run_trial(features.path, transform.path, resolve_config(preset, overrides), dict(spec))
+    if result["off"]:
+        trial_metrics.log_metric("off", 1)
+        return json.dumps(result)
     for key in ("trial", "rung", "val_auc", "val_loss", "rows", "seconds", "samples_per_second"):
         trial_metrics.log_metric(key, result[key])
     trial_metrics.log_metric("preset", int(bool(result["preset"])))
@@ -78,11 +82,12 @@ def tune_rung(preset: str, overrides: str, history: list, results: list) -> Name
     from collections import namedtuple
 
     from shoprank.config import resolve_config
-    from shoprank.modeling.tune import next_rung
+    from shoprank.modeling.tune import next_rung, normalize
 
-    done = [json.loads(r) if isinstance(r, str) else r for r in results]
-    specs = next_rung(resolve_config(preset, overrides), done)
-    if done:
+    config = resolve_config(preset, overrides)
+    done = [normalize(config, json.loads(r) if isinstance(r, str) else r) for r in results]
+    specs = next_rung(config, done)
+    if done and not done[0]["off"]:
         print(f"[tune] rung {done[0]['rung']}: " + ", ".join(
             f"{'preset' if r['preset'] else 'trial ' + str(r['trial'])} {r['val_auc']:.4f}" for r in done))
         print(f"[tune] next rung: {len(specs)} trial(s)")

@@ -136,10 +136,11 @@ def shoprank_pipeline(
             _resources(trial, "2", "8G").set_caching_options(True)
         if rung + 1 < TUNE_RUNGS:
             halve = tune_rung(preset=preset, overrides=overrides, history=history,
-                              results=dsl.Collected(trial.output))
+                              results=dsl.Collected(trial.outputs["Output"]))
             _resources(halve, "100m", "256M")
             trials, history = halve.outputs["trials"], halve.outputs["history"]
-    tuned = tune_select(preset=preset, overrides=overrides, history=history, results=dsl.Collected(trial.output))
+    tuned = tune_select(preset=preset, overrides=overrides, history=history,
+                        results=dsl.Collected(trial.outputs["Output"]))
     _resources(tuned, "100m", "256M")
 
     fit = train(preset=preset, overrides=overrides, features=pre.outputs["features"],

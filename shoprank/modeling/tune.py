@@ -3,7 +3,8 @@
 The pipeline runs it as a fixed number of rungs (`RUNGS`), each a `dsl.ParallelFor` of one task per trial (a
 cluster runs a rung's trials in parallel, kfp.local in turn), with a light step between rungs:
 
-    plan(N)           -> rung 0: N trials, settings drawn by Optuna's sampler
+    plan(N)           -> rung 0: N trials, settings drawn by Optuna's sampler (N = 0: one placeholder per rung,
+                         whose task returns at once: kfp.local cannot run a ParallelFor over an empty list)
     run_trial(spec)   -> one trial: the model with the trial's settings, trained on the rung's sample of the
                          training rows, scored by validation AUC on a fixed validation sample
     next_rung(...)    -> the better half (ceil(n/2)) by validation AUC, with twice the training rows; the last
@@ -44,6 +45,8 @@ __all__ = [
     "RUNGS",
     "choose",
     "next_rung",
+    "normalize",
+    "off_spec",
     "params_to_overrides",
     "plan",
     "rung_share",
@@ -85,30 +88,58 @@ def _sampler(tune: TuneConfig) -> Any:
     return optuna.samplers.RandomSampler(seed=tune.seed)
 
 
+def off_spec(rung: int, rungs: int = RUNGS) -> Spec:
+    """The one spec of a rung when tuning is off: its task returns at once. (kfp.local fails on a ParallelFor over
+    an empty list, so "no trials" is one placeholder trial per rung rather than an empty loop.)"""
+    return {"trial": -1, "rung": rung, "rungs": rungs, "share": 0.0, "preset": False, "params": {}, "off": True}
+
+
+def normalize(config: ShoprankConfig, spec: Mapping[str, Any]) -> Spec:
+    """A spec or result as it comes back from the pipeline (KFP passes dicts as JSON structs, so every number is a
+    float): counters as ints, flags as bools, each setting as the type its search dimension gives."""
+    out = dict(spec)
+    for key in ("trial", "rung", "rungs"):
+        if key in out:
+            out[key] = int(out[key])
+    for key in ("preset", "off"):
+        out[key] = bool(out.get(key, False))
+    params = {}
+    for key, value in (out.get("params") or {}).items():
+        dim = config.tune.space.get(key)
+        if dim is not None and dim.choices is not None:
+            value = next((c for c in dim.choices if c == value), value)
+        elif dim is not None and dim.integer:
+            value = int(round(value))
+        params[key] = value
+    out["params"] = params
+    return out
+
+
 def plan(config: ShoprankConfig, trials: int, rungs: int = RUNGS) -> list[Spec]:
-    """Rung 0's trial specs: `trials` settings drawn from `tune.space` by Optuna's sampler ([] for 0)."""
+    """Rung 0's trial specs: `trials` settings drawn from `tune.space` by Optuna's sampler ([off_spec] for 0)."""
     if trials < 0:
         raise ShoprankError(f"tune_trials must be >= 0, got {trials}")
     if trials == 0:
-        return []
+        return [off_spec(0, rungs)]
     import warnings
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     tune = config.tune
-    study = optuna.create_study(direction="maximize", sampler=_sampler(tune))
     dists = _distributions(tune.space)
     specs = []
     with warnings.catch_warnings():
-        # QMC samples categorical settings with its independent sampler and says so each time.
+        # QMCSampler is marked experimental, and samples categorical settings with its independent sampler and
+        # says so each time: both expected.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", UserWarning)
+        study = optuna.create_study(direction="maximize", sampler=_sampler(tune))
         for i in range(trials):
             trial = study.ask(dists)
             params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in trial.params.items()}
             specs.append({"trial": i, "rung": 0, "rungs": rungs, "share": rung_share(tune, 0, rungs),
-                          "preset": False, "params": params})
+                          "preset": False, "off": False, "params": params})
     return specs
 
 
@@ -168,6 +199,9 @@ def run_trial(features_dir: str | Path, transform_dir: str | Path, config: Shopr
     from shoprank.modeling.train import compile_model, make_dataset
 
     t0 = time.perf_counter()
+    spec = normalize(config, spec)
+    if spec["off"]:
+        return spec
     cfg = trial_config(config, spec.get("params") or {})
     tc, fc, tune = cfg.train, cfg.features, cfg.tune
     keras.utils.set_random_seed(tc.seed)
@@ -201,31 +235,36 @@ def run_trial(features_dir: str | Path, transform_dir: str | Path, config: Shopr
 
 
 def _ranked(results: Sequence[Spec]) -> list[Spec]:
-    return sorted((r for r in results if not r.get("preset")), key=lambda r: (-r["val_auc"], r["trial"]))
+    return sorted((r for r in results if not r.get("preset") and not r.get("off")),
+                  key=lambda r: (-r["val_auc"], r["trial"]))
 
 
 def next_rung(config: ShoprankConfig, results: Sequence[Spec]) -> list[Spec]:
     """The specs of the rung after `results`' rung: the better half (at least one) with the next rung's share;
-    the last rung also gets the preset. [] when there were no trials or `results` is the last rung."""
-    trials = _ranked(results)
-    if not trials:
+    the last rung also gets the preset. Tuning off: the next rung's off_spec. [] after the last rung."""
+    results = [normalize(config, r) for r in results]
+    if not results:
         return []
-    rung, rungs = int(trials[0]["rung"]), int(trials[0]["rungs"])
+    rung, rungs = results[0]["rung"], results[0]["rungs"]
     if rung + 1 >= rungs:
         return []
+    trials = _ranked(results)
+    if not trials:
+        return [off_spec(rung + 1, rungs)]
     keep = trials[:max(1, math.ceil(len(trials) / 2))]
     share = rung_share(config.tune, rung + 1, rungs)
-    specs = [{k: r[k] for k in ("trial", "rungs", "preset", "params")} | {"rung": rung + 1, "share": share}
+    specs = [{k: r[k] for k in ("trial", "rungs", "preset", "off", "params")} | {"rung": rung + 1, "share": share}
              for r in keep]
     if rung + 2 == rungs:
-        specs.append({"trial": -1, "rung": rung + 1, "rungs": rungs, "share": share, "preset": True, "params": {}})
+        specs.append({"trial": -1, "rung": rung + 1, "rungs": rungs, "share": share, "preset": True, "off": False,
+                      "params": {}})
     return specs
 
 
 def choose(config: ShoprankConfig, history: Sequence[Spec]) -> dict[str, Any]:
     """The outcome of tuning from every trial result: `overrides` for the final training ({} keeps the preset),
     `used` ("winner", "preset" or "off"), the winner and the preset at the last rung, and every trial."""
-    trials = list(history)
+    trials = [r for r in (normalize(config, r) for r in history) if not r["off"]]
     if not trials:
         return {"used": "off", "overrides": {}, "trials": []}
     last = max(int(r["rung"]) for r in trials)

@@ -52,7 +52,7 @@ def test_plan_draws_seeded_trials_inside_the_space(config):
                 assert dim.low <= value <= dim.high, (key, value)
     assert tune.plan(config, 8) == specs, "the same seed must propose the same trials"
     assert len({s["params"]["train.learning_rate"] for s in specs}) == 8
-    assert tune.plan(config, 0) == []
+    assert tune.plan(config, 0) == [tune.off_spec(0)]  # off: one placeholder (no empty ParallelFor)
     for name in ("tpe", "random"):
         other = resolve_config("small", {"tune": {"sampler": name}})
         assert len(tune.plan(other, 3)) == 3
@@ -72,7 +72,9 @@ def test_each_rung_keeps_the_better_half_and_the_last_adds_the_preset(config):
     assert [(s["trial"], s["preset"]) for s in rung2] == [(4, False), (7, False), (-1, True)]
     assert all(s["rung"] == 2 and math.isclose(s["share"], config.tune.sample_share) for s in rung2)
     assert tune.next_rung(config, [result(1, 2, 0.8)]) == []  # after the last rung: nothing
-    assert tune.next_rung(config, []) == []  # tuning off
+    assert tune.next_rung(config, []) == []
+    assert tune.next_rung(config, [tune.off_spec(0)]) == [tune.off_spec(1)]  # tuning off: placeholders go on
+    assert tune.next_rung(config, [tune.off_spec(2)]) == []
     assert [s["trial"] for s in tune.next_rung(config, [result(0, 0, 0.5)])] == [0]  # ceil(1/2) = 1
     assert [s["trial"] for s in tune.next_rung(config, [result(i, 0, 0.5 + i / 10) for i in range(3)])] == [2, 1]
 
@@ -88,6 +90,18 @@ def test_the_winner_is_used_only_if_it_beats_the_preset_by_more_than_min_gain(co
     strict = resolve_config("small", {"tune": {"min_gain": 0.01}})
     assert tune.choose(strict, [result(0, 2, 0.75), result(-1, 2, 0.745, True)])["used"] == "preset"
     assert tune.choose(config, []) == {"used": "off", "overrides": {}, "trials": []}
+    off = [tune.off_spec(r) for r in range(3)]
+    assert tune.choose(config, off) == {"used": "off", "overrides": {}, "trials": []}
+
+
+def test_specs_back_from_the_pipeline_get_their_types_back(config):
+    """KFP passes dicts as JSON structs: every number comes back a float, which strict settings would refuse."""
+    spec = tune.plan(config, 3)[2]
+    floated = {**spec, "trial": 2.0, "rung": 0.0, "rungs": 3.0,
+               "params": {k: float(v) for k, v in spec["params"].items()}}
+    back = tune.normalize(config, floated)
+    assert back == spec and isinstance(back["params"]["model.token_dim"], int)
+    tune.trial_config(config, back["params"])
 
 
 def test_trial_settings_go_on_top_of_the_config_and_are_checked(config):
