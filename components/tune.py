@@ -16,7 +16,9 @@ from components import COMPONENT_IMAGE
 
 __all__ = ["RUNGS", "tune_plan", "tune_rung", "tune_select", "tune_trial"]
 
-RUNGS = 3  # shoprank.modeling.tune.RUNGS (tests/pipelines checks they agree); the DAG has this many rung loops
+# shoprank.modeling.tune.RUNGS (tests/pipelines checks they agree): the DAG has this many rung loops, and tune_select
+# one input per rung.
+RUNGS = 3
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
@@ -68,18 +70,17 @@ def tune_trial(preset: str, overrides: str, spec: dict, features: Input[Dataset]
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
-def tune_rung(preset: str, overrides: str, history: list, results: list) -> NamedTuple(
-        "Rung", [("trials", list), ("history", list)]):
+def tune_rung(preset: str, overrides: str, results: list) -> list:
     """Successive halving between rungs: the better half by validation AUC goes on with twice the rows.
+
+    Returns the next rung's trial specs (one output, named Output: kfp.local loops only over such outputs).
 
     Args:
         preset: Size of the run's settings: tiny, small, default or large (shoprank.config.PRESETS).
         overrides: JSON of settings on top of the preset (the tune section's sample share).
-        history: Results of the earlier rungs (JSON strings).
         results: This rung's trial results (JSON strings, one per tune-trial task).
     """
     import json
-    from collections import namedtuple
 
     from shoprank.config import resolve_config
     from shoprank.modeling.tune import next_rung, normalize
@@ -91,20 +92,22 @@ def tune_rung(preset: str, overrides: str, history: list, results: list) -> Name
         print(f"[tune] rung {done[0]['rung']}: " + ", ".join(
             f"{'preset' if r['preset'] else 'trial ' + str(r['trial'])} {r['val_auc']:.4f}" for r in done))
         print(f"[tune] next rung: {len(specs)} trial(s)")
-    out = namedtuple("Rung", ["trials", "history"])
-    return out(specs, [*history, *[json.dumps(r) for r in done]])
+    return specs
 
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
-def tune_select(preset: str, overrides: str, history: list, results: list, tuning: Output[Artifact],
+def tune_select(preset: str, overrides: str, rung_0: list, rung_1: list, rung_2: list, tuning: Output[Artifact],
                 tune_metrics: Output[Metrics]) -> NamedTuple("Tuned", [("overrides", str)]):
     """The settings for the final training: the last rung's best trial if it beats the preset there.
+
+    One input per rung (RUNGS of them): the results of every trial, for the choice and the record.
 
     Args:
         preset: Size of the run's settings: tiny, small, default or large (shoprank.config.PRESETS).
         overrides: JSON of settings on top of the preset (tune.min_gain).
-        history: Results of the earlier rungs (JSON strings).
-        results: The last rung's results (JSON strings).
+        rung_0: Results of rung 0 (JSON strings, one per tune-trial task).
+        rung_1: Results of rung 1.
+        rung_2: Results of rung 2, the last (the preset's among them).
         tuning: tuning.json: every trial, the winner, the preset, which one the final training uses.
         tune_metrics: The winner's and the preset's validation AUC, trials run, whether the winner is used.
     """
@@ -115,7 +118,7 @@ def tune_select(preset: str, overrides: str, history: list, results: list, tunin
     from shoprank.config import resolve_config
     from shoprank.modeling.tune import choose
 
-    trials = [json.loads(r) if isinstance(r, str) else r for r in [*history, *results]]
+    trials = [json.loads(r) if isinstance(r, str) else r for r in [*rung_0, *rung_1, *rung_2]]
     outcome = choose(resolve_config(preset, overrides), trials)
     os.makedirs(tuning.path, exist_ok=True)
     with open(os.path.join(tuning.path, "tuning.json"), "w") as fh:

@@ -128,19 +128,19 @@ def shoprank_pipeline(
     # returns "{}", so the final training is the preset's (one DAG either way: kfp.local cannot join If/Else).
     plan = tune_plan(preset=preset, overrides=overrides, tune_trials=tune_trials, rungs=TUNE_RUNGS)
     _resources(plan, "100m", "512M")
-    trials, history = plan.output, []
+    trials, collected = plan.output, {}
     for rung in range(TUNE_RUNGS):
         with dsl.ParallelFor(trials, name=f"tune-rung-{rung}") as spec:
             trial = tune_trial(preset=preset, overrides=overrides, spec=spec, features=pre.outputs["features"],
                                transform=pre.outputs["transform"])
             _resources(trial, "2", "8G").set_caching_options(True)
+        collected[f"rung_{rung}"] = trial.outputs["Output"]
         if rung + 1 < TUNE_RUNGS:
-            halve = tune_rung(preset=preset, overrides=overrides, history=history,
-                              results=dsl.Collected(trial.outputs["Output"]))
+            halve = tune_rung(preset=preset, overrides=overrides, results=dsl.Collected(trial.outputs["Output"]))
             _resources(halve, "100m", "256M")
-            trials, history = halve.outputs["trials"], halve.outputs["history"]
-    tuned = tune_select(preset=preset, overrides=overrides, history=history,
-                        results=dsl.Collected(trial.outputs["Output"]))
+            trials = halve.output
+    tuned = tune_select(preset=preset, overrides=overrides,
+                        **{name: dsl.Collected(output) for name, output in collected.items()})
     _resources(tuned, "100m", "256M")
 
     fit = train(preset=preset, overrides=overrides, features=pre.outputs["features"],
