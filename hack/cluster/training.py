@@ -10,8 +10,8 @@ node); this file only adds the training job's pieces, and the cluster tests star
 (tests/cluster/test_training.py), so `make cluster-up` is unchanged.
 
 Recipe: hack/cluster/trainer/go.mod names `github.com/kubeflow/training-operator/cmd/training-operator.v1` as a
-tool (v1.8.1, the release the v1 operator's maintained branch ships), with go.sum; built with one build overlay of
-its main.go (the module cache stays untouched):
+tool (v1.8.1, the release the v1 operator's maintained branch ships), with go.sum; its main.go is built patched, in
+a copy of that module next to the output (the module cache stays untouched):
 - the webhook server binds 127.0.0.1 (upstream binds every interface and has no flag for it);
 - certificates come from the local cluster's CA instead of the operator's certificate rotator. The rotator waits for
   the kubelet to mount its Secret into the pod (no kubelet runs this process) and signs for the Service's DNS name
@@ -113,12 +113,18 @@ def build(force: bool = False) -> Path:
     main_go = module_dir() / "cmd" / "training-operator.v1" / "main.go"
     work = target.with_name("bin.partial")
     work.mkdir(parents=True, exist_ok=True)
-    patched = work / "main.go"
-    patched.write_text(_patched_main(main_go.read_text()))
-    overlay = work / "overlay.json"
-    overlay.write_text(json.dumps({"Replace": {str(main_go): str(patched)}}))
-    lc._run_build("training-operator", [go, "build", "-v", "-trimpath", "-ldflags=-s -w", f"-overlay={overlay}",
-                                        "-o", str(work / PROCESS), PACKAGE], GOMOD_DIR, env)
+    # The patched main package is built in a copy of the recipe module (go.mod, go.sum: the same pins) next to the
+    # output; it imports only the operator's pkg/ packages, which that module requires. (A build overlay cannot
+    # replace files in the module cache.)
+    src = work / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir()
+    for part in ("go.mod", "go.sum"):
+        shutil.copyfile(GOMOD_DIR / part, src / part)
+    (src / "main.go").write_text(_patched_main(main_go.read_text()))
+    lc._run_build("training-operator", [go, "build", "-v", "-trimpath", "-ldflags=-s -w", "-o", str(work / PROCESS),
+                                        "."], src, env)
+    shutil.rmtree(src, ignore_errors=True)
     (work / ".complete").write_text(json.dumps({"version": version(), "seconds": round(time.monotonic() - start)}))
     shutil.rmtree(target, ignore_errors=True)
     work.rename(target)

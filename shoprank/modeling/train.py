@@ -123,8 +123,10 @@ def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | 
               "best_val_loss": min((h.get("val_loss", np.inf) for h in logger.history), default=None),
               "seconds": round(time.perf_counter() - t0, 2), "strategy": type(strategy).__name__,
               "label": tc.label, "workers": task.workers, "train_rows": train_split.rows}
-    result["samples_per_second"] = round(sum(train_split.rows / h["seconds"] for h in logger.history)
-                                         / max(1, len(logger.history)), 1)
+    # Steady-state throughput: the median epoch after the first (which also builds the graph and, with several
+    # workers, sets up the collectives).
+    steady = sorted(h["seconds"] for h in logger.history[1:]) or [logger.history[0]["seconds"]]
+    result["samples_per_second"] = round(train_split.rows / steady[len(steady) // 2], 1)
     if not task.is_chief:
         distributed.discard(target, task)
         progress(f"[train] {task.name} done in {result['seconds']}s (not the chief: its save was discarded)")

@@ -144,7 +144,9 @@ def test_the_tune_rungs_are_parallel_loops_before_the_final_training():
         assert [t["componentRef"]["name"].rstrip("-0123456789") for t in body.values()] == ["comp-tune-trial"]
     rungs = [name for name in tasks if name.startswith("tune-rung")]
     assert len(rungs) == RUNGS - 1  # halving between loops
-    assert loops[-1] in tasks["tune-select"]["dependentTasks"]
+    assert set(loops) <= set(tasks["tune-select"]["dependentTasks"])  # every rung's results, for the record
+    assert sorted(tasks["tune-select"]["inputs"]["parameters"]) == sorted(
+        ["preset", "overrides", *[f"rung_{r}" for r in range(RUNGS)]])
     train = tasks["train"]
     assert "tune-select" in train["dependentTasks"]
     inputs = train["inputs"]["parameters"]
