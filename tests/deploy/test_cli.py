@@ -243,8 +243,8 @@ def test_render_sets_the_image_and_namespace_without_touching_the_repo():
                            serving_image="reg.io:5000/team/shoprank-serving:1.2-gpu"))
     assert manifests_digest() == before
     assert {d["metadata"].get("namespace") for d in docs} == {"ranking"}
-    binding = next(d for d in docs if d["kind"] == "RoleBinding")
-    assert binding["subjects"][0]["namespace"] == "ranking"
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert len(bindings) == 2 and all(b["subjects"][0]["namespace"] == "ranking" for b in bindings)
     runtime = next(d for d in docs if d["kind"] == "ServingRuntime")
     transformer = next(d for d in docs if d["kind"] == "InferenceService")["spec"]["transformer"]
     images = {c["image"] for c in runtime["spec"]["containers"] + transformer["containers"]}
