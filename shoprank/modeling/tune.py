@@ -191,7 +191,11 @@ def _sample(n: int, share_or_rows: float, seed: int) -> np.ndarray:
 
 def run_trial(features_dir: str | Path, transform_dir: str | Path, config: ShoprankConfig, spec: Spec,
               progress: Progress = print) -> dict[str, Any]:
-    """Train one trial on its rung's sample; return the spec with its validation AUC and loss, rows, seconds."""
+    """Train one trial on its rung's sample; return the spec with its validation AUC and loss, rows, seconds.
+    A placeholder (tuning off) returns at once, without importing TensorFlow."""
+    spec = normalize(config, spec)
+    if spec["off"]:
+        return spec
     from shoprank.features.dataset import load_split
     from shoprank.features.transform import FeatureTransform
     from shoprank.modeling._tf import keras
@@ -199,9 +203,6 @@ def run_trial(features_dir: str | Path, transform_dir: str | Path, config: Shopr
     from shoprank.modeling.train import compile_model, make_dataset
 
     t0 = time.perf_counter()
-    spec = normalize(config, spec)
-    if spec["off"]:
-        return spec
     cfg = trial_config(config, spec.get("params") or {})
     tc, fc, tune = cfg.train, cfg.features, cfg.tune
     keras.utils.set_random_seed(tc.seed)

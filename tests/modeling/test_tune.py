@@ -123,3 +123,14 @@ def test_one_trial_trains_on_its_sample_and_reports_validation_auc(tiny_features
     assert 0.5 < out["val_auc"] <= 1.0 and out["val_loss"] > 0 and out["samples_per_second"] > 0
     assert out["params"] == spec["params"] and out["trial"] == 0
     assert any("validation AUC" in line for line in lines)
+
+
+def test_a_placeholder_trial_returns_at_once_without_tensorflow(tmp_path, config):
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from shoprank.config import resolve_config; from shoprank.modeling import tune; "
+            "out = tune.run_trial('/nonexistent', '/nonexistent', resolve_config('small'), tune.off_spec(1)); "
+            "print(json.dumps([out['off'], 'tensorflow' in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "[true, false]"
