@@ -170,6 +170,11 @@ class TrainConfig(_Section):
     learning_rate: PositiveFloat = 5e-3
     patience: NonNegativeInt = 1
     seed: NonNegativeInt = 11
+    # Several workers (TF_CONFIG): False keeps the global batch at batch_size (each of N workers takes
+    # batch_size/N per step), so the optimisation, and the model's quality, do not depend on the worker count;
+    # True gives each worker batch_size (N times the global batch and 1/N of the steps: throughput on real
+    # clusters, usually with a larger learning rate). Several local GPUs (Mirrored) always scale the batch.
+    scale_batch_with_workers: bool = False
 
 
 class SearchDim(_Section):

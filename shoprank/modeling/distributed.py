@@ -16,7 +16,8 @@ Data: every worker reads the same memory-mapped split in the same seeded order, 
 `DATA` hands each worker every N-th element of each global batch (`train.make_dataset`). Reading everything on each
 worker costs input-pipeline CPU, but the step count is the same on every worker by construction (uneven shards
 would leave one worker waiting in a collective) and no file needs splitting. Shards by file would need one file
-per worker; the split files are one memory map per column.
+per worker; the split files are one memory map per column. The global batch stays `train.batch_size` (each worker
+takes 1/N of it) unless `train.scale_batch_with_workers`, so N workers take the same steps as one process.
 
 Not tested here: workers on separate machines (the launcher's processes share one host; the TFJob test in
 tests/cluster checks the pods' TF_CONFIG and placement, not TensorFlow across nodes).

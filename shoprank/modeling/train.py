@@ -106,6 +106,8 @@ def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | 
     progress(f"[train] strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
              f"{train_split.rows:,} train rows, {val_split.rows:,} validation rows, label '{tc.label}'")
     batch = tc.batch_size * strategy.num_replicas_in_sync
+    if distributed.task_info().workers > 1 and not tc.scale_batch_with_workers:
+        batch = tc.batch_size  # the one-process global batch, split over the workers (train.scale_batch_with_workers)
     with strategy.scope():
         model = build_model(sizes, config.model, fc)
         compile_model(model, tc.learning_rate)
