@@ -4,7 +4,8 @@
 #
 #   make cluster-up       build (cold: tens of minutes, then cached) and start it; prints the KUBECONFIG to use
 #   make cluster-down     stop it (only the processes it started) and remove its state
-#   make test-cluster     the cluster tests; start the cluster if none is up (and stop it again afterwards)
+#   make test-cluster     the cluster tests; start the cluster if none is up (and stop it again afterwards); the
+#                         training tests also start the Kubeflow Training Operator (hack/cluster/training.py)
 #   make test-cluster CLUSTER=kind   the same tests against the current kind context (after `make kind-up`)
 
 CLUSTER ?= local
@@ -13,8 +14,9 @@ CLUSTER_TEST_ARGS ?=
 
 .PHONY: cluster-build cluster-up cluster-down cluster-status test-cluster
 
-cluster-build: venv ## build (or find cached) etcd, kube-*, kwok and KServe's controller from their Go modules
+cluster-build: venv ## build (or find cached) etcd, kube-*, kwok, KServe's controller and the training operator
 	$(CLUSTER_PY) build
+	$(PY) hack/cluster/training.py build
 
 cluster-up: venv ## start the local control plane + KWOK nodes + KServe on loopback (builds binaries if needed)
 	$(CLUSTER_PY) up
