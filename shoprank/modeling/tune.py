@@ -10,7 +10,7 @@ cluster runs a rung's trials in parallel, kfp.local in turn), with a light step 
     next_rung(...)    -> the better half (ceil(n/2)) by validation AUC, with twice the training rows; the last
                          rung also trains the preset's own settings on the same sample
     choose(...)       -> the best trial of the last rung if it beats the preset there by more than
-                         `tune.min_gain`, else the preset; its settings as overrides for the final training
+                         `tune.min_gain` (0.003), else the preset; its settings as overrides for the final training
 
 Why Optuna (pinned in pyproject): its ask/tell interface proposes trials without running them, which is what a
 DAG needs (the trials run in other tasks, on other pods); its distributions check the space, and its quasi-random
