@@ -105,8 +105,9 @@ def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | 
     strategy = pick_strategy()
     progress(f"[train] strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
              f"{train_split.rows:,} train rows, {val_split.rows:,} validation rows, label '{tc.label}'")
+    task = distributed.task_info()
     batch = tc.batch_size * strategy.num_replicas_in_sync
-    if distributed.task_info().workers > 1 and not tc.scale_batch_with_workers:
+    if task.workers > 1 and not tc.scale_batch_with_workers:
         batch = tc.batch_size  # the one-process global batch, split over the workers (train.scale_batch_with_workers)
     with strategy.scope():
         model = build_model(sizes, config.model, fc)
@@ -118,7 +119,6 @@ def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | 
               validation_data=make_dataset(val_split, tc.label, batch, False, tc.seed, fc),
               epochs=tc.epochs, callbacks=[logger, early], verbose=0)
     # Every worker saves (saving may run collectives); only the chief keeps it (distributed.write_dir).
-    task = distributed.task_info()
     target = distributed.write_dir(model_dir, task)
     save_model_bundle(model, sizes, config.model, fc, target)
     result = {"epochs": logger.history, "parameters": int(model.count_params()),
