@@ -3,9 +3,13 @@ hack/cluster/training.py): the CRD, the operator's validating webhook, its contr
 TF_CONFIG, the scheduler placing them on the GPU nodes when the train step's GPU settings are given, the wait
 following the job's real status to Succeeded, and the pipeline runner's RBAC for TFJobs.
 
-The simulated nodes run no containers, so no TensorFlow runs here: a worker "finishes" when the test writes its pod
-status as the kubelet would (phase Succeeded, exit code 0). Two workers training for real on a node are the
-real-node part of issue 17, which needs a kubelet node and the component image (not in this cluster).
+The simulated (KWOK) GPU nodes run no containers, so no TensorFlow runs here: a worker "finishes" when the test writes
+its pod status as the kubelet would (phase Succeeded, exit code 0). That is why the wait test pins its workers to the
+GPU nodes (their node selector and toleration, no GPU requested): on the local cluster the only CPU node is the real
+node (a kubelet, hack/cluster/node.py), whose kubelet would report its own status for the pods (the test image is
+never pulled). The CPU placement test only checks where the scheduler puts the workers, so the real node is fine
+there. Two workers training for real on the real node (the component image loaded into its containerd) are still to
+do (deploy/README.md, "Training on several workers").
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def operator(cluster: Cluster) -> Cluster:
     else:
         cluster.kubectl("get", "crd", "tfjobs.kubeflow.org")
     cluster.kubectl("create", "namespace", NS, check=False)
-    # The shared volume: a ReadWriteMany claim bound to a hostPath volume (the simulated nodes never mount it).
+    # The shared volume: a ReadWriteMany claim bound to a hostPath volume (the simulated nodes never mount it; the
+    # real node's kubelet never gets that far: the test image is not in its containerd).
     volume = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"shoprank-train-{RUN}"},
               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
                        "storageClassName": "shoprank-train-test", "hostPath": {"path": f"/tmp/shoprank-train-{RUN}"},
@@ -69,7 +74,7 @@ def operator(cluster: Cluster) -> Cluster:
 
 def job_settings(name: str, **changes: Any) -> JobSettings:
     base = dict(name=name, namespace=NS, image=IMAGE, workers=2, preset="tiny", overrides="{}", claim=CLAIM,
-                mount_path="/mnt/shoprank-train", job_dir=name, cpu="1", memory="1Gi")
+                mount_path="/mnt/shoprank-train", job_dir=name, cpu="100m", memory="128Mi")
     return JobSettings(**(base | changes))
 
 
@@ -159,7 +164,9 @@ def finish(cluster: Cluster, pod: dict[str, Any]) -> None:
 def test_the_wait_follows_the_real_job_to_success(operator: Cluster):
     name = "shoprank-train-wait"
     api = TFJobApi(operator.api_client)
-    api.apply(trainjob.build_tfjob(job_settings(name)), field_manager=trainjob.FIELD_MANAGER)
+    # On the simulated GPU nodes (selector and toleration, no GPU): only there does the test play the kubelet.
+    api.apply(trainjob.build_tfjob(job_settings(name, node_selector=GPU_SELECTOR, tolerations=[GPU_TOLERATION])),
+              field_manager=trainjob.FIELD_MANAGER)
     pods = scheduled(operator, name, 2)
     lines: list[str] = []
 
