@@ -7,6 +7,8 @@ SCALE ?= default
 DATA ?= synthetic
 OVERRIDES ?= {}
 RUNS ?= runs
+TRAIN_WORKERS ?= 1
+TUNE ?= 0
 RUNNER ?= subprocess
 export PYTHONHASHSEED := 0
 
@@ -25,8 +27,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create the virtualenv with the pinned dependencies
 
-run: venv ## run the whole pipeline locally via kfp.local (SCALE=tiny|small|default, DATA=synthetic|DIR, RUNNER=subprocess|container)
+run: venv ## run the whole pipeline locally via kfp.local (SCALE=tiny|small|default, DATA=synthetic|DIR, TRAIN_WORKERS=N, TUNE=N, RUNNER=subprocess|container)
 	$(PY) -m pipelines.run_local --preset $(SCALE) --data '$(DATA)' --overrides '$(OVERRIDES)' --runs-dir $(RUNS) \
+		--train-workers $(TRAIN_WORKERS) --tune-trials $(TUNE) \
 		--runner '$(RUNNER)' --component-image '$(BUILD_COMPONENT_IMAGE)' --container-tool '$(CONTAINER_TOOL)'
 
 test: venv ## unit tests, golden compile test, manifest tests and the tiny end-to-end pipeline run

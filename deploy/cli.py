@@ -77,6 +77,9 @@ SERVING_IMAGE_NAME = "shoprank-serving"  # the image name the manifests use, rep
 CREATED_BY_LABEL = "app.kubernetes.io/managed-by"
 RUNNER_ROLE = "shoprank-pipeline-runner"
 KFP_RUNNER_BINDING = "shoprank-pipeline-runner-kfp"
+# The multi-worker train step's Role (TFJobs; manifests/base/training-job-role.yaml), bound like RUNNER_ROLE.
+TRAINING_ROLE = "shoprank-training-jobs"
+KFP_TRAINING_BINDING = "shoprank-training-jobs-kfp"
 KSERVE_RESOURCES = ("inferenceservices", "servingruntimes")
 STORAGE_SECRET = "shoprank-storage"  # named by manifests/base/model-reader-serviceaccount.yaml
 
@@ -367,8 +370,9 @@ def wrapper_kustomization(overlay_path: str, namespace: str, serving_image: str)
     if namespace != BASE_NAMESPACE:
         kustomization["namespace"] = namespace
         # kustomize does not rewrite a RoleBinding subject's namespace: do it, or the binding names nobody.
-        kustomization["patches"] = [{"target": {"kind": "RoleBinding", "name": RUNNER_ROLE}, "patch": json.dumps(
-            [{"op": "replace", "path": "/subjects/0/namespace", "value": namespace}])}]
+        kustomization["patches"] = [{"target": {"kind": "RoleBinding", "name": role}, "patch": json.dumps(
+            [{"op": "replace", "path": "/subjects/0/namespace", "value": namespace}])}
+            for role in (RUNNER_ROLE, TRAINING_ROLE)]
     return kustomization
 
 
@@ -444,12 +448,13 @@ def deploy(opts: Options, kubectl: Kubectl) -> int:
             kubectl(*apply, *force, stdin=_dump(isvcs), echo=True)
     if opts.kfp_runner and not opts.dry_run:
         sa_namespace, sa_name = opts.kfp_runner.split("/")
-        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                   "metadata": {"name": KFP_RUNNER_BINDING, "namespace": opts.namespace,
-                                "labels": {"app.kubernetes.io/part-of": "shoprank"}},
-                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_ROLE},
-                   "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}]}
-        kubectl(*apply, stdin=_dump([binding]), echo=True)
+        bindings = [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                     "metadata": {"name": binding, "namespace": opts.namespace,
+                                  "labels": {"app.kubernetes.io/part-of": "shoprank"}},
+                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+                     "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_namespace}]}
+                    for binding, role in ((KFP_RUNNER_BINDING, RUNNER_ROLE), (KFP_TRAINING_BINDING, TRAINING_ROLE))]
+        kubectl(*apply, stdin=_dump(bindings), echo=True)
     if opts.dry_run:
         print(f"dry run: the API server accepted all {len(docs)} objects of overlay {opts.overlay}; nothing changed")
         return 0
@@ -468,7 +473,8 @@ def undeploy(opts: Options, kubectl: Kubectl, kserve_installed: bool = True) -> 
     if not kserve_installed:  # kubectl cannot even map the kinds: those objects went with KServe's CRDs
         docs = [d for d in docs if not d.get("apiVersion", "").startswith(f"{GROUP}/")]
     kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", stdin=_dump(docs), echo=True)
-    kubectl("delete", "rolebinding", KFP_RUNNER_BINDING, "-n", opts.namespace, "--ignore-not-found", echo=True)
+    kubectl("delete", "rolebinding", KFP_RUNNER_BINDING, KFP_TRAINING_BINDING, "-n", opts.namespace,
+            "--ignore-not-found", echo=True)
     ns = kubectl("get", "namespace", opts.namespace, "-o", "json", check=False)
     if ns.returncode == 0:
         labels = json.loads(ns.stdout).get("metadata", {}).get("labels") or {}

@@ -8,7 +8,8 @@
 #   make cluster-images   rebuild the images that changed (the serving image after a code change), load them
 #   make cluster-demo     on a running cluster: deploy the cpu overlay, promote runs/latest, one ranking answer
 #   make cluster-down     stop it (only the processes it started), remove its state, the network namespace
-#   make test-cluster     the cluster tests; start the cluster if none is up (and stop it again afterwards)
+#   make test-cluster     the cluster tests; start the cluster if none is up (and stop it again afterwards); the
+#                         training tests also start the Kubeflow Training Operator (hack/cluster/training.py)
 #   make test-cluster CLUSTER=kind   the same tests against the current kind context (after `make kind-up`)
 
 CLUSTER ?= local
@@ -17,8 +18,9 @@ CLUSTER_TEST_ARGS ?=
 
 .PHONY: cluster-build cluster-up cluster-down cluster-status cluster-images cluster-demo test-cluster
 
-cluster-build: venv ## build (or find cached) etcd, kube-*, kubelet, kwok, KServe, metrics-server, kube-score, versitygw
+cluster-build: venv ## build (or find cached) etcd, kube-*, kubelet, kwok, KServe, metrics-server, kube-score, versitygw, training operator
 	$(CLUSTER_PY) build
+	$(PY) hack/cluster/training.py build
 
 cluster-up: venv ## start the local cluster: control plane, KServe, simulated GPU nodes, a real node (builds if needed)
 	$(CLUSTER_PY) up

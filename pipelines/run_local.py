@@ -1,6 +1,7 @@
 """Run the compiled-for-Kubeflow pipeline function on this machine with kfp.local.
 
-    python -m pipelines.run_local --preset default [--data synthetic] [--runs-dir runs]
+    python -m pipelines.run_local --preset default [--data synthetic] [--runs-dir runs] [--train-workers N]
+                                  [--tune-trials N]
     python -m pipelines.run_local --preset tiny --runner container --component-image localhost/shoprank-components:dev
 
 Writes runs/<run-id>/ (artefacts, promoted model, summary.json, report.html, stages.jsonl) and points
@@ -38,6 +39,27 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:,.0f} {unit}"
         n /= 1024
     return f"{n:,.1f} TB"
+
+
+def _training_lines(summary: dict) -> list[str]:
+    """Workers and throughput of the final training, and the tuning trials when the run tuned."""
+    lines = []
+    training = summary.get("training")
+    if training:
+        lines += ["", f"training: {training.get('workers', 1)} worker(s), {training.get('epochs', '?')} epochs, "
+                      f"{training.get('samples_per_second') or 0:,.0f} samples/s, {training.get('seconds', 0):.1f}s"]
+    tuning = summary.get("tuning")
+    if tuning and tuning.get("used") != "off":
+        lines += ["", f"{'tuning trial':<16}{'rung':>5}{'rows':>10}{'val AUC':>10}  settings"]
+        for t in tuning["trials"]:
+            name = "preset" if t.get("preset") else f"trial {t['trial']}"
+            params = ", ".join(f"{k.split('.')[1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[1]}={v}"
+                               for k, v in (t.get("params") or {}).items())
+            lines.append(f"{name:<16}{t['rung']:>5}{t['rows']:>10,}{t['val_auc']:>10.4f}  {params}")
+        w, p = tuning.get("winner") or {}, tuning.get("preset") or {}
+        lines.append(f"final training uses the {tuning['used']} (last rung: winner trial {w.get('trial')} "
+                     f"{w.get('val_auc', float('nan')):.4f} vs preset {p.get('val_auc', float('nan')):.4f})")
+    return lines
 
 
 def _reference_lines(summary: dict) -> list[str]:
@@ -93,6 +115,7 @@ def summary_table(summary: dict) -> str:
     r = summary["ratios"]
     lines.append(f"int8 vs baseline: {r['int8_gzip_smaller_x']:.1f}x smaller (gzip), "
                  f"{r['int8_b256_faster_x']:.1f}x faster at batch 256, AUC drop {r['int8_auc_drop']:+.4f}")
+    lines.extend(_training_lines(summary))
     lines.append("")
     lines.append(f"blessed: {summary['blessed']}")
     for reason in summary["blessing_reasons"]:
@@ -106,7 +129,8 @@ def summary_table(summary: dict) -> str:
 
 
 def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | None = None,
-        runner: str = "subprocess", component_image: str = "", container_tool: str = "") -> dict:
+        runner: str = "subprocess", component_image: str = "", container_tool: str = "", *,
+        train_workers: int = 1, tune_trials: int = 0) -> dict:
     """Run the pipeline once through kfp.local; return the summary (also written to disk).
 
     runner "container" runs every step in `component_image` (see the module docstring); it must be set before the
@@ -143,7 +167,8 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             task = shoprank_pipeline(preset=preset, overrides=overrides, data_source=data,
-                                     model_root=str(run_dir / "promoted"))
+                                     model_root=str(run_dir / "promoted"),
+                                     train_workers=train_workers, tune_trials=tune_trials)
         wall = time.perf_counter() - t0
     summary = json.loads(Path(task.output.path).read_text())
     promoted = run_dir / "promoted" / "shoprank-ranker"
@@ -151,6 +176,16 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
         bundle = promoted / (promoted / "LATEST").read_text().strip()
         summary |= {"bundle_dir": str(bundle), "model_dir": str(bundle / "saved_model"),
                     "tflite_path": str(bundle / "towers" / "request_tower.tflite")}
+    artifacts = run_dir / "artifacts"
+    trainings = sorted(artifacts.rglob("training.json"), key=lambda p: p.stat().st_mtime)
+    if trainings:
+        t = json.loads(trainings[-1].read_text())
+        summary["training"] = {"workers": t.get("workers", 1), "epochs": len(t.get("epochs", [])),
+                               "samples_per_second": t.get("samples_per_second"), "seconds": t.get("seconds"),
+                               "strategy": t.get("strategy"), "launcher": t.get("launcher", {"kind": "in-step"})}
+    tunings = sorted(artifacts.rglob("tuning.json"), key=lambda p: p.stat().st_mtime)
+    if tunings:
+        summary["tuning"] = json.loads(tunings[-1].read_text())
     summary |= {"run_id": run_id, "data_source": data, "wall_seconds": round(wall, 1),
                 "stages": [json.loads(line) for line in telemetry.read_text().splitlines()]
                 if telemetry.exists() else []}
@@ -246,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                    "'esci:<dir>[?locale=us]' or 'events:<dir>[?preset=retailrocket|taobao]' (see the README)")
     p.add_argument("--runs-dir", default="runs", type=Path)
     p.add_argument("--run-id", default=None)
+    p.add_argument("--train-workers", type=int, default=1, help="training processes (MultiWorkerMirroredStrategy "
+                   "on loopback when > 1)")
+    p.add_argument("--tune-trials", type=int, default=0, help="tune step trials (0: no tuning)")
     p.add_argument("--runner", default="subprocess", choices=["subprocess", "container"],
                    help="subprocess: steps as processes of this venv; container: steps in the component image")
     p.add_argument("--component-image", default="", help="with --runner container: the image the steps run in "
@@ -255,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         summary = run(a.preset, a.overrides, a.data, a.runs_dir, a.run_id, a.runner, a.component_image,
-                      a.container_tool)
+                      a.container_tool, train_workers=a.train_workers, tune_trials=a.tune_trials)
     except RuntimeError as e:  # kfp.local raises when a task fails; its log is above
         print(f"\nshoprank pipeline failed: {e}", file=sys.stderr)
         return 1

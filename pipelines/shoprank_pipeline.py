@@ -8,13 +8,16 @@ toleration) compile into the YAML and are ignored locally.
 
 from kfp import dsl, kubernetes
 
+from components import COMPONENT_IMAGE
 from components.evaluate import evaluate
 from components.ingest import ingest
 from components.optimize import optimize
 from components.placement import train_placement
 from components.preprocess import preprocess
 from components.promote import MODEL_PVC, PVC_MOUNT_PATH, promote
-from components.train import train
+from components.train import TRAIN_MOUNT_PATH, TRAIN_PVC, train
+from components.tune import RUNGS as TUNE_RUNGS
+from components.tune import tune_plan, tune_rung, tune_select, tune_trial
 from components.validate import validate
 
 __all__ = ["GPU_TAINT", "PIPELINE_NAME", "shoprank_pipeline"]
@@ -37,6 +40,8 @@ def shoprank_pipeline(
     use_gpu: bool = False,
     gpu_count: int = 1,
     gpu_node_label: str = "nvidia.com/gpu.present=true",
+    train_workers: int = 1,
+    tune_trials: int = 0,
     model_root: str = "runs/models",
     model_name: str = "shoprank-ranker",
     deploy_target: str = "local",
@@ -73,6 +78,10 @@ def shoprank_pipeline(
         use_gpu: Train on a GPU node (accelerator, node selector and toleration are set at run time).
         gpu_count: GPUs for the train step when use_gpu.
         gpu_node_label: key=value of the GPU nodes' label, the train step's node selector when use_gpu.
+        train_workers: Training processes: 1 trains in the train step; more run MultiWorkerMirroredStrategy
+            workers (a TFJob on a cluster, with the GPU settings on every worker; processes on loopback locally).
+        tune_trials: Trials of the tune step before the final training (successive halving over tune.space in
+            the settings; the winner is used only if it beats the preset on validation); 0 turns tuning off.
         model_root: Where versions are published: a local path (deploy_target local), or s3://, gs:// or
             pvc:// (deploy_target kserve).
         model_name: The model's folder under model_root, and the InferenceService's name.
@@ -113,9 +122,39 @@ def shoprank_pipeline(
     place = train_placement(use_gpu=use_gpu, gpu_count=gpu_count, gpu_node_label=gpu_node_label,
                             gpu_taint=GPU_TAINT)
     _resources(place, "100m", "256M")
+
+    # Tuning: TUNE_RUNGS rungs of successive halving, each a ParallelFor of one task per trial (a cluster runs a
+    # rung's trials in parallel). With tune_trials 0 the plan is empty, the loops run nothing and tune-select
+    # returns "{}", so the final training is the preset's (one DAG either way: kfp.local cannot join If/Else).
+    plan = tune_plan(preset=preset, overrides=overrides, tune_trials=tune_trials, rungs=TUNE_RUNGS)
+    _resources(plan, "100m", "512M")
+    trials, collected = plan.output, {}
+    for rung in range(TUNE_RUNGS):
+        with dsl.ParallelFor(trials, name=f"tune-rung-{rung}") as spec:
+            trial = tune_trial(preset=preset, overrides=overrides, spec=spec, features=pre.outputs["features"],
+                               transform=pre.outputs["transform"])
+            _resources(trial, "2", "8G").set_caching_options(True)
+        collected[f"rung_{rung}"] = trial.outputs["Output"]
+        if rung + 1 < TUNE_RUNGS:
+            halve = tune_rung(preset=preset, overrides=overrides, results=dsl.Collected(trial.outputs["Output"]))
+            _resources(halve, "100m", "256M")
+            trials = halve.output
+    tuned = tune_select(preset=preset, overrides=overrides,
+                        **{name: dsl.Collected(output) for name, output in collected.items()})
+    _resources(tuned, "100m", "256M")
+
     fit = train(preset=preset, overrides=overrides, features=pre.outputs["features"],
-                transform=pre.outputs["transform"])
+                transform=pre.outputs["transform"], train_workers=train_workers,
+                tuned_overrides=tuned.outputs["overrides"], accelerator_limit=place.outputs["accelerator_limit"],
+                node_selector=place.outputs["node_selector"], tolerations=place.outputs["tolerations"])
     _resources(fit, "2", "8G").set_caching_options(True)
+    # With train_workers > 1 on a cluster the step creates a TFJob running the same image (it needs the name) and
+    # shares data with it through the claim SHOPRANK_TRAIN_PVC names at compile time.
+    fit.set_env_variable("SHOPRANK_COMPONENT_IMAGE", COMPONENT_IMAGE)
+    if TRAIN_PVC:
+        fit.set_env_variable("SHOPRANK_TRAIN_PVC", TRAIN_PVC).set_env_variable("SHOPRANK_TRAIN_MOUNT",
+                                                                              TRAIN_MOUNT_PATH)
+        kubernetes.mount_pvc(fit, pvc_name=TRAIN_PVC, mount_path=TRAIN_MOUNT_PATH)
     fit.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(place.outputs["accelerator_limit"])
     kubernetes.add_node_selector_json(fit, place.outputs["node_selector"])
     kubernetes.add_toleration_json(fit, place.outputs["tolerations"])

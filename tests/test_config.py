@@ -89,3 +89,21 @@ def test_the_event_type_literal_lists_the_schema_event_types():
 def test_default_scale_is_about_a_million_impressions():
     assert 900_000 <= resolve_config("default").data.n_impressions <= 1_100_000
     assert ShoprankConfig().preset == "default"
+
+
+def test_override_layers_merge_section_by_section_later_winning():
+    from shoprank.config import merge_overrides
+
+    merged = merge_overrides('{"train": {"epochs": 3, "seed": 1}}', {"train": {"epochs": 5}, "model": {"dropout": 0.1}},
+                             None, "")
+    assert merged == {"train": {"epochs": 5, "seed": 1}, "model": {"dropout": 0.1}}
+    assert resolve_config("tiny", merged).train.epochs == 5
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        merge_overrides("{")
+    with pytest.raises(ConfigError, match="JSON object"):
+        merge_overrides("[1]")
+
+
+def test_several_workers_keep_the_global_batch_unless_told_otherwise():
+    assert resolve_config("small").train.scale_batch_with_workers is False
+    assert resolve_config("small", {"train": {"scale_batch_with_workers": True}}).train.scale_batch_with_workers

@@ -13,6 +13,7 @@ import numpy as np
 from shoprank.config import ShoprankConfig
 from shoprank.features.dataset import SplitData, load_split
 from shoprank.features.transform import INPUTS, FeatureTransform, input_shapes
+from shoprank.modeling import distributed
 from shoprank.modeling._tf import keras, tf
 from shoprank.modeling.model import build_model, save_model_bundle
 
@@ -104,7 +105,10 @@ def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | 
     strategy = pick_strategy()
     progress(f"[train] strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
              f"{train_split.rows:,} train rows, {val_split.rows:,} validation rows, label '{tc.label}'")
+    task = distributed.task_info()
     batch = tc.batch_size * strategy.num_replicas_in_sync
+    if task.workers > 1 and not tc.scale_batch_with_workers:
+        batch = tc.batch_size  # the one-process global batch, split over the workers (train.scale_batch_with_workers)
     with strategy.scope():
         model = build_model(sizes, config.model, fc)
         compile_model(model, tc.learning_rate)
@@ -114,11 +118,21 @@ def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | 
     model.fit(make_dataset(train_split, label, batch, True, tc.seed, fc),
               validation_data=make_dataset(val_split, tc.label, batch, False, tc.seed, fc),
               epochs=tc.epochs, callbacks=[logger, early], verbose=0)
-    save_model_bundle(model, sizes, config.model, fc, model_dir)
+    # Every worker saves (saving may run collectives); only the chief keeps it (distributed.write_dir).
+    target = distributed.write_dir(model_dir, task)
+    save_model_bundle(model, sizes, config.model, fc, target)
     result = {"epochs": logger.history, "parameters": int(model.count_params()),
               "best_val_loss": min((h.get("val_loss", np.inf) for h in logger.history), default=None),
               "seconds": round(time.perf_counter() - t0, 2), "strategy": type(strategy).__name__,
-              "label": tc.label}
+              "label": tc.label, "workers": task.workers, "train_rows": train_split.rows}
+    # Steady-state throughput: the median epoch after the first (which also builds the graph and, with several
+    # workers, sets up the collectives).
+    steady = sorted(h["seconds"] for h in logger.history[1:]) or [logger.history[0]["seconds"]]
+    result["samples_per_second"] = round(train_split.rows / steady[len(steady) // 2], 1)
+    if not task.is_chief:
+        distributed.discard(target, task)
+        progress(f"[train] {task.name} done in {result['seconds']}s (not the chief: its save was discarded)")
+        return result
     (Path(model_dir) / "training.json").write_text(json.dumps(result, indent=2))
     progress(f"[train] done in {result['seconds']}s -> {model_dir}")
     return result

@@ -243,8 +243,8 @@ def test_render_sets_the_image_and_namespace_without_touching_the_repo():
                            serving_image="reg.io:5000/team/shoprank-serving:1.2-gpu"))
     assert manifests_digest() == before
     assert {d["metadata"].get("namespace") for d in docs} == {"ranking"}
-    binding = next(d for d in docs if d["kind"] == "RoleBinding")
-    assert binding["subjects"][0]["namespace"] == "ranking"
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert len(bindings) == 2 and all(b["subjects"][0]["namespace"] == "ranking" for b in bindings)
     runtime = next(d for d in docs if d["kind"] == "ServingRuntime")
     transformer = next(d for d in docs if d["kind"] == "InferenceService")["spec"]["transformer"]
     images = {c["image"] for c in runtime["spec"]["containers"] + transformer["containers"]}
@@ -255,6 +255,45 @@ def test_render_keeps_the_base_namespace_by_default():
     docs = cli.render(opts(overlay="cpu"))
     assert {d["metadata"]["namespace"] for d in docs} == {"shoprank"}
     assert "patches" not in cli.wrapper_kustomization("../x", "shoprank", "r/s:1")
+
+
+class RecordingKubectl:
+    """kubectl that answers "not found" to reads and records every other command with the objects it sent."""
+
+    binary = "kubectl"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[str, ...], list[dict]]] = []
+
+    def __call__(self, *args: str, stdin: str | None = None, check: bool = True, echo: bool = False,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        if args[0] == "get":
+            return subprocess.CompletedProcess(args, 1, "", "NotFound")
+        self.calls.append((args, [d for d in yaml.safe_load_all(stdin) if d] if stdin else []))
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+
+def test_a_standalone_kfp_runner_is_bound_to_the_runner_and_the_training_job_roles_and_unbound_again():
+    kubectl = RecordingKubectl()
+    o = opts(namespace="ranking", overlay="cpu", kfp_runner="kubeflow/pipeline-runner", kfp_upload=False)
+    assert cli.deploy(o, kubectl) == 0
+    applied = [d for args, docs in kubectl.calls if args[0] == "apply" for d in docs]
+    bindings = {d["metadata"]["name"]: d for d in applied if d["kind"] == "RoleBinding"}
+    # the overlay's own bindings (its ServiceAccount) and the runner's, one per Role
+    assert {name: b["roleRef"]["name"] for name, b in bindings.items()} == {
+        cli.RUNNER_ROLE: cli.RUNNER_ROLE, cli.TRAINING_ROLE: cli.TRAINING_ROLE,
+        cli.KFP_RUNNER_BINDING: cli.RUNNER_ROLE, cli.KFP_TRAINING_BINDING: cli.TRAINING_ROLE}
+    for name in (cli.KFP_RUNNER_BINDING, cli.KFP_TRAINING_BINDING):
+        assert bindings[name]["metadata"]["namespace"] == "ranking"
+        assert bindings[name]["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner",
+                                               "namespace": "kubeflow"}]
+    roles = {d["metadata"]["name"] for d in applied if d["kind"] == "Role"}
+    assert {cli.RUNNER_ROLE, cli.TRAINING_ROLE} <= roles
+
+    kubectl = RecordingKubectl()
+    assert cli.undeploy(opts("undeploy", namespace="ranking", overlay="cpu", kfp_upload=False), kubectl) == 0
+    deleted = [args for args, _ in kubectl.calls if args[:2] == ("delete", "rolebinding")]
+    assert deleted and {cli.KFP_RUNNER_BINDING, cli.KFP_TRAINING_BINDING} <= set(deleted[0])
 
 
 def test_inference_service_managed_by_promote_is_detected():

@@ -95,8 +95,8 @@ def test_overlay_renders_everything_in_namespace(rendered, overlay):
     hardening = {"cpu": ["NetworkPolicy", "PodDisruptionBudget"], "gpu": ["NetworkPolicy", "PodDisruptionBudget"],
                  "gpu-triton": ["NetworkPolicy"] * 2 + ["PodDisruptionBudget"] * 2, "kind": ["NetworkPolicy"]}
     assert kinds == sorted(
-        ["ServiceAccount", "ServiceAccount", "Role", "RoleBinding", "ServingRuntime", "InferenceService",
-         *hardening[overlay]]
+        ["ServiceAccount", "ServiceAccount", "Role", "RoleBinding", "Role", "RoleBinding", "ServingRuntime",
+         "InferenceService", *hardening[overlay]]
     )
     for doc in docs:
         assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
@@ -324,20 +324,24 @@ def test_rbac_is_namespaced_and_minimal(rendered, overlay):
     docs = rendered[overlay]
     assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
     assert not of_kind(docs, "Secret"), "credentials must never be part of the manifests"
-    role = only(docs, "Role")
-    assert role["metadata"]["name"] == "shoprank-pipeline-runner"
+    roles = {r["metadata"]["name"]: r for r in of_kind(docs, "Role")}
+    assert set(roles) == {"shoprank-pipeline-runner", "shoprank-training-jobs"}
+    role = roles["shoprank-pipeline-runner"]
     [rule] = role["rules"]
     assert set(rule) <= {"apiGroups", "resources", "verbs"}
     assert rule["apiGroups"] == ["serving.kserve.io"]
     assert rule["resources"] == ["inferenceservices"]
     assert sorted(rule["verbs"]) == sorted(RUNNER_VERBS)
-    binding = only(docs, "RoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "shoprank-pipeline-runner",
-    }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "shoprank-pipeline-runner", "namespace": NAMESPACE},
-    ]
+    bindings = {b["metadata"]["name"]: b for b in of_kind(docs, "RoleBinding")}
+    for name in roles:  # each Role bound to the pipeline runner only
+        assert bindings[name]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+        assert bindings[name]["subjects"] == [
+            {"kind": "ServiceAccount", "name": "shoprank-pipeline-runner", "namespace": NAMESPACE},
+        ]
+    # The multi-worker train step (shoprank.release.trainjob): TFJobs only, no delete.
+    [rule] = roles["shoprank-training-jobs"]["rules"]
+    assert rule == {"apiGroups": ["kubeflow.org"], "resources": ["tfjobs"],
+                    "verbs": ["get", "list", "watch", "create", "patch", "update"]}
 
 
 def test_model_reader_references_the_storage_secret_by_name(rendered):

@@ -36,9 +36,10 @@ def test_compiled_pipeline_carries_cluster_settings():
     # The promote step only runs inside the blessing condition.
     tasks = spec["root"]["dag"]["tasks"]
     assert "promote" not in tasks
-    gate = tasks["condition-1"]
+    (condition,) = [name for name in tasks if name.startswith("condition-")]  # numbered after the tune loops
+    gate = tasks[condition]
     assert "validate-Output" in gate["triggerPolicy"]["condition"]
-    assert "promote" in spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert "promote" in spec["components"][f"comp-{condition}"]["dag"]["tasks"]
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"preset", "overrides", "data_source", "use_gpu", "model_root"} <= set(params)
 
@@ -93,7 +94,8 @@ def test_serving_parameter_descriptions_are_the_declared_ones():
 
 def test_the_pipeline_passes_each_serving_parameter_to_promote_under_its_name():
     spec = next(yaml.safe_load_all(Path(COMPILED).read_text()))
-    wired = spec["components"]["comp-condition-1"]["dag"]["tasks"]["promote"]["inputs"]["parameters"]
+    (condition,) = [name for name in spec["components"] if name.startswith("comp-condition-")]
+    wired = spec["components"][condition]["dag"]["tasks"]["promote"]["inputs"]["parameters"]
     for p in SERVING_PARAMETERS:
         if p.in_pipeline:
             assert wired[p.name] == {"componentInputParameter": f"pipelinechannel--{p.name}"}, p.name
@@ -123,3 +125,54 @@ def test_the_promote_component_hands_every_serving_parameter_to_the_rollout(tmp_
                         **{PIPELINE_PREFIX + name: value for name, value in chosen.items()})
     assert seen["params"] == PromoteParams(**chosen)
     assert out.metadata["outcome"] == "promoted"
+
+
+# --- multi-worker training and the tune step --------------------------------------------------------------------
+
+
+def test_the_tune_rungs_are_parallel_loops_before_the_final_training():
+    from components.tune import RUNGS
+    from shoprank.modeling.tune import RUNGS as LIBRARY_RUNGS
+
+    assert RUNGS == LIBRARY_RUNGS
+    spec = next(yaml.safe_load_all(Path(COMPILED).read_text()))
+    tasks = spec["root"]["dag"]["tasks"]
+    loops = sorted(name for name in tasks if "parameterIterator" in tasks[name])
+    assert len(loops) == RUNGS
+    for name in loops:  # one tune-trial task per item of the rung's trial list
+        body = spec["components"][tasks[name]["componentRef"]["name"]]["dag"]["tasks"]
+        assert [t["componentRef"]["name"].rstrip("-0123456789") for t in body.values()] == ["comp-tune-trial"]
+    rungs = [name for name in tasks if name.startswith("tune-rung")]
+    assert len(rungs) == RUNGS - 1  # halving between loops
+    assert set(loops) <= set(tasks["tune-select"]["dependentTasks"])  # every rung's results, for the record
+    assert sorted(tasks["tune-select"]["inputs"]["parameters"]) == sorted(
+        ["preset", "overrides", *[f"rung_{r}" for r in range(RUNGS)]])
+    train = tasks["train"]
+    assert "tune-select" in train["dependentTasks"]
+    inputs = train["inputs"]["parameters"]
+    assert inputs["tuned_overrides"]["taskOutputParameter"] == {"producerTask": "tune-select",
+                                                                 "outputParameterKey": "overrides"}
+    assert inputs["train_workers"]["componentInputParameter"] == "train_workers"
+    for name in ("accelerator_limit", "node_selector", "tolerations"):
+        assert inputs[name]["taskOutputParameter"]["producerTask"] == "train-placement", name
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["train_workers"]["defaultValue"] == 1 and params["tune_trials"]["defaultValue"] == 0
+
+
+def test_the_train_step_knows_its_image_and_mounts_the_training_claim_when_compiled_with_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    spec = next(yaml.safe_load_all(Path(COMPILED).read_text()))
+    env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"]["exec-train"]["container"]["env"]}
+    assert env == {"SHOPRANK_COMPONENT_IMAGE": "ghcr.io/shoprank/shoprank-components:0.1.0"}
+    out = tmp_path / "pvc.yaml"
+    subprocess.run([sys.executable, "-m", "pipelines.compile", str(out)], check=True, capture_output=True,
+                   env=dict(os.environ, SHOPRANK_TRAIN_PVC="train-claim"), cwd=Path(__file__).parents[2])
+    docs = list(yaml.safe_load_all(out.read_text()))
+    env = {e["name"]: e["value"] for e in docs[0]["deploymentSpec"]["executors"]["exec-train"]["container"]["env"]}
+    assert env["SHOPRANK_TRAIN_PVC"] == "train-claim" and env["SHOPRANK_TRAIN_MOUNT"] == "/mnt/shoprank-train"
+    mounts = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]["pvcMount"]
+    assert mounts == [{"constant": "train-claim", "mountPath": "/mnt/shoprank-train",
+                       "pvcNameParameter": {"runtimeValue": {"constant": "train-claim"}}}]

@@ -43,3 +43,20 @@ def test_local_pipeline_run_produces_summary_and_promoted_bundle(tmp_path):
         assert ranked.unknown_items == ["not-an-item"]
     else:
         pytest.fail(f"tiny run not blessed: {summary['blessing_reasons']}")
+
+
+def test_local_run_with_two_training_workers_and_a_tune_step(tmp_path):
+    """`make run SCALE=tiny TRAIN_WORKERS=2 TUNE=2`: two worker processes train the final model; the tune step
+    runs 2 trials at rung 0, the better one at rungs 1 and 2, and the preset at rung 2."""
+    summary = run("tiny", "{}", "synthetic", tmp_path, run_id="mw", train_workers=2, tune_trials=2)
+    training = summary["training"]
+    assert training["workers"] == 2 and training["launcher"]["kind"] == "local"
+    assert training["strategy"] == "CollectiveAllReduceStrategy" and training["samples_per_second"] > 0
+    tuning = summary["tuning"]
+    trials = [(t["rung"], t["trial"]) for t in tuning["trials"]]
+    assert [r for r, _ in trials] == [0, 0, 1, 2, 2] and trials[-1] == (2, -1)  # the preset, last rung
+    assert tuning["used"] in ("winner", "preset") and tuning["preset"]["preset"]
+    assert (tuning["overrides"] != {}) == (tuning["used"] == "winner")
+    table = summary_table(summary)
+    assert "training: 2 worker(s)" in table and "final training uses the" in table
+    assert summary["blessed"], summary["blessing_reasons"]
