@@ -25,13 +25,15 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
         report: The HTML evaluation report.
         evaluation: evaluation.json (metrics, curves, slices) and the report, for the blessing gate.
     """
+    from shoprank.telemetry import quiet_native_logs, stage
+
+    quiet_native_logs()  # first: TensorFlow's C++ start-up notices stay out of the log (VERBOSE=1 keeps them)
     import math
     import shutil
     from pathlib import Path
 
     from shoprank.config import resolve_config
     from shoprank.evaluation.evaluate import evaluate_model
-    from shoprank.telemetry import stage
 
     config = resolve_config(preset, overrides)
     with stage("evaluate"):

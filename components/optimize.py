@@ -24,12 +24,14 @@ def optimize(preset: str, overrides: str, model: Input[Model], features: Input[D
         comparison: Size, latency and quality of every artefact, side by side (JSON).
         optimize_metrics: Sparsity and each artefact's AUC, gzip size and latency at batch 256.
     """
+    from shoprank.telemetry import quiet_native_logs, stage
+
+    quiet_native_logs()  # first: TensorFlow's C++ start-up notices stay out of the log (VERBOSE=1 keeps them)
     import json
 
     from shoprank.config import resolve_config
     from shoprank.evaluation.compare import compare_artefacts
     from shoprank.modeling.optimize import optimize as run
-    from shoprank.telemetry import stage
 
     config = resolve_config(preset, overrides)
     with stage("optimize"):
