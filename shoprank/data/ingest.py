@@ -46,6 +46,7 @@ def ingest(source: str, out_dir: str | Path, config: ShoprankConfig) -> dict:
         write_source_info(out, info)
     elif spec.format == "tables":
         info = _land_tables(spec, out, config)
+        write_source_info(out, info)
     elif spec.format == "esci":
         from shoprank.data.sources.esci import load_esci
 

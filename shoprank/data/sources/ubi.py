@@ -44,7 +44,6 @@ Options: `user=user_id|client_id` (who a history belongs to; default user_id, el
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from collections import Counter
@@ -163,23 +162,30 @@ def _find_files(fs: pafs.FileSystem, base: str) -> list[tuple[str, str, str | No
     return files
 
 
-def _json_lines(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
-    with fs.open_input_stream(path) as raw:
-        data = raw.read()
-    if path.lower().endswith(".gz"):
-        data = gzip.decompress(data)
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    stripped = data.lstrip()
-    if stripped.startswith(b"["):  # a JSON array of documents
-        try:
-            docs = json.loads(stripped)
-        except ValueError as e:
-            raise SourceError(f"UBI: {path}: not NDJSON and not a JSON array ({e})") from e
-        for d in docs:
-            yield json.dumps(d).encode()
-        return
-    yield from data.splitlines()
+def _json_lines(fs: pafs.FileSystem, path: str, block: int = 16 << 20) -> Iterator[bytes]:
+    """The lines of an NDJSON file (gzip and the like by its extension), read in blocks; a file that is one
+    JSON array of documents gives one line per document."""
+    with fs.open_input_stream(path, compression="detect") as stream:
+        head = stream.read(block)
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:]
+        if head.lstrip().startswith(b"["):  # a JSON array of documents: read whole
+            data = head + stream.read()
+            try:
+                docs = json.loads(data)
+            except ValueError as e:
+                raise SourceError(f"UBI: {path}: not NDJSON and not a JSON array ({e})") from e
+            for d in docs:
+                yield json.dumps(d).encode()
+            return
+        rest = b""
+        while head:
+            lines = (rest + head).split(b"\n")
+            rest = lines.pop()
+            yield from lines
+            head = stream.read(block)
+        if rest:
+            yield rest
 
 
 def _json_documents(fs: pafs.FileSystem, path: str, default: str | None, report: UbiReport
