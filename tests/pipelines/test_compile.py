@@ -38,6 +38,24 @@ def test_compiled_pipeline_carries_cluster_settings():
     assert "promote" not in tasks
     gate = tasks["condition-1"]
     assert "validate-Output" in gate["triggerPolicy"]["condition"]
+
+
+def test_no_step_is_retried_by_kubeflow():
+    """A retry policy cannot tell a refusal from a passing fault: no task has one (ingest and promote retry
+    transient storage and cluster errors themselves, shoprank.errors.retry_transient)."""
+    spec = list(yaml.safe_load_all(Path(COMPILED).read_text()))[0]
+
+    def tasks(dag: dict) -> dict:
+        found = dict(dag["tasks"])
+        for task in dag["tasks"].values():
+            inner = spec["components"][task["componentRef"]["name"]].get("dag")
+            if inner:
+                found |= tasks(inner)
+        return found
+
+    every = tasks(spec["root"]["dag"])
+    assert {"ingest", "preprocess", "train", "evaluate", "optimize", "validate", "promote"} <= set(every)
+    assert {name for name, task in every.items() if "retryPolicy" in task} == set()
     assert "promote" in spec["components"]["comp-condition-1"]["dag"]["tasks"]
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"preset", "overrides", "data_source", "use_gpu", "model_root"} <= set(params)
