@@ -66,6 +66,10 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _stages(telemetry: Path) -> list[dict]:
+    return [json.loads(line) for line in telemetry.read_text().splitlines()] if telemetry.exists() else []
+
+
 def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | None = None) -> dict:
     """Run the pipeline once through kfp.local; return the summary (also written to disk)."""
     from kfp import local
@@ -80,13 +84,19 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
     os.environ["SHOPRANK_TELEMETRY"] = str(telemetry)  # inherited by every task subprocess
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"))
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        # Cluster-only task settings (resources, accelerator, node selector) are ignored locally with a
-        # warning per task, and so is the component image: expected, not actionable here.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        task = shoprank_pipeline(preset=preset, overrides=overrides, data_source=data,
-                                 model_root=str(run_dir / "promoted"))
+    try:
+        with warnings.catch_warnings():
+            # Cluster-only task settings (resources, accelerator, node selector) are ignored locally with a
+            # warning per task, and so is the component image: expected, not actionable here.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            task = shoprank_pipeline(preset=preset, overrides=overrides, data_source=data,
+                                     model_root=str(run_dir / "promoted"))
+    except RuntimeError as e:  # a task failed: say why at the end, not only in the task's log far above
+        errors = [r for r in _stages(telemetry) if r.get("error")]
+        if not errors:
+            raise
+        raise RuntimeError(f"{e}\n" + "\n".join(f"  {r['stage']}: {r['error']}" for r in errors)) from e
     wall = time.perf_counter() - t0
     summary = json.loads(Path(task.output.path).read_text())
     promoted = run_dir / "promoted" / "shoprank-ranker"
@@ -94,9 +104,7 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
         bundle = promoted / (promoted / "LATEST").read_text().strip()
         summary |= {"bundle_dir": str(bundle), "model_dir": str(bundle / "saved_model"),
                     "tflite_path": str(bundle / "model.tflite")}
-    summary |= {"run_id": run_id, "data_source": data, "wall_seconds": round(wall, 1),
-                "stages": [json.loads(line) for line in telemetry.read_text().splitlines()]
-                if telemetry.exists() else []}
+    summary |= {"run_id": run_id, "data_source": data, "wall_seconds": round(wall, 1), "stages": _stages(telemetry)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     reports = sorted((run_dir / "artifacts").rglob("report.html"), key=lambda p: "validate" not in str(p))
     if reports:

@@ -87,12 +87,16 @@ def peak_rss_mib() -> float:
 
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[dict]:
-    """Time a pipeline stage; extra numbers put in the yielded dict are recorded with it."""
+    """Time a pipeline stage; extra numbers put in the yielded dict are recorded with it, and so is the error
+    that ends the stage (as "error": "DataValidationError: ...")."""
     record: dict = {"stage": name}
     print(f"[{name}] started", flush=True)
     t0 = time.perf_counter()
     try:
         yield record
+    except Exception as exc:  # recorded for the runner's last words, then raised as it was
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
         record |= {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mib": round(peak_rss_mib(), 1)}
         print(f"[{name}] finished in {record['seconds']}s, peak RSS {record['peak_rss_mib']} MiB", flush=True)
