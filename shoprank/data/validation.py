@@ -8,7 +8,8 @@ One implementation serves two callers:
   the report. Both use `check_chunk`, so a row gets the same reason either way.
 
 Checks, first failing one wins: a loader's conversion defect (`_defect`), then per column in schema order
-a wrongly typed value (or invalid UTF-8 text) and a missing required value, then out-of-domain values
+a wrongly typed value (or invalid UTF-8 text; a `timestamp` that `shoprank.data.timestamps` cannot read) and
+a missing required value, then out-of-domain values
 (negative price or position, unknown event type, labels not 0/1, relevance out of range, unknown split),
 timestamps outside the accepted window, item ids the catalogue does not know, and last duplicates of an
 earlier row on the table's key.

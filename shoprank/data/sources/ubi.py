@@ -188,10 +188,11 @@ def _json_lines(fs: pafs.FileSystem, path: str, block: int = 16 << 20) -> Iterat
             yield rest
 
 
-def _json_documents(fs: pafs.FileSystem, path: str, default: str | None, report: UbiReport
+def _json_documents(fs: pafs.FileSystem, path: str, default: str | None, report: UbiReport | None
                     ) -> Iterator[tuple[str | None, dict]]:
     """(index, document) of an NDJSON file: bulk action lines name the next document's index, search hits
-    are unwrapped, plain documents take the file's index."""
+    are unwrapped, plain documents take the file's index. Lines are counted in `report` when given (a file
+    holding both indices is read once per index, and counted once)."""
     pending: str | None = None
     expect_doc = False
     bad = total = 0
@@ -209,7 +210,8 @@ def _json_documents(fs: pafs.FileSystem, path: str, default: str | None, report:
             continue
         if len(d) == 1 and next(iter(d)) in _BULK_ACTIONS and isinstance(next(iter(d.values())), dict):
             action, meta = next(iter(d.items()))
-            report.bulk_action_lines += 1
+            if report is not None:
+                report.bulk_action_lines += 1
             pending, expect_doc = meta.get("_index") or default, action != "delete"
             continue
         if expect_doc:
@@ -221,7 +223,8 @@ def _json_documents(fs: pafs.FileSystem, path: str, default: str | None, report:
         else:
             index = default
         yield index, d
-    report.unreadable_lines += bad
+    if report is not None:
+        report.unreadable_lines += bad
     if total and bad > total // 2:
         raise SourceError(f"UBI: {path}: {bad:,} of {total:,} lines are not JSON documents; export the index as "
                           "NDJSON (one document, or one bulk action and its document, per line)")
@@ -346,7 +349,8 @@ def _read_index(files: list[tuple[str, str, str | None]], fs: pafs.FileSystem, w
         if index is not None and index != want:
             continue
         docs: list[dict] = []
-        for doc_index, doc in _json_documents(fs, path, index, report):
+        first_pass = index == want or want == INDICES[0]
+        for doc_index, doc in _json_documents(fs, path, index, report if first_pass else None):
             name = _index_name(doc_index)
             if name != want:
                 if name is None and want == INDICES[0]:  # count strangers once (on the first pass)
@@ -365,9 +369,9 @@ def _read_index(files: list[tuple[str, str, str | None]], fs: pafs.FileSystem, w
 
 # --- value helpers -------------------------------------------------------------------------------------
 def _texts(values: list) -> pa.Array:
-    """Text ids/words; "" is missing."""
-    arr = pa.array([_text(v) for v in values], pa.string())
-    return pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), pa.nulls(len(arr), pa.string()), arr)
+    """Ids and words as text, without surrounding blanks; "" is missing."""
+    arr = pc.utf8_trim_whitespace(pa.array([_text(v) for v in values], pa.string()))
+    return pc.if_else(pc.equal(arr, ""), pa.nulls(len(arr), pa.string()), arr)
 
 
 def _users(cols: dict[str, list], user: str) -> pa.Array:
@@ -599,7 +603,7 @@ def _read_events(files, fs, chunk: int, user: str, unit: str, actions: dict[str,
                 continue
             d = details[i]
             title = _text(cols["name"][i]) or _text(cols["description"][i]) or _text(_detail_value(d, "title"))
-            catalogue.add(o.strip(), title, _text(_detail_value(d, "category")), _text(_detail_value(d, "brand")),
+            catalogue.add(o, title, _text(_detail_value(d, "category")), _text(_detail_value(d, "brand")),
                           _price(_detail_value(d, "price")))
         has_q = pc.is_valid(qid).to_numpy(zero_copy_only=False)
         has_o = pc.is_valid(oid).to_numpy(zero_copy_only=False)
@@ -625,7 +629,7 @@ def _read_events(files, fs, chunk: int, user: str, unit: str, actions: dict[str,
         if keep.any():
             idx = pa.array(np.flatnonzero(keep))
             table = pa.table({"_row": pa.array(np.arange(row0, row0 + n, dtype=np.int64)), "query_id": qid,
-                              "object_id": pc.utf8_trim_whitespace(oid), "level": pa.array(level),
+                              "object_id": oid, "level": pa.array(level),
                               "position": pa.array(positions, mask=~has_pos), "user": users,
                               "session_id": session, "ts": pa.array(secs), "sub": pa.array(micros),
                               "ts_state": pa.array(state)}).take(idx)
