@@ -129,6 +129,12 @@ def test_sample_preprocesses_with_its_defects_quarantined_by_reason(ubi, tmp_pat
     assert v["events"]["reasons"]["missing user_id"] > 0
     used = sum(s["requests"] for s in report["splits"].values())
     assert used == ubi["bulk"]["source"]["ubi"]["requests"] - 2 - planted["missing_user_and_client"]
+    # The numbers the README quotes for this sample.
+    assert (planted["queries"], planted["events"]) == (400, 4517)
+    assert v["impressions"]["reasons"] == {"wrong type in timestamp": 20, "missing user_id": 10}
+    assert v["events"]["reasons"] == {"duplicate of an earlier row": 5, "missing user_id": 1}
+    assert (v["impressions"]["rows_ok"], v["events"]["rows_ok"], v["catalogue"]["rows_ok"]) == (3790, 672, 282)
+    assert used == 379
 
 
 def test_options_change_positions_users_and_actions(ubi, tmp_path):

@@ -26,7 +26,7 @@ def test_local_pipeline_run_produces_summary_and_promoted_bundle(tmp_path, capfd
     if not gpu_present():
         assert [line for line in lines if NATIVE_NOISE.search(line)] == []
         assert not any("cuInit" in line or "oneDNN" in line for line in lines)
-    gpu_lines = [line for line in lines if line.startswith("[train] GPU:")]
+    gpu_lines = [line for line in lines if "[train] GPU:" in line]  # kfp.local indents task logs
     assert len(gpu_lines) == 1 and ("none found" in gpu_lines[0]) != gpu_present()
     on_disk = json.loads((tmp_path / "latest" / "summary.json").read_text())
     assert on_disk == summary
