@@ -30,12 +30,14 @@ ENV = "SHOPRANK_TELEMETRY"
 VERBOSE = "VERBOSE"  # VERBOSE=1: every log line, TensorFlow's own included
 # TensorFlow's native start-up lines on a machine without a GPU: absl's pre-init banner, glog-style info and
 # warning lines (`I0000 00:00:1796059202.884481    5446 port.cc:153] oneDNN custom operations are on...`),
-# the CPU instruction-set notice's second line, and the errors of probing CUDA where there is none.
+# the CPU instruction-set notice's second line, the errors of probing CUDA where there is none, and LiteRT's
+# "XNNPACK delegate for CPU" notice.
 NATIVE_NOISE = re.compile(
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|^[IW]\d{4} \S+\s+\d+\s+[\w./+-]+:\d+\] "
     r"|^E\d{4} \S+\s+\d+\s+[\w./+-]+:\d+\] .*(cuInit|CUDA|cuda|cuDNN|cuFFT|cuBLAS|TensorRT|TF-TRT)"
-    r"|^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags")
+    r"|^To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags"
+    r"|^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.")
 _FILTER: subprocess.Popen | None = None
 # The child that filters: reads the task's stderr lines, writes on every line that is not noise.
 _FILTER_CODE = (

@@ -21,12 +21,14 @@ NOISE = [
     "appropriate compiler flags.",
     "E0000 00:00:1796059241.931827    5446 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
     "Failed call to cuInit: UNKNOWN ERROR (303)",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 ]
 KEPT = [
     "E0000 00:00:1796059241.931827    5446 saver.cc:52] Failed to write the checkpoint: disk full",
     "Traceback (most recent call last):",
     "shoprank.errors.DataValidationError: events: 12 of 20 rows are bad",
     "[train] epoch 1 done",
+    "INFO: the model has 11,685 parameters",
 ]
 NO_GPU = {"CUDA_VISIBLE_DEVICES": "-1"}  # what this machine is anyway; set so the test holds on a GPU host too
 
