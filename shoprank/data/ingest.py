@@ -63,6 +63,8 @@ def ingest(source: str, out_dir: str | Path, config: ShoprankConfig) -> dict:
         raise SourceError(f"unknown data source format '{spec.format}'")
     rows = {f.removesuffix(".parquet"): pq.ParquetFile(out / f).metadata.num_rows for f in TABLE_FILES}
     print(f"[ingest] {source} ({spec.format}): " + ", ".join(f"{k} {v:,}" for k, v in rows.items()), flush=True)
+    if "ubi" in info:
+        _print_ubi(info["ubi"])
     for table, rep in info.get("conversion", {}).items():
         if rep.get("defects"):
             print(f"[ingest] {table}: rows with conversion defects (quarantined by preprocess): "
@@ -105,3 +107,19 @@ def _land_tables(spec: SourceSpec, out: Path, config: ShoprankConfig) -> dict:
         conversion[schema.name] = conv.close()
     # The landed tables hold epoch seconds now; the source's unit is kept for the record.
     return info | {"timestamp_unit": "s", "source_timestamp_unit": unit, "conversion": conversion}
+
+
+def _print_ubi(rep: dict) -> None:
+    """What the UBI loader read, made and kept out (source.json "ubi")."""
+    docs = rep["documents"]
+    print(f"[ingest] UBI: read {docs['ubi_queries']:,} ubi_queries and {docs['ubi_events']:,} ubi_events documents; "
+          f"actions " + ", ".join(f"{k} {v:,}" for k, v in rep["actions"].items()), flush=True)
+    print(f"[ingest] UBI: {rep['requests']:,} requests ({rep['lists_from_hit_ids']:,} shown lists from hit ids) with "
+          f"{rep['impression_rows']:,} impression rows; position ordinals {rep['position_base']}-based", flush=True)
+    kept_out = {f"unknown action {k}": v for k, v in rep["unknown_actions"].items()} | {
+        k.replace("_", " "): rep[k] for k in ("impressions_without_query", "impressions_without_object",
+                                              "queries_without_a_list", "interactions_without_a_list",
+                                              "duplicate_queries", "unreadable_lines", "unreadable_positions")
+        if rep[k]} | {f"documents of index {k}": v for k, v in rep["other_index_documents"].items()}
+    if kept_out:
+        print("[ingest] UBI: kept out: " + ", ".join(f"{k}: {v:,}" for k, v in kept_out.items()), flush=True)
