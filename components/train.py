@@ -22,7 +22,7 @@ def train(preset: str, overrides: str, features: Input[Dataset], transform: Inpu
         model: The trained model (SavedModel).
         train_metrics: Epochs, parameter count and the last epoch's loss and validation AUC.
     """
-    from shoprank.telemetry import quiet_native_logs, stage
+    from shoprank.telemetry import gpu_present, quiet_native_logs, stage
 
     quiet_native_logs()  # first: TensorFlow's C++ start-up notices stay out of the log (VERBOSE=1 keeps them)
     import tensorflow as tf
@@ -32,8 +32,13 @@ def train(preset: str, overrides: str, features: Input[Dataset], transform: Inpu
 
     gpus = tf.config.list_physical_devices("GPU")
     names = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus)
-    print(f"[train] GPU: {len(gpus)} found ({names}), training on it" if gpus else
-          "[train] GPU: none found, training on the CPU", flush=True)
+    if gpus:
+        print(f"[train] GPU: {len(gpus)} found ({names}), training on it", flush=True)
+    elif gpu_present():
+        print("[train] GPU: this machine has one, but TensorFlow cannot use it (a CPU-only build, or no CUDA "
+              "libraries: pip install 'tensorflow[and-cuda]'); training on the CPU", flush=True)
+    else:
+        print("[train] GPU: none found, training on the CPU", flush=True)
     with stage("train"):
         result = run(features.path, transform.path, model.path, resolve_config(preset, overrides))
     model.metadata.update({"framework": "tensorflow", "format": "savedmodel", "parameters": result["parameters"],
