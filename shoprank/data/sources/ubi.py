@@ -237,7 +237,7 @@ def _index_name(index: str | None) -> str | None:
     return next((i for i in INDICES if low.startswith(i)), None)
 
 
-def _get(d: dict, path: str):
+def _get(d: dict, path: str) -> object:
     """A nested field by its dotted path; flat keys named by the path work too."""
     if path in d:
         return d[path]
@@ -251,7 +251,7 @@ def _get(d: dict, path: str):
     return cur
 
 
-def _text(v) -> str | None:
+def _text(v: object) -> str | None:
     if v is None:
         return None
     if isinstance(v, str):
@@ -395,7 +395,7 @@ def _times(values: list | pa.Array | pa.ChunkedArray, unit: str
     return t.seconds, t.micros, state, text, arr
 
 
-def _position(v) -> tuple[int | None, bool]:
+def _position(v: object) -> tuple[int | None, bool]:
     """An ordinal as logged (an int, numeric text, or {"index": n}) -> (int or None, unreadable)."""
     if isinstance(v, dict):
         v = v.get("index", v.get("ordinal"))
@@ -412,7 +412,7 @@ def _position(v) -> tuple[int | None, bool]:
     return (int(f), False) if math.isfinite(f) and f.is_integer() else (None, True)
 
 
-def _detail(v) -> dict:
+def _detail(v: object) -> dict:
     if isinstance(v, str):
         try:
             v = json.loads(v)
@@ -423,7 +423,7 @@ def _detail(v) -> dict:
     return v if isinstance(v, dict) else {}
 
 
-def _detail_value(d: dict, key: str):
+def _detail_value(d: dict, key: str) -> object:
     for k in _DETAILS[key]:
         v = d.get(k)
         if isinstance(v, list):
@@ -433,7 +433,7 @@ def _detail_value(d: dict, key: str):
     return None
 
 
-def _price(v) -> float | None:
+def _price(v: object) -> float | None:
     if v is None:
         return None
     if isinstance(v, int | float) and not isinstance(v, bool):
@@ -451,7 +451,8 @@ class _Catalogue:
     def __init__(self) -> None:
         self.items: dict[str, list] = {}
 
-    def add(self, object_id: str, title=None, category=None, brand=None, price=None) -> None:
+    def add(self, object_id: str, title: str | None = None, category: str | None = None, brand: str | None = None,
+            price: float | None = None) -> None:
         row = self.items.get(object_id)
         if row is None:
             self.items[object_id] = [title, category, brand, price]
@@ -541,8 +542,9 @@ def load_ubi(spec: SourceSpec, out_dir: str | Path, config: ShoprankConfig) -> d
     return info
 
 
-def _read_queries(files, fs, chunk: int, user: str, unit: str, qparts: Partitions, catalogue: _Catalogue,
-                  report: UbiReport) -> int:
+def _read_queries(files: list[tuple[str, str, str | None]], fs: pafs.FileSystem, chunk: int, user: str, unit: str,
+                  qparts: Partitions, catalogue: _Catalogue, report: UbiReport) -> int:
+    """Stream ubi_queries into the query-id partitions (hit ids to the catalogue); returns the documents read."""
     row0 = 0
     for cols in _read_index(files, fs, "ubi_queries", chunk, _QUERY_FIELDS, report):
         n = len(cols["query_id"])
@@ -567,9 +569,9 @@ def _read_queries(files, fs, chunk: int, user: str, unit: str, qparts: Partition
     return row0
 
 
-def _read_events(files, fs, chunk: int, user: str, unit: str, actions: dict[str, str], eparts: Partitions,
-                 catalogue: _Catalogue, out: Path, config: ShoprankConfig, report: UbiReport
-                 ) -> tuple[int | None, dict]:
+def _read_events(files: list[tuple[str, str, str | None]], fs: pafs.FileSystem, chunk: int, user: str, unit: str,
+                 actions: dict[str, str], eparts: Partitions, catalogue: _Catalogue, out: Path, config: ShoprankConfig,
+                 report: UbiReport) -> tuple[int | None, dict]:
     """Stream ubi_events: behaviour events to events.parquet, query-bound impressions and interactions to
     the partitions, objects to the catalogue. Returns the smallest impression ordinal seen (or None) and the
     events table's conversion report."""
