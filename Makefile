@@ -1,6 +1,8 @@
 # shoprank — make targets. `make help` lists them.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The newest supported Python found (3.13, 3.12, 3.11: on PATH or under pyenv; hack/find-python); PYTHON=... and
+# VENV=... choose another, e.g. `make test PYTHON=python3.12 VENV=.venv-3.12`.
+PYTHON ?= $(eval PYTHON := $$(shell hack/find-python))$(PYTHON)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SCALE ?= default
@@ -18,8 +20,18 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
 $(VENV)/.installed: pyproject.toml
+	@[ -n "$(PYTHON)" ] || { echo "no supported Python (3.11, 3.12 or 3.13) found; set PYTHON=..."; exit 1; }
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v < (3, 14) else \
+	  "$(PYTHON) is Python %d.%d; shoprank needs 3.11, 3.12 or 3.13 (set PYTHON=...)" % v)'
+	@# An existing venv of another Python is made anew: `venv` without --clear would keep its old bin/python
+	@# (a link it never replaces) under the new pyvenv.cfg.
+	@want=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  have=$$([ -e $(VENV)/bin/python ] && $(VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+	  if [ -e $(VENV)/bin/python ] && [ "$$have" != "$$want" ]; then \
+	    echo "$(VENV) is Python $${have:-(broken)}: making it anew with $(PYTHON) (Python $$want)"; \
+	    $(PYTHON) -m venv --clear $(VENV); \
+	  else echo "$(PYTHON) -m venv $(VENV)"; $(PYTHON) -m venv $(VENV); fi
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e ".[pipeline,serving,savedmodel,deploy,dev]"
 	$(VENV)/bin/pip check

@@ -28,6 +28,9 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
         evaluation: evaluation.json (metrics, curves, slices, the reference) and the report, for the blessing
             gate; the reference's test scores, model and feature importances in reference/.
     """
+    from shoprank.telemetry import quiet_native_logs, stage
+
+    quiet_native_logs()  # first: TensorFlow's C++ start-up notices stay out of the log (VERBOSE=1 keeps them)
     import math
     import shutil
     from pathlib import Path
@@ -35,7 +38,6 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
     from shoprank.config import resolve_config
     from shoprank.evaluation.evaluate import evaluate_model
     from shoprank.evaluation.reference import kfp_metrics
-    from shoprank.telemetry import stage
 
     config = resolve_config(preset, overrides)
     with stage("evaluate"):

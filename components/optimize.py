@@ -28,6 +28,9 @@ def optimize(preset: str, overrides: str, model: Input[Model], features: Input[D
         comparison: Size, latency, quality and ties of every artefact, side by side (JSON).
         optimize_metrics: Sparsity and each artefact's AUC, gzip size and latency at batch 256.
     """
+    from shoprank.telemetry import quiet_native_logs, stage
+
+    quiet_native_logs()  # first: TensorFlow's C++ start-up notices stay out of the log (VERBOSE=1 keeps them)
     import json
     from pathlib import Path
 
@@ -36,7 +39,6 @@ def optimize(preset: str, overrides: str, model: Input[Model], features: Input[D
     from shoprank.layout import ITEMS_DIR, TOWERS_DIR
     from shoprank.modeling.optimize import optimize as run
     from shoprank.scoring.item_tables import build_item_tables
-    from shoprank.telemetry import stage
 
     config = resolve_config(preset, overrides)
     with stage("optimize"):

@@ -81,13 +81,15 @@ def promote(model_root: str, model_name: str, optimized_model: Input[Model], tra
     """
     import json
 
+    from shoprank.errors import retry_transient
     from shoprank.telemetry import stage
 
-    with stage("promote"):
+    with stage("promote"):  # storage and cluster errors that pass are tried again here; refusals fail at once
         if deploy_target == "local":
             from shoprank.release.bundle import publish_bundle
 
-            record = publish_bundle(optimized_model.path, transform.path, summary.path, model_root, model_name)
+            record = retry_transient(lambda: publish_bundle(optimized_model.path, transform.path, summary.path,
+                                                            model_root, model_name), what="promote")
         elif deploy_target == "kserve":
             from shoprank.release.kserve.profiles import PromoteParams
             from shoprank.release.kserve.rollout import promote_to_kserve
@@ -100,8 +102,9 @@ def promote(model_root: str, model_name: str, optimized_model: Input[Model], tra
                 deployment_mode=serving_deployment_mode, canary_percent=serving_canary_percent,
                 ready_timeout_s=serving_ready_timeout_s, smoke=serving_smoke, smoke_url=serving_smoke_url,
                 force_conflicts=serving_force_conflicts, transformer_image=serving_transformer_image)
-            record = promote_to_kserve(optimized_model.path, transform.path, summary.path, model_root=model_root,
-                                       model_name=model_name, params=params, pvc_mount_path=pvc_mount_path)
+            record = retry_transient(lambda: promote_to_kserve(
+                optimized_model.path, transform.path, summary.path, model_root=model_root, model_name=model_name,
+                params=params, pvc_mount_path=pvc_mount_path), what="promote")
         else:
             raise ValueError(f"deploy_target must be 'local' or 'kserve', not {deploy_target!r}")
     with open(promotion.path, "w") as fh:

@@ -46,10 +46,23 @@ def train(preset: str, overrides: str, features: Input[Dataset], transform: Inpu
     import json
     import os
 
+    from shoprank.telemetry import gpu_present, quiet_native_logs, stage
+
+    quiet_native_logs()  # first: TensorFlow's C++ start-up notices stay out of the log (VERBOSE=1 keeps them)
+    import tensorflow as tf
+
     from shoprank.config import merge_overrides, resolve_config
     from shoprank.modeling import distributed
-    from shoprank.telemetry import stage
 
+    gpus = tf.config.list_physical_devices("GPU")
+    names = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus)
+    if gpus:
+        print(f"[train] GPU: {len(gpus)} found ({names}), training on it", flush=True)
+    elif gpu_present():
+        print("[train] GPU: this machine has one, but TensorFlow cannot use it (a CPU-only build, or no CUDA "
+              "libraries: pip install 'tensorflow[and-cuda]'); training on the CPU", flush=True)
+    else:
+        print("[train] GPU: none found, training on the CPU", flush=True)
     settings = json.dumps(merge_overrides(overrides, tuned_overrides))
     config = resolve_config(preset, settings)
     with stage("train") as record:

@@ -54,6 +54,9 @@ def tune_trial(preset: str, overrides: str, spec: dict, features: Input[Dataset]
     """
     import json
 
+    from shoprank.telemetry import quiet_native_logs
+
+    quiet_native_logs()  # first: TensorFlow's C++ start-up notices stay out of the log (VERBOSE=1 keeps them)
     from shoprank.config import resolve_config
     from shoprank.modeling.tune import run_trial
 

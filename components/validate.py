@@ -34,6 +34,9 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
         gate_metrics: Blessed (0/1) and the int8 model's AUC drop, size and speed ratios; the tie-aware metrics
             of baseline, int8 and reference and the bootstrap interval of int8 - reference.
     """
+    from shoprank.telemetry import quiet_native_logs, stage
+
+    quiet_native_logs()  # first: TensorFlow's C++ start-up notices stay out of the log (VERBOSE=1 keeps them)
     import json
     import shutil
     from pathlib import Path
@@ -41,7 +44,6 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
     from shoprank.config import resolve_config
     from shoprank.evaluation.gate import validate as run
     from shoprank.evaluation.reference import kfp_metrics
-    from shoprank.telemetry import stage
 
     config = resolve_config(preset, overrides)
     baseline = json.loads((Path(evaluation.path) / "evaluation.json").read_text())

@@ -18,6 +18,9 @@ SERVE_ARGS ?=
 # build/ (git-ignored). uvloop 0.21: MLServer 1.7.1's inference workers fail to start on uvloop >= 0.22.
 MLSERVER_VENV ?= build/venv-mlserver
 MLSERVER_PINS ?= mlserver==1.7.1 uvloop==0.21.0
+# MLServer 1.7.1 requires Python < 3.13: its venv takes the newest 3.12 or 3.11 found (hack/find-python), not
+# the Makefile's PYTHON (which may be 3.13).
+MLSERVER_PYTHON ?= $(eval MLSERVER_PYTHON := $$(shell hack/find-python --all | grep -E 'python3\.1[12]$$$$' | head -n 1))$(MLSERVER_PYTHON)
 BENCH_SERVE_ARGS ?=
 
 .PHONY: serve bench-serve
@@ -36,8 +39,8 @@ serve: venv ## serve the latest promoted model (RUNS/latest) with KServe v2 over
 		--workers '$(SERVE_WORKERS)' --http_port '$(SERVE_HTTP_PORT)' --grpc_port '$(SERVE_GRPC_PORT)' $(SERVE_ARGS)
 
 $(MLSERVER_VENV)/.installed: pyproject.toml mk/serving.mk
-	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
-	$(PYTHON) -m venv $(MLSERVER_VENV)
+	@[ -n "$(MLSERVER_PYTHON)" ] || { echo "MLServer 1.7.1 needs Python 3.11 or 3.12; none found (set MLSERVER_PYTHON=...)"; exit 1; }
+	$(MLSERVER_PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/pip install -q --upgrade pip
 	$(MLSERVER_VENV)/bin/pip install -q -e . $(MLSERVER_PINS)
 	$(MLSERVER_VENV)/bin/pip check

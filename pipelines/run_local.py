@@ -128,6 +128,10 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _stages(telemetry: Path) -> list[dict]:
+    return [json.loads(line) for line in telemetry.read_text().splitlines()] if telemetry.exists() else []
+
+
 def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | None = None,
         runner: str = "subprocess", component_image: str = "", container_tool: str = "", *,
         train_workers: int = 1, tune_trials: int = 0) -> dict:
@@ -161,14 +165,20 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
             task_runner = local.SubprocessRunner(use_venv=False)
         local.init(runner=task_runner, pipeline_root=str(run_dir / "artifacts"))
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            # Cluster-only task settings (resources, accelerator, node selector) are ignored locally with a
-            # warning per task, and so is the component image under SubprocessRunner: expected, not actionable.
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            task = shoprank_pipeline(preset=preset, overrides=overrides, data_source=data,
-                                     model_root=str(run_dir / "promoted"),
-                                     train_workers=train_workers, tune_trials=tune_trials)
+        try:
+            with warnings.catch_warnings():
+                # Cluster-only task settings (resources, accelerator, node selector) are ignored locally with a
+                # warning per task, and so is the component image under SubprocessRunner: expected, not actionable.
+                warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                task = shoprank_pipeline(preset=preset, overrides=overrides, data_source=data,
+                                         model_root=str(run_dir / "promoted"),
+                                         train_workers=train_workers, tune_trials=tune_trials)
+        except RuntimeError as e:  # a task failed: say why at the end, not only in the task's log far above
+            errors = [r for r in _stages(telemetry) if r.get("error")]
+            if not errors:
+                raise
+            raise RuntimeError(f"{e}\n" + "\n".join(f"  {r['stage']}: {r['error']}" for r in errors)) from e
         wall = time.perf_counter() - t0
     summary = json.loads(Path(task.output.path).read_text())
     promoted = run_dir / "promoted" / "shoprank-ranker"
@@ -186,9 +196,7 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
     tunings = sorted(artifacts.rglob("tuning.json"), key=lambda p: p.stat().st_mtime)
     if tunings:
         summary["tuning"] = json.loads(tunings[-1].read_text())
-    summary |= {"run_id": run_id, "data_source": data, "wall_seconds": round(wall, 1),
-                "stages": [json.loads(line) for line in telemetry.read_text().splitlines()]
-                if telemetry.exists() else []}
+    summary |= {"run_id": run_id, "data_source": data, "wall_seconds": round(wall, 1), "stages": _stages(telemetry)}
     cost = (summary.get("reference") or {}).get("cost", {})
     if "total_seconds" in cost:  # the reference's cost bound (issue 14): its share of the run's wall time
         cost["share_of_run_wall_time"] = round(cost["total_seconds"] / wall, 4)

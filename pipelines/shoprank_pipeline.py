@@ -26,9 +26,11 @@ PIPELINE_NAME = "shoprank"
 GPU_TAINT = "nvidia.com/gpu"
 
 
-def _resources(task: dsl.PipelineTask, cpu: str, memory: str, retries: int = 1) -> dsl.PipelineTask:
-    return (task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
-            .set_retry(retries))
+def _resources(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
+    # No Kubeflow retries: a retry policy cannot tell a refusal (bad data, bad settings: the same input fails the
+    # same way) from a passing fault, so it would run every refusal twice. The steps that touch storage or the
+    # cluster (ingest, promote) retry transient errors in process instead (shoprank.errors.retry_transient).
+    return task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Train, optimise (prune + int8), validate and promote the "
@@ -73,8 +75,8 @@ def shoprank_pipeline(
         overrides: JSON of settings on top of the preset, e.g. {"optimize": {"target_sparsity": 0.7}}; unknown
             keys are refused.
         data_source: "synthetic", a path or storage URI (s3://, gs://) of a directory with the shoprank tables,
-            "esci:<path or URI>[?locale=us]" or "events:<path or URI>[?preset=retailrocket|taobao]"
-            (shoprank.data.sources).
+            "esci:<path or URI>[?locale=us]", "events:<path or URI>[?preset=retailrocket|taobao]" or
+            "ubi:<path or URI>" (OpenSearch User Behavior Insights exports; shoprank.data.sources).
         use_gpu: Train on a GPU node (accelerator, node selector and toleration are set at run time).
         gpu_count: GPUs for the train step when use_gpu.
         gpu_node_label: key=value of the GPU nodes' label, the train step's node selector when use_gpu.
@@ -182,9 +184,9 @@ def shoprank_pipeline(
                       serving_canary_percent=serving_canary_percent,
                       serving_ready_timeout_s=serving_ready_timeout_s, serving_smoke=serving_smoke,
                       serving_transformer_image=serving_transformer_image)
-        # Retries are safe on a cluster too: a rerun plans from the live InferenceService (a rollout already
-        # applied is verified, not repeated); a rolled-back promotion does not fail the task, so is not retried.
-        _resources(pub, "1", "2G", retries=2).set_caching_options(False)
+        # Transient storage and cluster errors are retried inside the step: a rerun plans from the live
+        # InferenceService (a rollout already applied is verified, not repeated).
+        _resources(pub, "1", "2G").set_caching_options(False)
         if MODEL_PVC:  # pvc:// model roots: the claim is mounted where the component writes the bundle
             kubernetes.mount_pvc(pub, pvc_name=MODEL_PVC, mount_path=PVC_MOUNT_PATH)
     return gate.outputs["summary"]

@@ -6,12 +6,19 @@ Three tables, stored as parquet (`shoprank.data.sources` converts other layouts 
               `price` (>= 0). Real catalogues lack fields (ESCI has no price or category, event logs often
               only ids): a missing value is kept and maps to the padding index / bucket 0 of the transform.
 * events      user behaviour log: `timestamp` (epoch seconds), `user_id`, `event` (view/click/cart/purchase),
-              `item_id`, and optionally `event_id`, `session_id`, `query` (empty when not from a search).
+              `item_id`, and optionally `event_id`, `session_id`, `query` (empty when not from a search) and
+              `subsecond_us` (the microseconds within the second, for logs finer than seconds: events of one
+              second keep their logged order, and two of them are not duplicates when their times differ).
 * impressions one row per item shown for a search request: `request_id`, `timestamp`, `user_id`,
               `query`, `item_id`, the labels `clicked`, `carted`, `purchased` (0/1), and optionally
-              `session_id`, `position` (0 = top), `oracle` (the generator's true relevance; absent in real
-              data), `relevance` (graded, >= 0: feeds NDCG instead of the label sum; ESCI E/S/C/I = 3/2/1/0)
-              and `split` (train/validation/test: honoured by preprocess instead of the time split).
+              `session_id`, `subsecond_us`, `position` (0 = top), `oracle` (the generator's true relevance;
+              absent in real data), `relevance` (graded, >= 0: feeds NDCG instead of the label sum; ESCI
+              E/S/C/I = 3/2/1/0) and `split` (train/validation/test: honoured by preprocess instead of the time
+              split).
+
+Timestamps are read as shops log them (`shoprank.data.timestamps`: epoch s/ms/us/ns, ISO 8601, parquet
+timestamps); sources that log finer than seconds fill `subsecond_us` (read from the timestamp itself when
+the column is absent).
 
 A source may declare required columns it does not have at all ("absent", e.g. ESCI has no timestamps and
 no users): validation then does not require them (see `shoprank.data.sources`). Loaders may add two meta
@@ -35,6 +42,7 @@ __all__ = [
     "LABELS",
     "RECORD",
     "SPLIT_VALUES",
+    "SUBSECOND_DOC",
     "TABLES",
     "Column",
     "TableSchema",
@@ -48,6 +56,7 @@ RECORD = "_record"  # meta column: the source row as JSON (for quarantined rows)
 # Events that say the user wanted the item: these build the behaviour sequence.
 INTEREST_EVENTS = ("click", "cart", "purchase")
 LABELS = ("clicked", "carted", "purchased")
+SUBSECOND_DOC = "microseconds within the second of `timestamp` (0-999999), for logs finer than seconds"
 
 
 @dataclass(frozen=True)
@@ -92,13 +101,14 @@ EVENTS = TableSchema(
     (
         Column("event_id", pa.int64(), required=False),
         Column("timestamp", pa.int64(), doc="epoch seconds"),
+        Column("subsecond_us", pa.int32(), required=False, doc=SUBSECOND_DOC),
         Column("user_id", pa.string()),
         Column("session_id", pa.string(), required=False),
         Column("event", pa.string(), doc="one of " + ", ".join(EVENT_TYPES)),
         Column("item_id", pa.string()),
         Column("query", pa.string(), required=False, doc="search text when the event came from a search"),
     ),
-    key=("user_id", "timestamp", "event", "item_id"),
+    key=("user_id", "timestamp", "subsecond_us", "event", "item_id"),
 )
 
 IMPRESSIONS = TableSchema(
@@ -106,6 +116,7 @@ IMPRESSIONS = TableSchema(
     (
         Column("request_id", pa.string()),
         Column("timestamp", pa.int64(), doc="epoch seconds of the search request"),
+        Column("subsecond_us", pa.int32(), required=False, doc=SUBSECOND_DOC),
         Column("user_id", pa.string()),
         Column("session_id", pa.string(), required=False),
         Column("query", pa.string(), required=False, doc="search text; empty for recommendations"),

@@ -8,7 +8,8 @@ One implementation serves two callers:
   the report. Both use `check_chunk`, so a row gets the same reason either way.
 
 Checks, first failing one wins: a loader's conversion defect (`_defect`), then per column in schema order
-a wrongly typed value (or invalid UTF-8 text) and a missing required value, then out-of-domain values
+a wrongly typed value (or invalid UTF-8 text; a `timestamp` that `shoprank.data.timestamps` cannot read) and
+a missing required value, then out-of-domain values
 (negative price or position, unknown event type, labels not 0/1, relevance out of range, unknown split),
 timestamps outside the accepted window, item ids the catalogue does not know, and last duplicates of an
 earlier row on the table's key.
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shoprank.config import ValidationConfig
+from shoprank.data.timestamps import MICROS, Timestamps, read_timestamps
 from shoprank.errors import DataValidationError
 from shoprank.schema import DEFECT, EVENT_TYPES, LABELS, RECORD, SPLIT_VALUES, TableSchema
 
@@ -47,6 +49,7 @@ __all__ = [
     "null_where",
     "plain_array",
     "quarantine_table",
+    "read_time_column",
     "records",
     "text_from_binary",
     "timestamp_window",
@@ -309,13 +312,40 @@ def _to_arrow(c: Coerced, target: pa.DataType) -> pa.Array:
     return pa.array(vals, mask=~c.present).cast(target, safe=False)
 
 
+def read_time_column(values: pa.Array | pa.ChunkedArray | pd.Series, unit: str = "auto") -> Timestamps:
+    """A timestamp column of a chunk (arrow, or a pandas column of any dtype) read value by value."""
+    if isinstance(values, pd.Series):
+        if values.dtype == object:  # mixed Python values: each as text (numbers, ISO strings, datetimes)
+            values = pa.array([None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                               for v in values.to_numpy(dtype=object)], pa.string())
+        else:
+            values = pa.array(values, from_pandas=True)
+    return read_timestamps(values, unit)
+
+
+def _subsecond(given: pa.Array | pa.ChunkedArray | pd.Series | None, times: Timestamps, pandas: bool
+               ) -> tuple[Coerced, np.ndarray]:
+    """`subsecond_us` of a chunk: the given column where it has a value, else the timestamp's own
+    microseconds; absent where the timestamp is. Returns it and the mask of given values out of 0..999999."""
+    micros = times.micros.astype(np.int64)
+    no = np.zeros(len(micros), bool)
+    if given is None:
+        return Coerced(micros, times.present.copy(), no.copy()), no
+    c = coerce_series(given, pa.int64()) if pandas else coerce_arrow(given, pa.int64())
+    out_of_range = c.present & ((c.values < 0) | (c.values >= MICROS))
+    values = np.where(c.present & ~out_of_range, c.values, micros)
+    return Coerced(values, times.present & ~c.wrong & ~out_of_range, c.wrong & times.present), out_of_range
+
+
 def check_chunk(chunk: pa.Table | pd.DataFrame, schema: TableSchema, reasons: Reasons, *,
                 known_items: pa.Array | None = None, timestamp_range: tuple[int, int] | None = None,
-                absent: Collection[str] = ()) -> CheckedChunk:
+                absent: Collection[str] = (), timestamp_unit: str = "auto") -> CheckedChunk:
     """Row-level checks of one chunk (everything but duplicates); see the module doc for the order.
 
     `absent` names columns the source does not have at all: they are not required. A required column
-    that is neither in the chunk nor declared absent raises DataValidationError naming it.
+    that is neither in the chunk nor declared absent raises DataValidationError naming it. `timestamp` is
+    read by `shoprank.data.timestamps` (numbers in `timestamp_unit`, ISO 8601 text, arrow timestamps);
+    `subsecond_us`, when the chunk has no such column or a null in it, comes from that reading.
     """
     names = list(chunk.columns) if isinstance(chunk, pd.DataFrame) else chunk.column_names
     missing_cols = [c.name for c in schema.columns if c.required and c.name not in names and c.name not in absent]
@@ -339,13 +369,25 @@ def check_chunk(chunk: pa.Table | pd.DataFrame, schema: TableSchema, reasons: Re
 
     out: dict[str, pa.Array] = {}
     num: dict[str, Coerced] = {}
+    times: Timestamps | None = None
     for col in schema.columns:
+        if col.name == "subsecond_us" and times is not None:
+            given = chunk[col.name] if col.name in names else None
+            c, out_of_range = _subsecond(given, times, isinstance(chunk, pd.DataFrame))
+            flag(c.wrong, f"wrong type in {col.name}")
+            flag(out_of_range, f"{col.name} out of range")
+            out[col.name], num[col.name] = _to_arrow(c, col.type), c
+            continue
         if col.name not in names:
             out[col.name] = pa.nulls(n, col.type)
             num[col.name] = Coerced(np.zeros(n), np.zeros(n, bool), np.zeros(n, bool))
             continue
         raw = chunk[col.name]
-        c = coerce_series(raw, col.type) if isinstance(chunk, pd.DataFrame) else coerce_arrow(raw, col.type)
+        if col.name == "timestamp":
+            times = read_time_column(raw, timestamp_unit)
+            c = Coerced(times.seconds, times.present, times.wrong)
+        else:
+            c = coerce_series(raw, col.type) if isinstance(chunk, pd.DataFrame) else coerce_arrow(raw, col.type)
         if c.utf8 is not None:
             flag(c.utf8, f"invalid UTF-8 in {col.name}")
         flag(c.wrong, f"wrong type in {col.name}")
@@ -467,9 +509,11 @@ class TableValidator:
     """Validate a table chunk by chunk; keeps counts, an example per reason, and the reason registry."""
 
     def __init__(self, schema: TableSchema, config: ValidationConfig, *, known_items: pa.Array | None = None,
-                 timestamp_range: tuple[int, int] | None = None, absent: Collection[str] = ()):
+                 timestamp_range: tuple[int, int] | None = None, absent: Collection[str] = (),
+                 timestamp_unit: str = "auto"):
         self.schema, self.config = schema, config
         self.known_items, self.timestamp_range, self.absent = known_items, timestamp_range, tuple(absent)
+        self.timestamp_unit = timestamp_unit
         self.reasons = Reasons()
         self.rows_in = 0
         self.counts: dict[str, int] = {}
@@ -477,7 +521,8 @@ class TableValidator:
 
     def check(self, chunk: pa.Table | pd.DataFrame) -> CheckedChunk:
         checked = check_chunk(chunk, self.schema, self.reasons, known_items=self.known_items,
-                              timestamp_range=self.timestamp_range, absent=self.absent)
+                              timestamp_range=self.timestamp_range, absent=self.absent,
+                              timestamp_unit=self.timestamp_unit)
         self.rows_in += len(chunk)
         return checked
 
@@ -518,6 +563,7 @@ def validate_table(
     known_items: set[str] | pd.Index | pa.Array | None = None,
     timestamp_range: tuple[int, int] | None = None,
     absent: Collection[str] = (),
+    timestamp_unit: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame, TableReport]:
     """Split `df` into (clean rows with schema dtypes, quarantined rows with reasons, report).
 
@@ -526,7 +572,8 @@ def validate_table(
     """
     if known_items is not None and not isinstance(known_items, pa.Array):
         known_items = pa.array(list(known_items), pa.string())
-    v = TableValidator(schema, config, known_items=known_items, timestamp_range=timestamp_range, absent=absent)
+    v = TableValidator(schema, config, known_items=known_items, timestamp_range=timestamp_range, absent=absent,
+                       timestamp_unit=timestamp_unit)
     checked = v.check(df)
     codes = checked.codes
     keys = [key_codes(checked.table[k].combine_chunks()) for k in schema.key]

@@ -40,6 +40,26 @@ def test_compiled_pipeline_carries_cluster_settings():
     gate = tasks[condition]
     assert "validate-Output" in gate["triggerPolicy"]["condition"]
     assert "promote" in spec["components"][f"comp-{condition}"]["dag"]["tasks"]
+
+
+def test_no_step_is_retried_by_kubeflow():
+    """A retry policy cannot tell a refusal from a passing fault: no task has one (ingest and promote retry
+    transient storage and cluster errors themselves, shoprank.errors.retry_transient)."""
+    spec = list(yaml.safe_load_all(Path(COMPILED).read_text()))[0]
+
+    def tasks(dag: dict) -> dict:
+        found = dict(dag["tasks"])
+        for task in dag["tasks"].values():
+            inner = spec["components"][task["componentRef"]["name"]].get("dag")
+            if inner:
+                found |= tasks(inner)
+        return found
+
+    every = tasks(spec["root"]["dag"])
+    assert {"ingest", "preprocess", "train", "evaluate", "optimize", "validate", "promote"} <= set(every)
+    assert {name for name, task in every.items() if "retryPolicy" in task} == set()
+    (condition,) = [name for name in spec["root"]["dag"]["tasks"] if name.startswith("condition-")]
+    assert "promote" in spec["components"][f"comp-{condition}"]["dag"]["tasks"]
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"preset", "overrides", "data_source", "use_gpu", "model_root"} <= set(params)
 

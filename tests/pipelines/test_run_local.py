@@ -1,18 +1,34 @@
-"""The whole pipeline through kfp.local on the tiny shop, exactly as `make run` runs it."""
+"""The whole pipeline through kfp.local on the tiny shop, exactly as `make run` runs it; a run on broken data
+fails once with its message; a run on an OpenSearch UBI export."""
 
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
 
-from pipelines.run_local import run, summary_table
+from pipelines.run_local import main, run, summary_table
 from shoprank.scoring.ranker import Ranker
+from shoprank.telemetry import NATIVE_NOISE, gpu_present
+from tests.support.samples import write_ubi
 
 pytestmark = pytest.mark.integration
 
 
-def test_local_pipeline_run_produces_summary_and_promoted_bundle(tmp_path):
+def test_local_pipeline_run_produces_summary_and_promoted_bundle(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("VERBOSE", raising=False)
     summary = run("tiny", "{}", "synthetic", tmp_path, run_id="it")
+    out = capfd.readouterr()
+    lines = (out.out + out.err).splitlines()
+    # Quiet and honest: none of TensorFlow's native start-up notices (four TensorFlow tasks ran), and one
+    # plain line saying whether a GPU was found.
+    if not gpu_present():
+        assert [line for line in lines if NATIVE_NOISE.search(line.strip())] == []  # kfp.local indents task logs
+        assert not any(word in line for line in lines for word in ("cuInit", "oneDNN", "absl::InitializeLog",
+                                                                   "XNNPACK", "cpu_feature_guard"))
+    gpu_lines = [line for line in lines if "[train] GPU:" in line]  # kfp.local indents task logs
+    assert len(gpu_lines) == 1 and ("none found" in gpu_lines[0]) != gpu_present()
     on_disk = json.loads((tmp_path / "latest" / "summary.json").read_text())
     assert on_disk == summary
     for key in ("baseline", "optimized", "oracle"):
@@ -60,3 +76,35 @@ def test_local_run_with_two_training_workers_and_a_tune_step(tmp_path):
     table = summary_table(summary)
     assert "training: 2 worker(s)" in table and "final training uses the" in table
     assert summary["blessed"], summary["blessing_reasons"]
+
+
+def test_a_run_on_broken_data_fails_once_with_its_message(tmp_path, capfd):
+    """Validation refusals are deterministic: the step is not retried, and its message is shown."""
+    src = tmp_path / "src"
+    src.mkdir()
+    n = 200
+    users = [None if i % 3 == 0 else f"u{i % 17}" for i in range(n)]  # a third without a user: over budget
+    pacsv.write_csv(pa.table({"timestamp": [f"2026-01-{1 + i % 28:02d}T10:00:{i % 60:02d}.250Z" for i in range(n)],
+                              "user_id": pa.array(users, pa.string()),
+                              "event": ["view", "click", "cart", "purchase"] * (n // 4),
+                              "item_id": [f"i{i % 23}" for i in range(n)]}), src / "events.csv")
+    code = main(["--preset", "tiny", "--data", f"events:{src}", "--runs-dir", str(tmp_path / "runs")])
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert code == 1
+    assert text.count("[preprocess] started") == 1  # once: no retry
+    assert "failed (attempt" not in text
+    assert text.count("[ingest] started") == 1 and "[train] started" not in text
+    # The reason, at the end of the output (the task's traceback is far above it).
+    last = text[text.index("shoprank pipeline failed"):]
+    assert "preprocess: DataValidationError: events: 67 of 200 rows are bad (33.5%)" in last
+    assert "missing user_id: 67" in last
+
+
+def test_local_pipeline_run_on_an_opensearch_ubi_export(tmp_path):
+    src = tmp_path / "ubi"
+    write_ubi(src, 600)
+    summary = run("tiny", "{}", f"ubi:{src}", tmp_path / "runs", run_id="ubi")
+    assert summary["data"]["task"] == "search" and "oracle" not in summary
+    assert 0.0 < summary["baseline"]["auc"] <= 1.0 and isinstance(summary["blessed"], bool)
+    assert summary["blessing_reasons"] and "blessed:" in summary_table(summary)

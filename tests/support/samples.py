@@ -6,6 +6,8 @@ Tests make their fixtures with these (no downloaded data in the repo), and `make
 
 from __future__ import annotations
 
+import datetime
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -200,3 +202,188 @@ def write_esci(out_dir: str | Path, n_queries: int = 200, *, file_format: str = 
     _write(ex, out / f"shopping_queries_dataset_examples.{ext}")
     _write(pr, out / f"shopping_queries_dataset_products.{ext}")
     return {"examples": ex.num_rows, "products": pr.num_rows, "queries": n_queries * len(locales)}
+
+
+UBI_FORMATS = ("bulk", "jsonl", "parquet", "combined")
+
+
+def _iso(seconds: float, style: int) -> str | int:
+    """A UBI timestamp as shops log them: ISO with milliseconds and Z (most), with a +02:00 offset, without a
+    fraction, or epoch milliseconds (OpenSearch's epoch_millis)."""
+    whole = int(seconds)
+    ms = int(round((seconds - whole) * 1000)) % 1000
+    if style == 1:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole + 7200)) + f".{ms:03d}+02:00"
+    if style == 2:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(whole))
+    if style == 3:
+        return whole * 1000 + ms
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+
+
+def _as_datetime(value: str | int) -> datetime.datetime | None:
+    if isinstance(value, int):
+        return datetime.datetime.fromtimestamp(value / 1000, datetime.UTC)
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def ubi_documents(n_queries: int = 400, *, n_items: int = 300, n_users: int = 120, per_query: int = 10,
+                  days: int = 20, seed: int = 11) -> tuple[list[dict], list[dict], dict]:
+    """UBI `ubi_queries` and `ubi_events` documents (schema 1.x) drawn from the synthetic shop, with the edge
+    cases real exports have; returns (queries, events, what was planted).
+
+    Users search a leaf category (mostly of their two favourite top categories); the engine shows
+    `per_query` items in a noisy relevance order; clicks follow relevance and position, some clicked items
+    are carted and bought a few seconds later (a click and its cart often in the same second, milliseconds
+    apart). Planted: events without a query (browsing), queries without events (some with the response's
+    hit ids, some without), exact duplicate events, events of actions shoprank does not know, documents
+    without user_id (client_id stands in) or without either, and two unreadable timestamps."""
+    rng = np.random.default_rng(seed)
+    shop = _shop(n_items, seed)
+    n_top, per_top = shop.config.n_top_categories, shop.config.n_leaves_per_top
+    fav = rng.integers(0, n_top, (n_users, 2))
+    bias = 1.0 / (1.0 + np.arange(per_query)) ** 0.8
+    queries: list[dict] = []
+    events: list[dict] = []
+    planted = {"queries_without_events_with_hits": 0, "queries_without_events": 0, "duplicate_events": 0,
+               "events_without_query": 0, "unknown_action_events": 0, "missing_user_id": 0,
+               "missing_user_and_client": 0, "unreadable_timestamps": 0}
+    described: set[int] = set()
+
+    def obj(item: int) -> dict:
+        o: dict = {"object_id": shop.item_ids[item], "object_id_field": "product_id"}
+        if item not in described:  # the first event of an item describes it (title, price, brand, category)
+            described.add(item)
+            o["description"] = shop.item_titles[item]
+            o["object_detail"] = {"price": float(shop.item_price[item]),
+                                  "brand": str(shop.brand_names[shop.item_brand[item]]),
+                                  "category": str(shop.item_category[item])}
+        return o
+
+    t0 = START + 3600
+    times = np.sort(rng.uniform(t0, t0 + days * 86_400, n_queries))
+    for q in range(n_queries):
+        u = int(rng.integers(0, n_users))
+        top = int(fav[u, rng.integers(0, 2)]) if rng.random() < 0.8 else int(rng.integers(0, n_top))
+        leaf = top * per_top + int(rng.integers(0, per_top))
+        words = " ".join(rng.choice(shop.leaf_words[leaf], 2, replace=False))
+        same = shop.items_by_leaf[shop.leaf_start[leaf]: shop.leaf_start[leaf] + shop.leaf_count[leaf]]
+        cands = np.unique(np.concatenate([rng.choice(same, min(len(same), per_query // 2), replace=False),
+                                          rng.integers(0, n_items, per_query)]))[:per_query]
+        rel = np.where(shop.item_leaf[cands] == leaf, 1.0, np.where(shop.item_top[cands] == top, 0.35, 0.05))
+        rel = rel * np.exp(shop.item_quality[cands])
+        shown = cands[np.argsort(-(rel + rng.normal(0, 0.4, len(cands))))]
+        qid = f"q-{seed}-{q:06d}"
+        client = f"c-{u:05d}"
+        user_doc: dict = {"client_id": client, "user_id": f"u{u:05d}"}
+        r = rng.random()
+        if r < 0.05:  # an anonymous visitor: no user_id, the client id stands in
+            user_doc = {"client_id": client}
+            planted["missing_user_id"] += 1
+        elif r < 0.053:  # neither: the request cannot be attributed (quarantined as missing user_id)
+            user_doc = {}
+            planted["missing_user_and_client"] += 1
+        ts = float(times[q])
+        style = int(rng.choice(4, p=[0.7, 0.1, 0.1, 0.1]))
+        qdoc = {"application": "shoprank-sample", "query_id": qid, "user_query": words,
+                "timestamp": _iso(ts, style), "query_attributes": {}, "object_id_field": "product_id"} | user_doc
+        if q in (7, 8):
+            qdoc["timestamp"] = "not-a-date"
+            planted["unreadable_timestamps"] += 1
+        if rng.random() < 0.5:
+            qdoc["query_response_hit_ids"] = [shop.item_ids[i] for i in shown]
+        queries.append(qdoc)
+        r = rng.random()
+        if r < 0.06:  # a query without events: the client logged nothing
+            if "query_response_hit_ids" in qdoc:
+                planted["queries_without_events_with_hits"] += 1
+            else:
+                planted["queries_without_events"] += 1
+            continue
+        sess = f"s-{u:05d}-{int(ts) // 3600}"
+        base = {"application": "shoprank-sample", "query_id": qid, "session_id": sess} | user_doc
+        for pos, item in enumerate(shown):
+            events.append(base | {"action_name": "impression", "timestamp": _iso(ts + 0.05 + pos * 0.001, 0),
+                                  "event_attributes": {"object": obj(int(item)), "position": {"ordinal": pos + 1}}})
+        rel_by_item = dict(zip(cands.tolist(), rel.tolist()))
+        t = ts + 2.0
+        for pos, item in enumerate(shown):
+            p_click = min(0.9, 0.45 * bias[pos] * rel_by_item[int(item)])
+            if rng.random() >= p_click:
+                continue
+            t += rng.uniform(1.0, 15.0)
+            action = "click" if rng.random() < 0.85 else "click_through"
+            events.append(base | {"action_name": action, "timestamp": _iso(t, 0),
+                                  "event_attributes": {"object": obj(int(item)), "position": {"ordinal": pos + 1}}})
+            if rng.random() < 0.35:  # carted in the same second, milliseconds later
+                events.append(base | {"action_name": "add_to_cart", "timestamp": _iso(int(t) + 0.999, 0),
+                                      "event_attributes": {"object": obj(int(item))}})
+                if rng.random() < 0.5:
+                    t += rng.uniform(20, 120)
+                    events.append(base | {"action_name": "purchase", "timestamp": _iso(t, 0),
+                                          "event_attributes": {"object": obj(int(item))}})
+        if rng.random() < 0.3:  # actions shoprank does not map: counted and kept out
+            events.append(base | {"action_name": str(rng.choice(["on_search", "product_hover", "brand_filter"])),
+                                  "timestamp": _iso(ts + 0.01, 0), "message": words})
+            planted["unknown_action_events"] += 1
+        if rng.random() < 0.15:  # browsing outside a search (a recommendation widget): no query id
+            item = int(rng.integers(0, n_items))
+            doc = {k: v for k, v in base.items() if k != "query_id"}
+            events.append(doc | {"action_name": "click", "timestamp": _iso(t + 300, 0),
+                                 "event_attributes": {"object": obj(item)}})
+            planted["events_without_query"] += 1
+    for i in rng.choice(len(events), max(1, len(events) // 100), replace=False):  # sent twice
+        events.append(dict(events[int(i)]))
+        planted["duplicate_events"] += 1
+    return queries, events, planted
+
+
+def write_ubi(out_dir: str | Path, n_queries: int = 400, *, file_format: str = "bulk", n_items: int = 300,
+              n_users: int = 120, per_query: int = 10, days: int = 20, seed: int = 11) -> dict:
+    """A UBI export under `out_dir` (see `ubi_documents` for the data and its edge cases):
+
+    bulk: ubi_queries.ndjson and ubi_events.ndjson as OpenSearch's bulk API takes them (an action line naming
+    `_index` and `_id` before each document); jsonl: plain documents, one a line; parquet: ubi_queries.parquet
+    and ubi_events.parquet with the nested fields as structs; combined: one bulk file holding both indices,
+    routed by `_index`. Returns the planted counts and the file names."""
+    if file_format not in UBI_FORMATS:
+        raise ValueError(f"file_format {file_format!r}: one of {UBI_FORMATS}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    queries, events, planted = ubi_documents(n_queries, n_items=n_items, n_users=n_users, per_query=per_query,
+                                             days=days, seed=seed)
+
+    def bulk(index: str, docs: list[dict]) -> list[str]:
+        lines = []
+        for k, d in enumerate(docs):
+            lines.append(json.dumps({"index": {"_index": index, "_id": f"{index}-{k}"}}))
+            lines.append(json.dumps(d))
+        return lines
+
+    files = []
+    if file_format == "combined":
+        path = out / "ubi_export.ndjson"
+        path.write_text("\n".join(bulk("ubi_queries", queries) + bulk("ubi_events", events)) + "\n")
+        files.append(path.name)
+    for index, docs in (("ubi_queries", queries), ("ubi_events", events)):
+        if file_format == "bulk":
+            path = out / f"{index}.ndjson"
+            path.write_text("\n".join(bulk(index, docs)) + "\n")
+        elif file_format == "jsonl":
+            path = out / f"{index}.jsonl"
+            path.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+        elif file_format == "parquet":
+            path = out / f"{index}.parquet"
+            # A parquet export types the time: timestamp[ms, UTC] (an unreadable one is null there).
+            rows = [{k: v for k, v in d.items() if v != {}} | {"timestamp": _as_datetime(d["timestamp"])}
+                    for d in docs]
+            table = pa.Table.from_struct_array(pa.array(rows))  # the union of every document's fields
+            pq.write_table(table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
+                                            table["timestamp"].cast(pa.timestamp("ms", "UTC"))), path)
+        else:
+            continue
+        files.append(path.name)
+    return planted | {"queries": len(queries), "events": len(events), "files": files}

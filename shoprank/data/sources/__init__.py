@@ -8,12 +8,14 @@ A source is named by one string (the `data_source` pipeline parameter, `make run
                                                Amazon Shopping Queries (ESCI) examples + products
     events:/path/to/dir[?preset=retailrocket|taobao|shoprank&encoding=latin-1&columns=src:dst,...]
                                                an event log (+ optional catalogue): recommendation
+    ubi:/path/to/dir[?user=client_id&position_base=0&actions=name:type,...]
+                                               OpenSearch User Behavior Insights: ubi_queries + ubi_events
 
 The location may be a local path, `file://`, or a storage URI that pyarrow reads: `s3://bucket/prefix`
 (credentials from the usual AWS variables / instance role), `gs://bucket/prefix` (Google default
 credentials), `hdfs://`. `pvc://` is a volume: mount it on the ingest task and pass the mount path.
 
-Loaders (`esci.py`, `events.py`) stream the source (parquet by row-group batches, CSV in blocks, .gz/.bz2/.zst
+Loaders (`esci.py`, `events.py`, `ubi.py`) stream the source (parquet by row-group batches, CSV in blocks, .gz/.bz2/.zst
 CSV too), rename and map columns, convert every value to its schema type, and write the shoprank tables
 as parquet row groups. Nothing is dropped there: a value that cannot be converted (wrong type, invalid
 UTF-8, an unknown ESCI label) nulls the field and marks the row with a `_defect` reason, and the
@@ -39,7 +41,8 @@ import pyarrow.parquet as pq
 
 from shoprank.config import ValidationConfig
 from shoprank.data.streaming import iter_parquet
-from shoprank.data.validation import coerce_arrow, null_where, plain_array, text_from_binary
+from shoprank.data.timestamps import check_unit, read_timestamps
+from shoprank.data.validation import Coerced, coerce_arrow, null_where, plain_array, text_from_binary
 from shoprank.errors import DataValidationError, SourceError
 from shoprank.schema import DEFECT, RECORD, TableSchema
 
@@ -66,7 +69,7 @@ __all__ = [
     "write_source_info",
 ]
 
-FORMATS = ("synthetic", "tables", "esci", "events")
+FORMATS = ("synthetic", "tables", "esci", "events", "ubi")
 SOURCE_FILE = "source.json"
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs")
 TABLE_EXTENSIONS = (".parquet", ".pq", ".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv", ".tsv.gz")
@@ -282,8 +285,9 @@ class Converter:
     """
 
     def __init__(self, schema: TableSchema, path: str | Path, source_name: str, validation: ValidationConfig,
-                 column_sources: dict[str, str] | None = None):
+                 column_sources: dict[str, str] | None = None, timestamp_unit: str = "auto"):
         self.schema = schema
+        self.timestamp_unit = check_unit(timestamp_unit)
         self.source_name = source_name
         self.validation = validation
         self.column_sources = column_sources or {}
@@ -300,12 +304,21 @@ class Converter:
         n = raw.num_rows
         reason = np.full(n, None, object) if defect is None else defect.copy()
         arrays = []
+        times = None
+        if chunk.get("timestamp") is not None and "timestamp" in self.schema.names:
+            # Times as logged (epoch numbers in the unit, ISO 8601, arrow timestamps) -> seconds + microseconds.
+            times = read_timestamps(chunk["timestamp"], self.timestamp_unit)
+            if chunk.get("subsecond_us") is None:
+                chunk = dict(chunk, subsecond_us=times.arrays()[1])
         for col in self.schema.columns:
             values = chunk.get(col.name)
             if values is None:
                 arrays.append(pa.nulls(n, col.type))
                 continue
-            c = coerce_arrow(values, col.type)
+            if col.name == "timestamp" and times is not None:
+                c = Coerced(times.seconds, times.present, times.wrong)
+            else:
+                c = coerce_arrow(values, col.type)
             for mask, kind in ((c.utf8, "utf8"), (c.wrong, "type")):
                 if mask is not None and mask.any():
                     reason[mask & (reason == None)] = _why(col.name, kind)  # noqa: E711 (elementwise)
@@ -365,8 +378,9 @@ class Converter:
                     "like another encoding: add ?encoding=latin-1 (or the right one) to the data source, or "
                     "re-encode it (iconv -f latin1 -t utf-8)")
             col_type = next(c.type for c in self.schema.columns if c.name == col)
+            what = "times (epoch s/ms or ISO 8601)" if col == "timestamp" else str(col_type)
             raise DataValidationError(
-                f"{where} mixes types: {bad:,} of {seen:,} values are not {col_type} (e.g. {examples}); "
+                f"{where} mixes types: {bad:,} of {seen:,} values are not {what} (e.g. {examples}); "
                 f"over the {self.validation.max_bad_share:.1%} budget (validation.max_bad_share). Fix the column "
                 "or map another one")
 

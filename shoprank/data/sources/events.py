@@ -1,24 +1,26 @@
 """Event logs (+ an optional catalogue) -> shoprank tables, for next-interaction recommendation.
 
-The documented events table (`preset=shoprank`, the default): `timestamp` (epoch seconds, or a parquet
-timestamp), `user_id`, `event` (view/click/cart/purchase), `item_id`, optional `query`, `session_id`,
-`event_id`, as `events.parquet|.csv` (or a directory of parts). The catalogue, optional, is
-`catalogue.parquet|.csv` (`item_id`, `title`, `category`, `brand`, `price`; `itemid`/`product_id`/
-`categoryid`/`category_id` are accepted as names too). Without a catalogue file, one is derived from the
-events: every item id, with its category when the events carry one (Taobao).
+The documented events table (`preset=shoprank`, the default): `timestamp` (epoch seconds or
+milliseconds, ISO 8601 text, or a parquet timestamp; see shoprank.data.timestamps), `user_id`, `event`
+(view/click/cart/purchase), `item_id`, optional `query`, `session_id`, `event_id`, as
+`events.parquet|.csv` (or a directory of parts). The catalogue, optional, is `catalogue.parquet|.csv`
+(`item_id`, `title`, `category`, `brand`, `price`; `itemid`/`product_id`/`categoryid`/`category_id` are
+accepted as names too). Without a catalogue file, one is derived from the events: every item id, with its
+category when the events carry one (Taobao).
 
 Presets map common public layouts:
 
-* shoprank (default): events.* with timestamp (s), user_id, event (view/click/cart/purchase), item_id
-  [, query, session_id, event_id];
+* shoprank (default): events.* with timestamp (numbers by their size, or ISO 8601), user_id, event
+  (view/click/cart/purchase), item_id [, query, session_id, event_id];
 * retailrocket: events.* with timestamp (ms), visitorid, event (view, addtocart -> cart,
   transaction -> purchase), itemid [, transactionid];
 * taobao: UserBehavior.* without a header: user, item, category, behavior (pv -> view, fav -> click,
   cart, buy -> purchase), timestamp (s).
 
 Options: `preset=`, `encoding=` (CSV text encoding, e.g. latin-1), `columns=src:dst,...` (extra renames
-onto the shoprank names), `timestamp_unit=s|ms|us|ns`. Event names outside the preset's map are kept and
-quarantined by validation as "unknown event type" (so the report shows them).
+onto the shoprank names), `timestamp_unit=auto|s|ms|us|ns` (what numbers count in; auto tells it by the
+size of each value, the default except for the presets that name their unit). Event names outside the
+preset's map are kept and quarantined by validation as "unknown event type" (so the report shows them).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,14 +46,13 @@ from shoprank.data.sources import (
     text_of,
     write_source_info,
 )
-from shoprank.data.validation import coerce_arrow, plain_array
+from shoprank.data.timestamps import UNITS
 from shoprank.errors import SourceError
 from shoprank.schema import CATALOGUE, EVENTS, IMPRESSIONS
 
-__all__ = ["CATALOGUE_ALIASES", "OPTIONS", "PRESETS", "UNITS", "Preset", "epoch_seconds", "load_events"]
+__all__ = ["CATALOGUE_ALIASES", "OPTIONS", "PRESETS", "UNITS", "Preset", "load_events"]
 
 OPTIONS = ("preset", "encoding", "columns", "timestamp_unit")
-UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 CATALOGUE_ALIASES = {"itemid": "item_id", "item": "item_id", "product_id": "item_id", "categoryid": "category",
                      "category_id": "category", "product_title": "title", "name": "title",
                      "product_brand": "brand"}
@@ -64,7 +64,7 @@ class Preset:
     columns: dict[str, str]  # source column -> shoprank column
     events: dict[str, str] = field(default_factory=dict)  # source event value -> shoprank event type
     names: tuple[str, ...] = ()  # headerless CSV: the column names
-    unit: str = "s"
+    unit: str = "auto"  # numbers in the timestamp column: s, ms, us, ns, or auto (by their size)
 
 
 PRESETS = {
@@ -74,7 +74,7 @@ PRESETS = {
     "taobao": Preset(("UserBehavior", "userbehavior", "events"),
                      {"user": "user_id", "item": "item_id", "category": "category", "behavior": "event"},
                      {"pv": "view", "fav": "click", "cart": "cart", "buy": "purchase"},
-                     names=("user", "item", "category", "behavior", "timestamp")),
+                     names=("user", "item", "category", "behavior", "timestamp"), unit="s"),
 }
 
 
@@ -90,33 +90,6 @@ def _renames(spec: SourceSpec, preset: Preset) -> dict[str, str]:
     return renames
 
 
-def epoch_seconds(values: pa.Array | pa.ChunkedArray, unit: str) -> tuple[pa.Array, np.ndarray]:
-    """Epoch timestamps in `unit` (numbers or numeric text) or ISO datetimes -> int64 seconds.
-
-    Returns the seconds (null where not convertible) and the mask of values that were there but did not
-    convert; validation reports those as "wrong type in timestamp"."""
-    arr = plain_array(values)
-    if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
-        c = coerce_arrow(arr, pa.int64())
-        return pa.array(c.values, mask=~c.present), c.wrong
-    c = coerce_arrow(arr, pa.int64())
-    secs = np.floor_divide(c.values, UNITS[unit])
-    wrong = c.wrong
-    if wrong.any() and (pa.types.is_string(arr.type) or pa.types.is_binary(arr.type)):
-        text = text_of(arr).filter(pa.array(wrong))
-        try:  # ISO 8601 datetimes ("2015-06-02 05:02:12"), as UTC
-            iso = pc.cast(text, pa.timestamp("s")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-            idx = np.flatnonzero(wrong)
-            secs = secs.copy()
-            secs[idx] = iso
-            c.present[idx] = True
-            wrong = np.zeros_like(wrong)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-    present = c.present
-    return pa.array(np.where(present, secs, 0), mask=~present), wrong
-
-
 def load_events(spec: SourceSpec, out_dir: str | Path, config: ShoprankConfig) -> dict:
     """Convert an event log (and catalogue) to the shoprank tables under `out_dir`; returns the report."""
     check_options(spec, OPTIONS)
@@ -126,7 +99,8 @@ def load_events(spec: SourceSpec, out_dir: str | Path, config: ShoprankConfig) -
     preset = PRESETS[name]
     unit = spec.options.get("timestamp_unit", preset.unit)
     if unit not in UNITS:
-        raise SourceError(f"events option timestamp_unit={unit!r}: use one of {list(UNITS)}")
+        raise SourceError(f"events option timestamp_unit={unit!r}: use one of {list(UNITS)} (auto: seconds, "
+                          "milliseconds, ... told by the size of each value)")
     enc = spec.options.get("encoding", "utf-8")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,19 +126,14 @@ def load_events(spec: SourceSpec, out_dir: str | Path, config: ShoprankConfig) -
     derive = catalogue_tf is None
     pairs: list[pa.Table] = []
     conv = Converter(EVENTS, out / "events.parquet", events_tf.name, config.validation,
-                     {k: v for k, v in mapped.items()})
+                     {k: v for k, v in mapped.items()}, timestamp_unit=unit)
     for raw in read_chunks(events_tf, config.sources.chunk_rows, columns=used, names=names, encoding=enc):
         cols = {c: raw[mapped[c]] for c in EVENTS.names if c in mapped}
-        ts, wrong_ts = epoch_seconds(cols["timestamp"], unit)
-        cols["timestamp"] = ts
-        defect = np.where(wrong_ts, "wrong type in timestamp", None).astype(object)
-        if wrong_ts.any():
-            conv.note("timestamp", "type", wrong_ts, raw)
         if preset.events:
             ev = pc.utf8_trim_whitespace(text_of(cols["event"]))
             idx = pc.index_in(ev, value_set=event_map[0])
             cols["event"] = pc.if_else(pc.is_null(idx), ev, pc.take(event_map[1], idx))
-        conv.write(cols, raw, defect)
+        conv.write(cols, raw)
         if derive:
             item = text_of(cols["item_id"])
             cat = text_of(raw[mapped["category"]]) if "category" in mapped else pa.nulls(len(item), pa.string())
@@ -172,7 +141,7 @@ def load_events(spec: SourceSpec, out_dir: str | Path, config: ShoprankConfig) -
             pairs.append(_first_category([t]))
             if sum(p.num_rows for p in pairs) > 4 * config.sources.chunk_rows:
                 pairs = [_first_category(pairs)]
-        del raw, cols, ts, defect  # before the next read: one chunk in memory, not two
+        del raw, cols  # before the next read: one chunk in memory, not two
     ev_report = conv.close()
 
     cat_conv = Converter(CATALOGUE, out / "catalogue.parquet",

@@ -14,16 +14,16 @@ requests have timestamps; by the impressions' `split` column when it is filled (
 validation is a hash-chosen share of train, validation_share / (train_share + validation_share)); by a
 hash of the request id when there are neither. The vocabularies are fitted on the training period only.
 
-How it streams (sizes from `config.preprocess`): the catalogue is validated in memory; events and
-impressions are read by parquet row-group batches, checked row by row (shoprank.data.validation) and written
-to hash partitions on disk (events by user, impressions by request); each partition is then loaded alone
-to find duplicates and build requests. Only per-request scalars (time, first row, size, split) are
-global. Requests get their global order (split, time, first row); histories are built per user
-partition; rows and requests are written to files sorted by that order in buckets of about
-`bucket_rows` rows, and the last pass turns one bucket at a time into model tensors, appended to the
-split's .npy files. The tensors are assembled from `FeatureTransform.transform` outputs per catalogue item
-and per request (the transform's outputs depend only on those), and the assembly is checked against a
-direct `transform` call on raw fields for requests of every split.
+How it streams (sizes from `config.preprocess`): the catalogue is validated in memory; events and impressions
+are read by parquet row-group batches, checked row by row (shoprank.data.validation) and written to hash
+partitions on disk (events by user, impressions by request); each partition is then loaded alone to find
+duplicates and build requests. Only per-request scalars (time, first row, size, split) are global. Requests
+get their global order (split, time, first row); histories are built per user partition, in time order to the
+microsecond where the log has sub-second times (`subsecond_us`); rows and requests are written to files sorted
+by that order in buckets of about `bucket_rows` rows, and the last pass turns one bucket at a time into model
+tensors, appended to the split's .npy files. The tensors are assembled from `FeatureTransform.transform`
+outputs per catalogue item and per request (the transform's outputs depend only on those), and the assembly is
+checked against a direct `transform` call on raw fields for requests of every split.
 
 The stages, one module each, pass frozen dataclasses to each other (`driver.preprocess` runs them):
     catalogue.read_catalogue          -> CheckedCatalogue  the clean items and the catalogue's report

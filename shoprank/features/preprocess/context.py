@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from shoprank.config import ShoprankConfig
 
 __all__ = ["Progress", "RunContext", "StageTimer", "absent_columns", "as_array", "read_ipc", "strings",
-           "write_ipc"]
+           "timestamp_unit", "write_ipc"]
 
 Progress = Callable[[str], None]
 
@@ -61,6 +61,14 @@ class RunContext:
 def absent_columns(info: dict, table: str) -> tuple[str, ...]:
     """Columns the source does not have for `table` (source.json's "absent")."""
     return tuple(info.get("absent", {}).get(table, ()))
+
+
+def timestamp_unit(info: dict) -> str:
+    """What numbers in the landed tables' `timestamp` count in: loaders and the generator write epoch seconds;
+    a directory of tables is read as it is (its `timestamp_unit` option, else each value by its size)."""
+    if info.get("format", "tables") == "tables":
+        return str(info.get("timestamp_unit", "auto"))
+    return "s"
 
 
 def strings(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:

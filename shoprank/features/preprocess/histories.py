@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shoprank.data.streaming import Partitions, fixed_lists, mix64, partition_of, unit_interval, write_bucketed
+from shoprank.data.timestamps import MICROS
 from shoprank.features.dataset import LABEL_COLUMNS
 from shoprank.features.preprocess.context import RunContext, as_array, read_ipc
 from shoprank.features.preprocess.requests import CleanPartitions
@@ -44,14 +45,24 @@ class OrderedBuckets:
 
 
 def history_rows(ev_user: np.ndarray, ev_ts: np.ndarray, ev_item: np.ndarray, req_user: np.ndarray,
-                 req_ts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+                 req_ts: np.ndarray, length: int, ev_sub: np.ndarray | None = None,
+                 req_sub: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The last `length` events of each request's user strictly before the request time.
 
     Users are integer codes (shared by events and requests), events in their original order (ties in
-    time keep it). Returns the events' `ev_item` values [R, length] (oldest first, -1 = padding on the
-    left) and the number used per request."""
+    time keep it). Times are epoch seconds, with the microseconds within the second in `ev_sub`/`req_sub`
+    when the log has them (events of one second then keep their logged order). Returns the events'
+    `ev_item` values [R, length] (oldest first, -1 = padding on the left) and the number used per request."""
     big = np.int64(1) << np.int64(34)  # > any epoch-second timestamp
-    ev_key = ev_user.astype(np.int64) * big + ev_ts.astype(np.int64)
+    ev_ts, req_ts = np.asarray(ev_ts, np.int64), np.asarray(req_ts, np.int64)
+    if (ev_sub is not None and np.any(ev_sub)) or (req_sub is not None and np.any(req_sub)):
+        # Microsecond times, ranked so that user code and time still fit one int64 key.
+        n_e = len(ev_ts)
+        micro = np.concatenate([ev_ts * MICROS + (ev_sub if ev_sub is not None else 0),
+                                req_ts * MICROS + (req_sub if req_sub is not None else 0)])
+        rank = np.unique(micro, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        ev_ts, req_ts = rank[:n_e], rank[n_e:]
+    ev_key = ev_user.astype(np.int64) * big + ev_ts
     order = np.argsort(ev_key, kind="stable")
     ev_key, items = ev_key[order], np.asarray(ev_item)[order]
     start = np.searchsorted(ev_key, req_user.astype(np.int64) * big, side="left")
@@ -122,12 +133,14 @@ def write_ordered_buckets(ctx: RunContext, rows: PartitionedRows, clean: CleanPa
             r = routed.read(p)
             r_order = r["order"].to_numpy(zero_copy_only=False)
             r_ts = r["ts"].to_numpy(zero_copy_only=False)
+            r_sub = r["sub"].to_numpy(zero_copy_only=False)
             r_user, r_id, r_query = as_array(r["user_id"]).fill_null(""), r["request_id"], r["query"]
         else:
             mine_rows = requests.local("first_row", p)
             tgt = allev.take(pa.array(np.searchsorted(allev["_row"].to_numpy(zero_copy_only=False), mine_rows)))
             r_order = requests.local("order", p)
             r_ts = tgt["timestamp"].to_numpy(zero_copy_only=False)
+            r_sub = tgt["subsecond_us"].to_numpy(zero_copy_only=False)
             r_user, r_query = as_array(tgt["user_id"]).fill_null(""), tgt["query"].fill_null("")
             r_id = pc.binary_join_element_wise("e", pa.array(mine_rows).cast(pa.string()), "")
         del allev
@@ -137,7 +150,7 @@ def write_ordered_buckets(ctx: RunContext, rows: PartitionedRows, clean: CleanPa
         n_e = ev.num_rows
         hrows, hused = history_rows(ucode[:n_e], ev["timestamp"].to_numpy(zero_copy_only=False),
                                     ev["item"].to_numpy(zero_copy_only=False).astype(np.int64), ucode[n_e:],
-                                    r_ts, fc.history_len)
+                                    r_ts, fc.history_len, ev["subsecond_us"].to_numpy(zero_copy_only=False), r_sub)
         del ev, users, ucode
         srt = np.argsort(r_order, kind="stable")
         take = pa.array(srt)
@@ -160,7 +173,7 @@ def _route_requests(work: Path, parts: int, clean: CleanPartitions, requests: Or
     """Requests travel to the partition of their user's events (anonymous ones spread by request)."""
     routed = Partitions(work, "req-by-user", parts, pa.schema(
         [("order", pa.int64()), ("request_id", pa.string()), ("user_id", pa.string()), ("query", pa.string()),
-         ("ts", pa.int64())]))
+         ("ts", pa.int64()), ("sub", pa.int32())]))
     for p, path in enumerate(clean.request_files):
         r = read_ipc(path)
         user = r["user_id"].combine_chunks()
@@ -168,7 +181,8 @@ def _route_requests(work: Path, parts: int, clean: CleanPartitions, requests: Or
         anon = pc.equal(pc.binary_length(user.fill_null("")), 0).to_numpy(zero_copy_only=False)
         target = np.where(anon, partition_of(r["request_id"], parts), target)
         routed.write(pa.table({"order": pa.array(requests.local("order", p)), "request_id": r["request_id"],
-                               "user_id": user, "query": r["query"], "ts": pa.array(requests.local("ts", p))}),
+                               "user_id": user, "query": r["query"], "ts": pa.array(requests.local("ts", p)),
+                               "sub": pa.array(requests.local("sub", p))}),
                      target)
     routed.close()
     return routed

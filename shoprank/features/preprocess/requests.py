@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shoprank.data.streaming import Partitions, mix64, string_hash, unit_interval
+from shoprank.data.timestamps import MICROS
 from shoprank.data.validation import DUPLICATE, TableValidator, duplicate_mask, key_codes, quarantine_table
 from shoprank.errors import DataValidationError
 from shoprank.features.preprocess.catalogue import CatalogueData, CheckedCatalogue
@@ -63,9 +64,9 @@ class RequestPieces:
 
 class Requests:
     """Collects the per-request scalars of each partition (the only global state that grows with the data,
-    33 bytes a request: the FIELDS below) as pieces on disk; `pieces` hands them on."""
+    37 bytes a request: the FIELDS below) as pieces on disk; `pieces` hands them on."""
 
-    FIELDS = (("part", np.int32), ("ts", np.int64), ("first_row", np.int64), ("n_rows", np.int32),
+    FIELDS = (("part", np.int32), ("ts", np.int64), ("sub", np.int32), ("first_row", np.int64), ("n_rows", np.int32),
               ("split_col", np.int8), ("hash", np.uint64))
 
     def __init__(self, directory: Path):
@@ -74,11 +75,12 @@ class Requests:
         self._pieces: list[tuple[Path, int]] = []
         self._with_hash = True
 
-    def add(self, p: int, ts: np.ndarray, first_row: np.ndarray, n_rows: np.ndarray, split_col: np.ndarray,
-            hashes: np.ndarray | None = None) -> None:
-        """Requests of partition `p`; `hashes` (of the request ids, for hash splits) only where needed."""
+    def add(self, p: int, ts: np.ndarray, sub: np.ndarray, first_row: np.ndarray, n_rows: np.ndarray,
+            split_col: np.ndarray, hashes: np.ndarray | None = None) -> None:
+        """Requests of partition `p` (time: epoch seconds `ts` and microseconds `sub`); `hashes` (of the
+        request ids, for hash splits) only where needed."""
         n = len(ts)
-        values = {"part": np.full(n, p), "ts": ts, "first_row": first_row, "n_rows": n_rows,
+        values = {"part": np.full(n, p), "ts": ts, "sub": sub, "first_row": first_row, "n_rows": n_rows,
                   "split_col": split_col, "hash": hashes if hashes is not None else np.zeros(n)}
         self._with_hash &= hashes is not None
         path = self.dir / f"requests-{len(self._pieces):05d}.npz"
@@ -113,8 +115,9 @@ def deduplicate(ctx: RunContext, catalogue: CheckedCatalogue, rows: PartitionedR
     sample_rate = min(1.0, rc.max_targets / max(rows.candidate_targets, 1)) if rc.max_targets else 1.0
     for p in range(rows.events.parts):
         t = rows.events.read(p)
-        clean = _dedup(t, ["user_id", "timestamp", "event", "item"], rows.event_validator, cat, ctx.quarantine,
-                       _event_records)
+        # Two events of one second are one only when their logged times agree to the microsecond too.
+        clean = _dedup(t, ["user_id", "timestamp", "subsecond_us", "event", "item"], rows.event_validator, cat,
+                       ctx.quarantine, _event_records)
         t = t.filter(pa.array(clean)).drop_columns(["_code"])
         ev_paths.append(write_ipc(ctx.work / f"ev-clean-{p:04d}.arrow", t))
         if rows.task == "recommend":  # every clean event of a target type is a request
@@ -123,7 +126,8 @@ def deduplicate(ctx: RunContext, catalogue: CheckedCatalogue, rows: PartitionedR
             if sample_rate < 1.0:
                 target &= unit_interval(mix64(src_rows.astype(np.uint64) ^ np.uint64(rc.seed))) < sample_rate
             idx = np.flatnonzero(target)
-            reqs.add(p, t["timestamp"].to_numpy(zero_copy_only=False)[idx], src_rows[idx], np.ones(len(idx)),
+            reqs.add(p, t["timestamp"].to_numpy(zero_copy_only=False)[idx],
+                     t["subsecond_us"].to_numpy(zero_copy_only=False)[idx], src_rows[idx], np.ones(len(idx)),
                      np.full(len(idx), -1))
             req_paths.append(write_ipc(ctx.work / f"req-{p:04d}.arrow", pa.table(
                 {"query": t["query"].combine_chunks().take(pa.array(idx)).fill_null("")})))
@@ -166,10 +170,13 @@ def _impression_partition(ctx: RunContext, parts: Partitions, validator: TableVa
     first_idx = np.unique(code, return_index=True)[1]  # rows are in source order
     first = t["_row"].to_numpy(zero_copy_only=False)[first_idx]
     has = t["timestamp"].is_valid().to_numpy(zero_copy_only=False)
-    ts = t["timestamp"].fill_null(0).to_numpy(zero_copy_only=False)
+    # The request's time is its earliest row's, to the microsecond: seconds * 1e6 + microseconds.
+    ts = (t["timestamp"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64) * MICROS
+          + t["subsecond_us"].fill_null(0).to_numpy(zero_copy_only=False))
     req_ts = np.full(n_req, np.iinfo(np.int64).max, np.int64)
     np.minimum.at(req_ts, code[has], ts[has])
     req_ts[req_ts == np.iinfo(np.int64).max] = 0
+    req_ts, req_sub = np.divmod(req_ts, MICROS)
     take = pa.array(first_idx)
     split_col = pc.index_in(t["split"].combine_chunks().take(take), value_set=pa.array(SPLIT_VALUES))
     requests = pa.table({"request_id": enc.dictionary, "user_id": t["user_id"].combine_chunks().take(take),
@@ -177,7 +184,7 @@ def _impression_partition(ctx: RunContext, parts: Partitions, validator: TableVa
                          "first_row": pa.array(first)})
     rows_file = write_ipc(ctx.work / f"imp-clean-{p:04d}.arrow", t.append_column("_req", pa.array(code)))
     req_file = write_ipc(ctx.work / f"req-{p:04d}.arrow", requests)
-    reqs.add(p, req_ts, first, np.bincount(code, minlength=n_req),
+    reqs.add(p, req_ts, req_sub, first, np.bincount(code, minlength=n_req),
              split_col.fill_null(-1).to_numpy(zero_copy_only=False), string_hash(enc.dictionary))
     return rows_file, req_file
 
@@ -202,9 +209,9 @@ def _dedup(table: pa.Table, keys: list[str], validator: TableValidator, cat: Cat
 
 def _event_records(t: pa.Table, cat: CatalogueData) -> list[dict]:
     ev = np.asarray(EVENT_TYPES, dtype=object)
-    return [{"timestamp": r["timestamp"], "user_id": r["user_id"],
-             "event": ev[r["event"]] if r["event"] >= 0 else None,
-             "item_id": cat.id_strings([r["item"]])[0] if r["item"] >= 0 else None, "query": r["query"]}
+    return [{"timestamp": r["timestamp"]} | ({"subsecond_us": r["subsecond_us"]} if r["subsecond_us"] else {})
+            | {"user_id": r["user_id"], "event": ev[r["event"]] if r["event"] >= 0 else None,
+               "item_id": cat.id_strings([r["item"]])[0] if r["item"] >= 0 else None, "query": r["query"]}
             for r in t.to_pylist()]
 
 
@@ -212,6 +219,8 @@ def _impression_records(t: pa.Table, cat: CatalogueData) -> list[dict]:
     out = []
     for r in t.to_pylist():
         r.pop("_row"), r.pop("_code")
+        if not r["subsecond_us"]:  # whole seconds: the record reads as the source row did
+            r.pop("subsecond_us")
         item = r.pop("item")
         r["item_id"] = cat.id_strings([item])[0] if item >= 0 else None
         out.append(r)

@@ -23,16 +23,18 @@ from shoprank.config import ShoprankConfig
 from shoprank.data.streaming import Partitions, iter_parquet, partition_of
 from shoprank.data.validation import CheckedChunk, TableValidator
 from shoprank.features.preprocess.catalogue import CatalogueData
-from shoprank.features.preprocess.context import RunContext, absent_columns
+from shoprank.features.preprocess.context import RunContext, absent_columns, timestamp_unit
 from shoprank.schema import EVENT_TYPES, EVENTS, IMPRESSIONS
 
 __all__ = ["EV_PART", "IMP_PART", "PartitionedRows", "partition_rows"]
 
 # What the partitions keep of each row (what later steps use; quarantine records of duplicates show these).
 EV_PART = pa.schema([("_row", pa.int64()), ("_code", pa.uint16()), ("timestamp", pa.int64()),
-                     ("user_id", pa.string()), ("event", pa.int8()), ("item", pa.int32()), ("query", pa.string())])
+                     ("subsecond_us", pa.int32()), ("user_id", pa.string()), ("event", pa.int8()),
+                     ("item", pa.int32()), ("query", pa.string())])
 IMP_PART = pa.schema([("_row", pa.int64()), ("_code", pa.uint16()), ("request_id", pa.string()),
-                      ("timestamp", pa.int64()), ("user_id", pa.string()), ("query", pa.string()),
+                      ("timestamp", pa.int64()), ("subsecond_us", pa.int32()), ("user_id", pa.string()),
+                      ("query", pa.string()),
                       ("item", pa.int32()), ("position", pa.int32()),
                       ("clicked", pa.int8()), ("carted", pa.int8()), ("purchased", pa.int8()),
                       ("oracle", pa.float32()), ("relevance", pa.int8()), ("split", pa.string())])
@@ -62,8 +64,9 @@ def partition_rows(ctx: RunContext, catalogue: CatalogueData, window: tuple[int,
     task = "search" if n_imp > 0 else "recommend"
     target_types = np.array([EVENT_TYPES.index(e) for e in config.recommend.target_events], np.int8)
 
+    unit = timestamp_unit(ctx.info)
     v_ev = TableValidator(EVENTS, config.validation, known_items=catalogue.ids, timestamp_range=window,
-                          absent=absent_columns(ctx.info, "events"))
+                          absent=absent_columns(ctx.info, "events"), timestamp_unit=unit)
     p_ev = Partitions(ctx.work, "events", _parts_for(n_ev, config), EV_PART)
     candidate_targets = 0
 
@@ -78,7 +81,7 @@ def partition_rows(ctx: RunContext, catalogue: CatalogueData, window: tuple[int,
     p_ev.close()
     v_ev.report().check_budget(config.validation, EVENTS.key)  # duplicates can only add to it
     v_imp = TableValidator(IMPRESSIONS, config.validation, known_items=catalogue.ids, timestamp_range=window,
-                           absent=absent_columns(ctx.info, "impressions"))
+                           absent=absent_columns(ctx.info, "impressions"), timestamp_unit=unit)
     p_imp = None
     if task == "search":
         p_imp = Partitions(ctx.work, "impressions", _parts_for(n_imp, config), IMP_PART)
@@ -120,10 +123,11 @@ def _event_codes(events: pa.ChunkedArray) -> pa.Array:
 
 
 def _ev_columns(t: pa.Table, checked: CheckedChunk) -> dict:
-    return {"timestamp": t["timestamp"], "user_id": t["user_id"], "event": _event_codes(t["event"]),
+    return {"timestamp": t["timestamp"], "subsecond_us": t["subsecond_us"].fill_null(0), "user_id": t["user_id"],
+            "event": _event_codes(t["event"]),
             "item": pa.array(checked.item_rows, pa.int32()), "query": t["query"]}
 
 
 def _imp_columns(t: pa.Table, checked: CheckedChunk) -> dict:
     cols = {c: t[c] for c in IMP_PART.names if c in t.column_names and c != "item"}
-    return cols | {"item": pa.array(checked.item_rows, pa.int32())}
+    return cols | {"item": pa.array(checked.item_rows, pa.int32()), "subsecond_us": t["subsecond_us"].fill_null(0)}

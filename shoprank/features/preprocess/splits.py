@@ -5,7 +5,7 @@ requests have timestamps; by the impressions' `split` column when it is filled (
 validation is a hash-chosen share of train, validation_share / (train_share + validation_share)); by a
 hash of the request id when there are neither.
 
-Requests then get their global order (split, time, first row in the source): the order in which the
+Requests then get their global order (split, time to the microsecond, first row in the source): the order in which the
 features directory holds them. The ordered requests are cut into buckets of about `bucket_rows` rows that
 never straddle two splits; later stages write rows by bucket and turn one bucket at a time into tensors.
 """
@@ -34,7 +34,8 @@ class OrderedRequests:
 
     split: np.ndarray  # int8: 0 train, 1 validation, 2 test
     order: np.ndarray  # int64: position in the global order (split, time, first row)
-    ts: np.ndarray  # int64: request time (0 where the source has none)
+    ts: np.ndarray  # int64: request time, epoch seconds (0 where the source has none)
+    sub: np.ndarray  # int32: the microseconds within that second
     first_row: np.ndarray  # int64: the request's first source row (recommend: its target event)
     offsets: np.ndarray  # the requests of partition p are [offsets[p], offsets[p + 1])
     mode: str  # how splits were assigned: "time", "column" or "hash"
@@ -50,7 +51,7 @@ class OrderedRequests:
         return len(self.edges) - 1
 
     def local(self, name: str, p: int) -> np.ndarray:
-        """A per-request array ("split", "order", "ts" or "first_row") restricted to partition `p`."""
+        """A per-request array ("split", "order", "ts", "sub" or "first_row") restricted to partition `p`."""
         values: np.ndarray = getattr(self, name)
         return values[self.offsets[p]: self.offsets[p + 1]]
 
@@ -91,7 +92,7 @@ def order_requests(ctx: RunContext, rows: PartitionedRows, clean: CleanPartition
         if negatives < 1:
             raise DataValidationError("recommend: the catalogue needs at least two items for negatives")
         req["n_rows"][:] = 1 + negatives
-    order_idx = np.lexsort((req["first_row"], req["ts"], split))
+    order_idx = np.lexsort((req["first_row"], req["sub"], req["ts"], split))
     order = np.empty(n, np.int64)
     order[order_idx] = np.arange(n)
     split_sorted = split[order_idx]
@@ -106,8 +107,8 @@ def order_requests(ctx: RunContext, rows: PartitionedRows, clean: CleanPartition
     bucket_split = split_sorted[edges[:-1].clip(0, max(n - 1, 0))]
     parts = max(rows.events.parts, len(clean.request_files))
     offsets = np.concatenate([[0], np.cumsum(np.bincount(req.pop("part"), minlength=parts))])
-    return OrderedRequests(split, order, req["ts"], req["first_row"], offsets, mode, split_times, split_start,
-                           split_rows, edges, bucket_split, negatives)
+    return OrderedRequests(split, order, req["ts"], req["sub"], req["first_row"], offsets, mode, split_times,
+                           split_start, split_rows, edges, bucket_split, negatives)
 
 
 def bucket_of(edges: np.ndarray, orders: np.ndarray) -> np.ndarray:
