@@ -20,7 +20,8 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
             keys are refused.
         model: The trained model.
         features: The model tensors of each split (the test split is scored).
-        metrics: The headline test-set metrics (AUC, log loss, MRR, NDCG@k, ...).
+        metrics: The headline test-set metrics (AUC, log loss, MRR, NDCG@k, ...), the true-relevance NDCG and the
+            counterfactual estimate of clicks per request with its interval (and truth) when the data allow.
         roc: The ROC curve and confusion matrix for the UI.
         report: The HTML evaluation report.
         evaluation: evaluation.json (metrics, curves, slices) and the report, for the blessing gate.
@@ -44,6 +45,11 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
     if "oracle" in m:
         metrics.log_metric("oracle_auc", round(m["oracle"]["auc"], 5))
         metrics.log_metric("oracle_auc_share", round(m["oracle_auc_share"], 5))
+    from shoprank.evaluation.counterfactual import kfp_metrics  # estimated clicks, interval, truth; true NDCG
+
+    true_ndcg = {"baseline": m.get(f"true_ndcg_at_{config.evaluation.top_k}")}
+    for key, value in kfp_metrics(m["counterfactual"], true_ndcg).items():
+        metrics.log_metric(key, value)
     roc.log_roc_curve(c["roc"]["fpr"], c["roc"]["tpr"], c["roc"]["threshold"])
     roc.log_confusion_matrix(c["confusion"]["labels"], c["confusion"]["matrix"])
     shutil.copy(Path(evaluation.path) / "report.html", report.path)

@@ -29,7 +29,9 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
         blessing: The gate's verdict with its reasons, the run summary and the report.
         summary: The run summary (JSON), published with the bundle and returned by the pipeline.
         report: The HTML gate report.
-        gate_metrics: Blessed (0/1) and the int8 model's AUC drop, size and speed ratios.
+        gate_metrics: Blessed (0/1), the int8 model's AUC drop, size and speed ratios, and per model (baseline,
+            optimised, the one being replaced) the estimated clicks per request, its interval and the
+            true-relevance NDCG where known.
     """
     import json
     import shutil
@@ -52,4 +54,9 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
     gate_metrics.log_metric("int8_auc_drop", round(result["ratios"]["int8_auc_drop"], 5))
     gate_metrics.log_metric("int8_gzip_smaller_x", round(result["ratios"]["int8_gzip_smaller_x"], 2))
     gate_metrics.log_metric("int8_b256_faster_x", round(result["ratios"]["int8_b256_faster_x"], 2))
+    from shoprank.evaluation.counterfactual import kfp_metrics  # estimated clicks, intervals, truth; true NDCG
+
+    true_ndcg = result.get(f"true_ndcg_at_{config.evaluation.top_k}")
+    for key, value in kfp_metrics(result["counterfactual"], true_ndcg).items():
+        gate_metrics.log_metric(key, value)
     return bool(result["blessed"])

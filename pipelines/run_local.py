@@ -22,6 +22,25 @@ SUMMARY_ROWS = (
 )
 
 
+def counterfactual_lines(summary: dict) -> list[str]:
+    """True-relevance NDCG (synthetic data) and the estimated clicks per request with their intervals."""
+    lines = []
+    ndcg = summary.get("true_ndcg_at_10") or {}
+    if ndcg.get("baseline") is not None:
+        lines.append(f"{'true-relevance NDCG@10':<24}{ndcg['baseline']:>14.4f}{ndcg['optimized']:>16.4f}"
+                     f"{'1.0000':>10}" + (f"   previous {ndcg['previous']:.4f}" if ndcg.get("previous") else ""))
+    cf = summary.get("counterfactual") or {}
+    if "skipped" in cf:
+        lines.append(f"counterfactual: {cf['skipped']}")
+    for name, e in cf.get("models", {}).items():
+        truth = f", truth {e['truth']:.4f} ({e['relative_error']:+.2%})" if "truth" in e else ""
+        lines.append(f"estimated clicks/request {name:<20}{e['estimate']:.4f} [{e['low']:.4f}, {e['high']:.4f}]{truth}")
+    if "models" in cf:
+        lines.append(f"  ({cf['estimator']}, propensities from {cf['propensities']['source']}; logged clicks/request "
+                     f"{cf['logged_clicks_per_request']:.4f}; {cf.get('previous_model', {}).get('why', '')})")
+    return lines
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024:
@@ -45,6 +64,7 @@ def summary_table(summary: dict) -> str:
     if "oracle_auc_share" in summary:
         s = summary["oracle_auc_share"]
         lines.append(f"{'(AUC-.5)/(oracle-.5)':<24}{s['baseline']:>14.3f}{s['optimized']:>16.3f}")
+    lines += counterfactual_lines(summary)
     lines.append("")
     lines.append(f"{'artefact':<24}{'bytes':>14}{'gzip':>16}{'ms @1':>10}{'ms @256':>10}")
     for name, size in summary["sizes"].items():
@@ -66,6 +86,16 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def promoted_bundle(runs_dir: Path, model_name: str = "shoprank-ranker") -> Path | None:
+    """The bundle most recently promoted by a run under `runs_dir` (what `make serve` serves after it), or None."""
+    pointers = [p for p in runs_dir.glob(f"*/promoted/{model_name}/LATEST") if p.is_file()]
+    if not pointers:
+        return None
+    latest = max(pointers, key=lambda p: p.stat().st_mtime)
+    bundle = (latest.parent / latest.read_text().strip()).resolve()
+    return bundle if bundle.is_dir() else None
+
+
 def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | None = None) -> dict:
     """Run the pipeline once through kfp.local; return the summary (also written to disk)."""
     from kfp import local
@@ -78,6 +108,13 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
     telemetry = run_dir / "stages.jsonl"
     telemetry.unlink(missing_ok=True)
     os.environ["SHOPRANK_TELEMETRY"] = str(telemetry)  # inherited by every task subprocess
+    # The model in service here: the validate step estimates its clicks beside the new model's (the gate's
+    # counterfactual check; shoprank.evaluation.counterfactual.PREVIOUS_MODEL_ENV).
+    previous = promoted_bundle(runs_dir)
+    if previous is not None:
+        os.environ["SHOPRANK_PREVIOUS_MODEL"] = str(previous)
+    else:
+        os.environ.pop("SHOPRANK_PREVIOUS_MODEL", None)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"))
     t0 = time.perf_counter()
     with warnings.catch_warnings():

@@ -33,11 +33,18 @@ def pick_strategy() -> tf.distribute.Strategy:
 
 
 def make_dataset(split: SplitData, label: str, batch_size: int, shuffle: bool, seed: int,
-                 fc) -> tf.data.Dataset:
-    """Batches read from the memory-mapped split files; reshuffled every epoch when `shuffle`."""
+                 fc, labels: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
+                 extra_inputs: dict[str, np.ndarray] | None = None) -> tf.data.Dataset:
+    """Batches read from the memory-mapped split files; reshuffled every epoch when `shuffle`.
+
+    `labels` replaces the split's `label` column: an array per row, or a function of the batch's row indices
+    that is called when the batch is read (debiased training changes its labels between epochs);
+    `extra_inputs` adds int32 per-row inputs beside the model's (the position of position-aware training)."""
     n = split.rows
-    columns = {name: split.column(name) for name in INPUTS}
-    labels = split.column(label)
+    columns = {name: split.column(name) for name in INPUTS} | dict(extra_inputs or {})
+    if labels is None:
+        labels = split.column(label)
+    label_of = labels if callable(labels) else (lambda idx, y=labels: y[idx])
     epoch = {"n": 0}
 
     def batches():
@@ -47,10 +54,10 @@ def make_dataset(split: SplitData, label: str, batch_size: int, shuffle: bool, s
             epoch["n"] += 1
         for lo in range(0, n, batch_size):
             idx = np.sort(order[lo: lo + batch_size])  # sorted reads are faster on a memory map
-            yield {k: v[idx] for k, v in columns.items()}, labels[idx].astype(np.float32)
+            yield {k: v[idx] for k, v in columns.items()}, np.asarray(label_of(idx), dtype=np.float32)
 
     shapes = input_shapes(fc)
-    signature = ({k: tf.TensorSpec((None, *shapes[k]), tf.int32) for k in INPUTS},
+    signature = ({k: tf.TensorSpec((None, *shapes.get(k, ())), tf.int32) for k in columns},
                  tf.TensorSpec((None,), tf.float32))
     ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
     options = tf.data.Options()
@@ -86,39 +93,44 @@ class ProgressLogger(keras.callbacks.Callback):
         self.progress(f"[{self.stage}] epoch {epoch + 1} done: {shown} ({secs:.1f}s, {self.rows / secs:,.0f} rows/s)")
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
+def compile_model(model: keras.Model, learning_rate: float, with_auc: bool = True) -> None:
+    """Adam on binary cross-entropy; `with_auc=False` for labels outside [0, 1] (inverse propensity weights)."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.BinaryCrossentropy(),
-                  metrics=[keras.metrics.AUC(name="auc")])
+                  metrics=[keras.metrics.AUC(name="auc")] if with_auc else [])
 
 
 def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | Path, config: ShoprankConfig,
           progress: Progress = print) -> dict:
-    """Train, early-stop on validation loss, export the SavedModel bundle; returns the history."""
+    """Train, early-stop on validation loss, export the SavedModel bundle; returns the history.
+
+    What is fitted follows `config.debias` (shoprank.modeling.debias): the exported model is the position-blind
+    ranking model whatever the method; the log's propensities, when the method learns them, go beside it."""
+    from shoprank.modeling.debias import plan_training, save_propensities  # it imports this module
+
     t0 = time.perf_counter()
     tc, fc = config.train, config.features
     keras.utils.set_random_seed(tc.seed)
     sizes = FeatureTransform.load(transform_dir).sizes
     train_split, val_split = load_split(features_dir, "train"), load_split(features_dir, "validation")
-    label = tc.label
     strategy = pick_strategy()
     progress(f"[train] strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
              f"{train_split.rows:,} train rows, {val_split.rows:,} validation rows, label '{tc.label}'")
     batch = tc.batch_size * strategy.num_replicas_in_sync
     with strategy.scope():
         model = build_model(sizes, config.model, fc)
-        compile_model(model, tc.learning_rate)
-    progress(f"[train] model has {model.count_params():,} parameters")
+        plan = plan_training(model, train_split, val_split, config, batch, compile_model, progress)
+    progress(f"[train] model has {model.count_params():,} parameters; debiasing: {plan.method}")
     logger = ProgressLogger(progress, train_split.rows, batch)
     early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=tc.patience, restore_best_weights=True)
-    model.fit(make_dataset(train_split, label, batch, True, tc.seed, fc),
-              validation_data=make_dataset(val_split, tc.label, batch, False, tc.seed, fc),
-              epochs=tc.epochs, callbacks=[logger, early], verbose=0)
+    plan.fit_model.fit(plan.train_data, validation_data=plan.val_data, epochs=tc.epochs,
+                       callbacks=[logger, *plan.callbacks, early], verbose=0)
     save_model_bundle(model, sizes, config.model, fc, model_dir)
+    save_propensities(plan, model_dir)
     result = {"epochs": logger.history, "parameters": int(model.count_params()),
               "best_val_loss": min((h.get("val_loss", np.inf) for h in logger.history), default=None),
               "seconds": round(time.perf_counter() - t0, 2), "strategy": type(strategy).__name__,
-              "label": tc.label}
+              "label": tc.label, "debias": plan.summary()}
     (Path(model_dir) / "training.json").write_text(json.dumps(result, indent=2))
     progress(f"[train] done in {result['seconds']}s -> {model_dir}")
     return result

@@ -1,0 +1,229 @@
+"""Learning from position-biased clicks without inheriting the bias (`debias.method`).
+
+Clicks in shop logs are relevance seen through examination: an item on top is looked at far more often than one
+at position 20, and the logging policy put its favourites on top. A model fitted to clicks as if they were
+relevance learns the old ranker's order. The methods here keep the served model position-blind (same graph, same
+serving signature, `shoprank.modeling.model` untouched) and change only what training fits:
+
+* "pal" -- Position-bias Aware Learning (Guo et al. 2019, "PAL: a position-bias aware learning framework for CTR
+  prediction in live recommender systems"; the same idea as YouTube's shallow position tower, Zhao et al. 2019):
+  training fits P(click | x, k) = sigmoid(w_k) * model(x), a position tower of one logit per position slot times
+  the ranking model. The tower soaks up examination, the model learns relevance; serving drops the tower. The
+  tower's curve (relative to the top) is saved as the log's propensities (`propensity.json`).
+* "ipw" -- inverse propensity weighting (Joachims et al. 2017, "Unbiased learning-to-rank with biased
+  feedback"), in the unbiased pointwise form: the label of a row at position k is click / theta_k, whose
+  expectation is the relevance, so the expected binary cross-entropy is the one against relevance (Saito et al.
+  2020). theta is re-estimated after every epoch by the M-step of regression EM (Wang et al. 2018) with the
+  network as the relevance regression (`shoprank.modeling.propensity.fit_examination`), starting from the click
+  rate by position. Propensities below `debias.propensity_floor` are raised to it (bounded labels).
+* "none" -- clicks as they are (what shoprank did before).
+* "unbiased_labels" -- the unbiased-label bound: labels drawn from the generator's true relevance with every item
+  examined (`shoprank.data.clicks.unbiased_labels`). Not a method for real logs (they have no oracle): the
+  reference that says how much of the bias a method removed.
+
+Data without positions (real logs without them, recommendation targets) train as "none" and the plan says so.
+What is not tested here: that the methods *measure* well; `make bench-debias` measures that at the default
+scale (README, "Position bias").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shoprank.config import ShoprankConfig
+from shoprank.data.clicks import unbiased_labels
+from shoprank.errors import DataValidationError
+from shoprank.features.dataset import SplitData
+from shoprank.modeling._tf import keras, tf
+from shoprank.modeling.propensity import Propensities, fit_examination, position_slots
+from shoprank.modeling.train import make_dataset
+
+__all__ = ["POSITION_INPUT", "TOWER_LAYER", "TrainingPlan", "plan_training", "position_tower_theta",
+           "save_propensities", "with_position_tower"]
+
+POSITION_INPUT = "position"  # the training-only input of the position tower
+TOWER_LAYER = "position_tower"
+Progress = Callable[[str], None]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+TOP_LOGIT = 9.0  # the top slot's fixed tower logit: sigmoid(9) = 0.9999, "always examined"
+
+
+class _TopExamined(keras.constraints.Constraint):
+    """Keeps the top slot's logit at TOP_LOGIT: theta_0 = 1 pins the scale that clicks leave open (theta * r
+    is all they show), so the model's output is the relevance at the top and cannot drift to 1 while the
+    tower takes the clicks (the degenerate split a free tower falls into: every item relevant, position
+    explains all)."""
+
+    def __call__(self, w):
+        return tf.concat([tf.fill([1, 1], tf.constant(TOP_LOGIT, w.dtype)), w[1:]], axis=0)
+
+
+def with_position_tower(model: keras.Model, n_slots: int, initial_theta: np.ndarray | None = None) -> keras.Model:
+    """A training model: `model`'s inputs plus an int32 `position` slot (0 .. n_slots - 1), output
+    model(x) * sigmoid(w[position]) with the top slot fixed at "examined". It shares `model`'s layers, so fitting
+    it trains `model`; `model` itself (what is exported and served) does not change. `initial_theta` (per slot)
+    starts the tower; by default every slot below the top starts at 0.5, on the side of too little position
+    bias (the model starts out learning the clicks as they are and the tower takes the bias from it)."""
+    theta = np.full(n_slots, 0.5) if initial_theta is None else np.asarray(initial_theta, dtype=np.float64)
+    init = _logit(theta).reshape(n_slots, 1)
+    init[0, 0] = TOP_LOGIT
+    position = keras.Input(shape=(), dtype="int32", name=POSITION_INPUT)
+    tower = keras.layers.Embedding(n_slots, 1, embeddings_initializer=keras.initializers.Constant(init),
+                                   embeddings_constraint=_TopExamined(), name=TOWER_LAYER)(position)
+    examined = keras.layers.Activation("sigmoid", name="examination")(tower)  # [batch, 1]
+    clicked = keras.layers.Multiply(name="click")([model.output, examined])
+    return keras.Model(inputs={**model.input, POSITION_INPUT: position}, outputs=clicked,
+                       name=f"{model.name}_with_position_tower")
+
+
+def position_tower_theta(training_model: keras.Model) -> np.ndarray:
+    """The examination probability per slot that a model built by `with_position_tower` has learned."""
+    w = training_model.get_layer(TOWER_LAYER).get_weights()[0][:, 0]
+    return 1.0 / (1.0 + np.exp(-w.astype(np.float64)))
+
+
+@dataclass
+class TrainingPlan:
+    """What `fit` runs for a debiasing method: the model to fit (the ranking model, or it wrapped with a
+    position tower), its data, its callbacks, and the propensities it ends with."""
+
+    method: str  # the method used (may be "none" when the data have no positions)
+    fit_model: keras.Model
+    train_data: tf.data.Dataset
+    val_data: tf.data.Dataset
+    callbacks: list = field(default_factory=list)
+    note: str = ""  # why the method differs from the setting, when it does
+    propensities: Callable[[], Propensities | None] = lambda: None
+
+    def summary(self) -> dict:
+        p = self.propensities()
+        return {"method": self.method, "note": self.note,
+                "propensities": None if p is None else {"source": p.source, "theta": list(p.theta)}}
+
+
+class _ExaminationEM(keras.callbacks.Callback):
+    """After each epoch: the network's relevance on a fixed sample of training rows, then theta by EM's
+    M-step with that regression held fixed (`fit_examination`), relative to the top slot."""
+
+    def __init__(self, model: keras.Model, split: SplitData, slots: np.ndarray, clicks: np.ndarray, n_slots: int,
+                 rows: int, batch: int, seed: int, theta: np.ndarray, progress: Progress):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.rows = np.sort(rng.choice(slots.size, size=min(rows, slots.size), replace=False))
+        self.ranker, self.split, self.n_slots, self.batch, self.progress = model, split, n_slots, batch, progress
+        self.slots, self.clicks = slots[self.rows], clicks[self.rows]
+        self.theta = theta  # shared with the label function: updated in place
+
+    def on_epoch_end(self, epoch, logs=None):
+        features = self.split.features(self.rows)
+        relevance = np.concatenate([
+            np.asarray(self.ranker({k: v[i: i + self.batch] for k, v in features.items()}, training=False)).reshape(-1)
+            for i in range(0, self.rows.size, self.batch)])
+        theta = fit_examination(self.clicks, self.slots, relevance, self.n_slots)
+        self.theta[:] = np.clip(theta / max(theta[0], 1e-12), 1e-6, 1.0)
+        shown = ", ".join(f"{t:.3f}" for t in self.theta[: min(self.n_slots, 6)])
+        self.progress(f"[train] ipw: propensities re-estimated on {self.rows.size:,} rows: {shown}, ...")
+
+
+def plan_training(model: keras.Model, train_split: SplitData, val_split: SplitData, config: ShoprankConfig,
+                  batch: int, compile_fn: Callable[..., None], progress: Progress = print,
+                  initial_theta: np.ndarray | None = None, learning_rate: float | None = None,
+                  seed: int | None = None) -> TrainingPlan:
+    """The fit of `config.debias.method` for `model` (built, not compiled; compiled here with `compile_fn`,
+    inside the caller's distribution scope). `initial_theta` (absolute, per position) starts from propensities
+    learned before: the optimise step's fine-tuning continues the trained model's tower or EM."""
+    dc, tc, fc = config.debias, config.train, config.features
+    lr = tc.learning_rate if learning_rate is None else learning_rate
+    seed = tc.seed if seed is None else seed
+    method, note = dc.method, ""
+    label = tc.label
+
+    def datasets(labels_train=None, labels_val=None, extra_train=None, extra_val=None):
+        return (make_dataset(train_split, label, batch, True, seed, fc, labels_train, extra_train),
+                make_dataset(val_split, label, batch, False, tc.seed, fc, labels_val, extra_val))
+
+    if method == "unbiased_labels":
+        oracle_t, oracle_v = (np.asarray(s.column("oracle"), dtype=np.float64) for s in (train_split, val_split))
+        if not (np.isfinite(oracle_t).all() and np.isfinite(oracle_v).all()):
+            raise DataValidationError("debias.method=unbiased_labels needs the generator's true relevance (the "
+                                      "impressions' oracle column); these data have none: choose pal, ipw or none")
+        compile_fn(model, lr)
+        train_data, val_data = datasets(unbiased_labels(oracle_t, dc.label_seed),
+                                        unbiased_labels(oracle_v, dc.label_seed + 1))
+        return TrainingPlan(method, model, train_data, val_data)
+
+    pos_t, pos_v = train_split.positions(), val_split.positions()
+    if method != "none" and (pos_t is None or pos_v is None):
+        note = (f"debias.method={method} needs the positions items were shown at; these data have none "
+                "(trained on clicks as they are)")
+        progress(f"[train] {note}")
+        method = "none"
+    if method == "none" or label != "clicked":
+        if method != "none":  # carts and purchases follow a click: the click's position bias is not theirs alone
+            note = f"debias.method={method} debiases clicks; train.label={label} is trained as it is"
+            progress(f"[train] {note}")
+            method = "none"
+        compile_fn(model, lr)
+        train_data, val_data = datasets()
+        return TrainingPlan(method, model, train_data, val_data, note=note)
+
+    n_slots = dc.max_positions + 1  # the last slot: rows whose position is unknown (-1)
+    seen = int(min(pos_t.max() + 1, dc.max_positions))  # propensities are reported for the positions trained on
+    slots_t = _slots(pos_t, dc.max_positions)
+    slots_v = _slots(pos_v, dc.max_positions)
+    clicks_t = np.asarray(train_split.column("clicked"), dtype=np.float64)
+    theta0 = np.full(n_slots, 0.5)
+    if initial_theta is not None:  # learned before, for positions 0 .. len - 1; the unknown slot keeps its start
+        known = np.asarray(initial_theta, dtype=np.float64)[: n_slots - 1]
+        theta0[: known.size] = known
+
+    if method == "pal":
+        fit_model = with_position_tower(model, n_slots, theta0 if initial_theta is not None else None)
+        compile_fn(fit_model, lr)
+        train_data, val_data = datasets(extra_train={POSITION_INPUT: slots_t}, extra_val={POSITION_INPUT: slots_v})
+
+        def pal_propensities() -> Propensities:
+            return Propensities.relative(position_tower_theta(fit_model)[:seen], "pal")
+
+        return TrainingPlan(method, fit_model, train_data, val_data, propensities=pal_propensities)
+
+    # ipw: labels click / max(theta, floor), theta updated in place by the EM callback after every epoch. The
+    # first epoch, unless propensities were learned before, sees no position bias (theta = 1): the click rate by
+    # position would be far too steep a start (it credits the logging policy's choice to examination) and the
+    # labels it gives deep clicks would push the network to call everything relevant.
+    theta = np.ones(n_slots) if initial_theta is None else np.array(theta0, dtype=np.float64)
+    clicks_v = np.asarray(val_split.column("clicked"), dtype=np.float64)
+
+    def ipw_labels(clicks: np.ndarray, slots: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda idx: clicks[idx] / np.maximum(theta[slots[idx]], dc.propensity_floor)
+
+    compile_fn(model, lr, with_auc=False)  # the labels exceed 1: AUC is undefined on them
+    train_data, val_data = datasets(ipw_labels(clicks_t, slots_t), ipw_labels(clicks_v, slots_v))
+    em = _ExaminationEM(model, train_split, slots_t, clicks_t, n_slots, dc.em_rows, batch, seed, theta, progress)
+    return TrainingPlan(method, model, train_data, val_data, [em],
+                        propensities=lambda: Propensities.relative(theta[:seen], "ipw-em"))
+
+
+def _slots(positions: np.ndarray, max_positions: int) -> np.ndarray:
+    """Tower slots: positions capped at max_positions - 1; unknown positions (-1) get slot max_positions."""
+    pos = np.asarray(positions)
+    return np.where(pos >= 0, position_slots(pos, max_positions), max_positions).astype(np.int32)
+
+
+def save_propensities(plan: TrainingPlan, model_dir: str | Path) -> Propensities | None:
+    """Write the plan's propensities beside the trained model (the evaluation's counterfactual estimates and
+    the optimise step's fine-tuning read them); returns them, or None for methods without any."""
+    p = plan.propensities()
+    if p is not None:
+        p.save(model_dir)
+    return p
