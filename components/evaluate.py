@@ -20,8 +20,7 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
             keys are refused.
         model: The trained model.
         features: The model tensors of each split (the test split is scored).
-        metrics: The headline test-set metrics (AUC, log loss, MRR, NDCG@k, ...), the true-relevance NDCG and the
-            counterfactual estimate of clicks per request with its interval (and truth) when the data allow.
+        metrics: The headline test-set metrics (AUC, log loss, MRR, NDCG@k, ...).
         roc: The ROC curve and confusion matrix for the UI.
         report: The HTML evaluation report.
         evaluation: evaluation.json (metrics, curves, slices) and the report, for the blessing gate.

@@ -29,9 +29,7 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
         blessing: The gate's verdict with its reasons, the run summary and the report.
         summary: The run summary (JSON), published with the bundle and returned by the pipeline.
         report: The HTML gate report.
-        gate_metrics: Blessed (0/1), the int8 model's AUC drop, size and speed ratios, and per model (baseline,
-            optimised, the one being replaced) the estimated clicks per request, its interval and the
-            true-relevance NDCG where known.
+        gate_metrics: Blessed (0/1) and the int8 model's AUC drop, size and speed ratios.
     """
     import json
     import shutil

@@ -13,9 +13,10 @@ serving signature, `shoprank.modeling.model` untouched) and change only what tra
 * "ipw" -- inverse propensity weighting (Joachims et al. 2017, "Unbiased learning-to-rank with biased
   feedback"), in the unbiased pointwise form: the label of a row at position k is click / theta_k, whose
   expectation is the relevance, so the expected binary cross-entropy is the one against relevance (Saito et al.
-  2020). theta is re-estimated after every epoch by the M-step of regression EM (Wang et al. 2018) with the
-  network as the relevance regression (`shoprank.modeling.propensity.fit_examination`), starting from the click
-  rate by position. Propensities below `debias.propensity_floor` are raised to it (bounded labels).
+  2020). theta is re-estimated after every epoch by regression EM (Wang et al. 2018) with the relevance a binned
+  function of the network's scores (`shoprank.modeling.propensity.regression_em`); the first epoch sees the
+  clicks as they are (theta = 1). Propensities below `debias.propensity_floor` are raised to it (bounded
+  labels).
 * "none" -- clicks as they are (what shoprank did before).
 * "unbiased_labels" -- the unbiased-label bound: labels drawn from the generator's true relevance with every item
   examined (`shoprank.data.clicks.unbiased_labels`). Not a method for real logs (they have no oracle): the
@@ -39,7 +40,7 @@ from shoprank.data.clicks import unbiased_labels
 from shoprank.errors import DataValidationError
 from shoprank.features.dataset import SplitData
 from shoprank.modeling._tf import keras, tf
-from shoprank.modeling.propensity import Propensities, fit_examination, position_slots
+from shoprank.modeling.propensity import Propensities, position_slots, regression_em
 from shoprank.modeling.train import make_dataset
 
 __all__ = ["POSITION_INPUT", "TOWER_LAYER", "TrainingPlan", "plan_training", "position_tower_theta",
@@ -68,7 +69,27 @@ class _TopExamined(keras.constraints.Constraint):
         return tf.concat([tf.fill([1, 1], tf.constant(TOP_LOGIT, w.dtype)), w[1:]], axis=0)
 
 
-def with_position_tower(model: keras.Model, n_slots: int, initial_theta: np.ndarray | None = None) -> keras.Model:
+class _PositionDropout(keras.layers.Layer):
+    """In training, replaces a row's position slot by the unknown slot with probability `rate` (Zhao et al.
+    2019's dropout on the position feature): those rows' clicks must be explained by the model alone, so it
+    cannot leave to the tower the relevance the logging policy encoded in the position."""
+
+    def __init__(self, rate: float, unknown_slot: int, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.unknown_slot = float(rate), int(unknown_slot)
+
+    def call(self, slots, training=None):
+        if not training or self.rate <= 0:
+            return slots
+        drop = tf.random.uniform(tf.shape(slots)) < self.rate
+        return tf.where(drop, tf.fill(tf.shape(slots), tf.constant(self.unknown_slot, slots.dtype)), slots)
+
+    def get_config(self):
+        return super().get_config() | {"rate": self.rate, "unknown_slot": self.unknown_slot}
+
+
+def with_position_tower(model: keras.Model, n_slots: int, initial_theta: np.ndarray | None = None,
+                        dropout: float = 0.0, trainable: bool = True) -> keras.Model:
     """A training model: `model`'s inputs plus an int32 `position` slot (0 .. n_slots - 1), output
     model(x) * sigmoid(w[position]) with the top slot fixed at "examined". It shares `model`'s layers, so fitting
     it trains `model`; `model` itself (what is exported and served) does not change. `initial_theta` (per slot)
@@ -78,8 +99,10 @@ def with_position_tower(model: keras.Model, n_slots: int, initial_theta: np.ndar
     init = _logit(theta).reshape(n_slots, 1)
     init[0, 0] = TOP_LOGIT
     position = keras.Input(shape=(), dtype="int32", name=POSITION_INPUT)
+    slots = _PositionDropout(dropout, n_slots - 1, name="position_dropout")(position) if dropout > 0 else position
     tower = keras.layers.Embedding(n_slots, 1, embeddings_initializer=keras.initializers.Constant(init),
-                                   embeddings_constraint=_TopExamined(), name=TOWER_LAYER)(position)
+                                   embeddings_constraint=_TopExamined(), trainable=trainable,
+                                   name=TOWER_LAYER)(slots)
     examined = keras.layers.Activation("sigmoid", name="examination")(tower)  # [batch, 1]
     clicked = keras.layers.Multiply(name="click")([model.output, examined])
     return keras.Model(inputs={**model.input, POSITION_INPUT: position}, outputs=clicked,
@@ -104,6 +127,9 @@ class TrainingPlan:
     callbacks: list = field(default_factory=list)
     note: str = ""  # why the method differs from the setting, when it does
     propensities: Callable[[], Propensities | None] = lambda: None
+    # Epochs early stopping ignores: their validation loss is not comparable with the later ones (ipw's first
+    # epoch validates against labels before any propensity was estimated).
+    warmup_epochs: int = 0
 
     def summary(self) -> dict:
         p = self.propensities()
@@ -112,25 +138,32 @@ class TrainingPlan:
 
 
 class _ExaminationEM(keras.callbacks.Callback):
-    """After each epoch: the network's relevance on a fixed sample of training rows, then theta by EM's
-    M-step with that regression held fixed (`fit_examination`), relative to the top slot."""
+    """After each epoch: the network's scores on a fixed sample of training rows, then regression EM for theta
+    with the relevance a binned function of those scores (`regression_em`), relative to the top slot. Only the
+    network's order is used, not its calibration: EM with the network's probabilities held fixed would stay where
+    it starts (a click model's predictions already explain the clicks with theta = 1)."""
 
     def __init__(self, model: keras.Model, split: SplitData, slots: np.ndarray, clicks: np.ndarray, n_slots: int,
-                 rows: int, batch: int, seed: int, theta: np.ndarray, progress: Progress):
+                 rows: int, batch: int, seed: int, theta: np.ndarray, val_theta: np.ndarray, progress: Progress):
         super().__init__()
         rng = np.random.default_rng(seed)
         self.rows = np.sort(rng.choice(slots.size, size=min(rows, slots.size), replace=False))
         self.ranker, self.split, self.n_slots, self.batch, self.progress = model, split, n_slots, batch, progress
         self.slots, self.clicks = slots[self.rows], clicks[self.rows]
-        self.theta = theta  # shared with the label function: updated in place
+        self.theta = theta  # shared with the training labels: updated in place after every epoch
+        self.val_theta = val_theta  # shared with the validation labels: set once, so epochs compare
+        self.updates = 0
 
     def on_epoch_end(self, epoch, logs=None):
         features = self.split.features(self.rows)
         relevance = np.concatenate([
             np.asarray(self.ranker({k: v[i: i + self.batch] for k, v in features.items()}, training=False)).reshape(-1)
             for i in range(0, self.rows.size, self.batch)])
-        theta = fit_examination(self.clicks, self.slots, relevance, self.n_slots)
-        self.theta[:] = np.clip(theta / max(theta[0], 1e-12), 1e-6, 1.0)
+        theta, _ = regression_em(self.clicks, self.slots, relevance, self.n_slots)
+        self.theta[:] = np.clip(theta, 1e-6, 1.0)
+        if self.updates == 0:
+            self.val_theta[:] = self.theta
+        self.updates += 1
         shown = ", ".join(f"{t:.3f}" for t in self.theta[: min(self.n_slots, 6)])
         self.progress(f"[train] ipw: propensities re-estimated on {self.rows.size:,} rows: {shown}, ...")
 
@@ -202,16 +235,19 @@ def plan_training(model: keras.Model, train_split: SplitData, val_split: SplitDa
     # position would be far too steep a start (it credits the logging policy's choice to examination) and the
     # labels it gives deep clicks would push the network to call everything relevant.
     theta = np.ones(n_slots) if initial_theta is None else np.array(theta0, dtype=np.float64)
+    val_theta = theta.copy()
     clicks_v = np.asarray(val_split.column("clicked"), dtype=np.float64)
 
-    def ipw_labels(clicks: np.ndarray, slots: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda idx: clicks[idx] / np.maximum(theta[slots[idx]], dc.propensity_floor)
+    def ipw_labels(clicks: np.ndarray, slots: np.ndarray, th: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda idx: clicks[idx] / np.maximum(th[slots[idx]], dc.propensity_floor)
 
     compile_fn(model, lr, with_auc=False)  # the labels exceed 1: AUC is undefined on them
-    train_data, val_data = datasets(ipw_labels(clicks_t, slots_t), ipw_labels(clicks_v, slots_v))
-    em = _ExaminationEM(model, train_split, slots_t, clicks_t, n_slots, dc.em_rows, batch, seed, theta, progress)
+    train_data, val_data = datasets(ipw_labels(clicks_t, slots_t, theta), ipw_labels(clicks_v, slots_v, val_theta))
+    em = _ExaminationEM(model, train_split, slots_t, clicks_t, n_slots, dc.em_rows, batch, seed, theta, val_theta,
+                        progress)
     return TrainingPlan(method, model, train_data, val_data, [em],
-                        propensities=lambda: Propensities.relative(theta[:seen], "ipw-em"))
+                        propensities=lambda: Propensities.relative(theta[:seen], "ipw-em"),
+                        warmup_epochs=1 if initial_theta is None else 0)
 
 
 def _slots(positions: np.ndarray, max_positions: int) -> np.ndarray:

@@ -7,10 +7,11 @@ Unbiased Learning to Rank in Personal Search"): the E-step gives each unclicked 
 examined (theta (1 - gamma) / (1 - theta gamma)) and of being relevant; the M-step sets theta_k to the mean
 examination posterior at k and refits the relevance regression on the relevance posteriors.
 
-* `fit_examination`: the theta step alone, with a relevance regression that is held fixed (the trained
-  network's predictions: what `debias.method=ipw` runs after every epoch).
+* `fit_examination`: the theta step alone, with relevance probabilities that are held fixed (exact when they are
+  the true relevance; a check of the algebra more than a tool).
 * `regression_em`: both steps, with the relevance a monotone function of a ranking score (quantile bins of the
-  score): the fallback when a model was trained without a position tower (`debias.method=none`).
+  score): what `debias.method=ipw` runs on the network's scores after every epoch, and the evaluation's fallback
+  for a model trained without propensities (`debias.method=none`).
 
 Only ratios theta_j / theta_k are identified (theta * gamma is what clicks show), so propensities are reported
 relative to the top position (theta_0 = 1: the top slot is taken to be always examined). Positions past

@@ -122,7 +122,8 @@ def train(features_dir: str | Path, transform_dir: str | Path, model_dir: str | 
         plan = plan_training(model, train_split, val_split, config, batch, compile_model, progress)
     progress(f"[train] model has {model.count_params():,} parameters; debiasing: {plan.method}")
     logger = ProgressLogger(progress, train_split.rows, batch)
-    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=tc.patience, restore_best_weights=True)
+    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=tc.patience, restore_best_weights=True,
+                                          start_from_epoch=plan.warmup_epochs)
     plan.fit_model.fit(plan.train_data, validation_data=plan.val_data, epochs=tc.epochs,
                        callbacks=[logger, *plan.callbacks, early], verbose=0)
     save_model_bundle(model, sizes, config.model, fc, model_dir)
