@@ -19,9 +19,9 @@ since E[click / theta_k] = r, each logged click counts theta_j / theta_k times:
 Rows tied in a ranker's score share the mean examination of their tied ranks (`shoprank.data.clicks`), in the
 estimate and in the truth alike. The interval is a percentile bootstrap over requests (the unit the clicks are
 independent by), with the propensities held fixed: their own estimation error is not in it (README, "Position
-bias": what is and is not covered). The propensities come from training (`propensity.json`: the position
-tower or IPW's EM) or, for a model trained without them, from regression EM over the test log with that model's
-scores (`shoprank.modeling.propensity.regression_em`).
+bias": what is and is not covered). The propensities come from regression EM over the test log with the new
+model's scores as the relevance regression (`shoprank.modeling.propensity.regression_em`), one set for every
+ranker compared.
 
 Only requests whose every row has a known position are counted; data without positions get a report that
 says so and nothing else.
@@ -45,7 +45,7 @@ from shoprank.data.clicks import expected_clicks, group_bounds, rank_examination
 from shoprank.evaluation.blessing import Check
 from shoprank.features.dataset import SplitData
 from shoprank.layout import LATEST, MANIFEST, TFLITE_FILE
-from shoprank.modeling.propensity import PROPENSITY_FILE, Propensities, regression_em
+from shoprank.modeling.propensity import Propensities, regression_em
 
 __all__ = [
     "ESTIMATORS",
@@ -167,14 +167,11 @@ def paired_change(log: LoggedLists, new_scores: np.ndarray, old_scores: np.ndarr
     return out
 
 
-def propensities_for(model_dir: str | Path | None, log: LoggedLists, scores: np.ndarray, n_positions: int
-                     ) -> Propensities:
-    """The propensities a trained model carries (`propensity.json`), else regression EM over this log with
-    `scores` as the relevance regression (binned): the estimate the counterfactual uses for every ranker."""
-    if model_dir is not None and (Path(model_dir) / PROPENSITY_FILE).is_file():
-        p = Propensities.load(model_dir)
-        if p is not None:
-            return p
+def propensities_for(log: LoggedLists, scores: np.ndarray, n_positions: int) -> Propensities:
+    """The examination propensities the estimates use: regression EM over this log with `scores` (the new model's,
+    per kept row) as the relevance regression, binned (`shoprank.modeling.propensity.regression_em`). The same
+    propensities then weigh every ranker, so their estimates compare. (The position tower of `debias.method=pal`
+    measured worse for this: it soaks up more of the relevance the logging policy put on top -- README.)"""
     theta, _ = regression_em(log.clicks, log.positions, scores, min(n_positions, int(log.positions.max()) + 1))
     return Propensities.relative(theta, "em-scores")
 
@@ -347,10 +344,11 @@ GATE_MODELS = {"baseline": "scores_baseline_savedmodel.npy", "optimized": "score
 
 
 def gate_counterfactual(features_dir: str | Path, optimized_dir: str | Path, baseline_eval: dict,
-                        config, progress=print) -> dict:
+                        config, progress=print, out_dir: str | Path | None = None) -> dict:
     """What the validate step adds: estimates (and truth, true-relevance NDCG) for the baseline, the optimised int8
     model and the model it would replace, and the gate's check. Returns {"report", "check", "true_ndcg",
-    "previous"}; `config` is the run's ShoprankConfig."""
+    "previous"}; `config` is the run's ShoprankConfig. The replaced model's test scores go to
+    `out_dir`/scores_previous.npy (for `make bench-debias`)."""
     from shoprank.evaluation.evaluate import true_ndcg
     from shoprank.features.dataset import load_split
 
@@ -361,6 +359,8 @@ def gate_counterfactual(features_dir: str | Path, optimized_dir: str | Path, bas
     if bundle is not None:
         try:
             scores["previous"] = score_previous(bundle, test.directory, config.evaluation.batch_size)
+            if out_dir is not None:
+                np.save(Path(out_dir) / "scores_previous.npy", scores["previous"])
         except (OSError, ValueError, KeyError) as e:  # an older bundle layout, a test split without raw requests
             bundle, why = None, f"previous model {bundle} could not score the test requests: {e}"
     progress(f"[validate] counterfactual: {why}")
@@ -369,7 +369,7 @@ def gate_counterfactual(features_dir: str | Path, optimized_dir: str | Path, bas
     if log is not None:
         saved = baseline_eval.get("counterfactual", {}).get("propensities")
         theta = (Propensities(tuple(saved["theta"]), saved["source"]) if saved else
-                 propensities_for(None, log, scores["baseline"][log.keep], config.debias.max_positions))
+                 propensities_for(log, scores["baseline"][log.keep], config.debias.max_positions))
     report = counterfactual_report(log, scores, theta, cc)
     change = None
     if "skipped" not in report and "previous" in scores:

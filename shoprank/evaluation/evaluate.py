@@ -148,10 +148,14 @@ def _counterfactual(split: SplitData, scores: np.ndarray, model_dir, name: str, 
     """The counterfactual estimate of the model's clicks (shoprank.evaluation.counterfactual), with the
     propensities it uses; on data without positions, a report that says so."""
     from shoprank.evaluation.counterfactual import counterfactual_report, logged_lists, propensities_for
+    from shoprank.modeling.propensity import Propensities
 
     log = logged_lists(split)
-    theta = None if log is None else propensities_for(model_dir, log, scores[log.keep], config.debias.max_positions)
+    theta = None if log is None else propensities_for(log, scores[log.keep], config.debias.max_positions)
     report = counterfactual_report(log, {name: scores}, theta, config.counterfactual)
+    trained = Propensities.load(model_dir)
+    if trained is not None and "skipped" not in report:  # what training learnt, beside what the estimate uses
+        report["training_propensities"] = {"source": trained.source, "theta": list(trained.theta)}
     if "skipped" in report:
         progress(f"[evaluate] counterfactual: {report['skipped']}")
     else:

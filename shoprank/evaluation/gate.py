@@ -95,7 +95,7 @@ def validate(features_dir: str | Path, transform_dir: str | Path, optimized_dir:
     golden = golden_check(features_dir, transform_dir, optimized_dir)
     blessing = bless(artefacts, golden, config.blessing, f"ndcg_at_{config.evaluation.top_k}")
     # Estimated clicks of the new model vs the one it would replace (shoprank.evaluation.counterfactual).
-    cf = gate_counterfactual(features_dir, optimized_dir, baseline_eval, config, progress)
+    cf = gate_counterfactual(features_dir, optimized_dir, baseline_eval, config, progress, out)
     blessing = Blessing(blessing.blessed and cf["check"].passed, [*blessing.checks, cf["check"]])
     report_path = Path(features_dir) / "report.json"
     pre = json.loads(report_path.read_text()) if report_path.exists() else None

@@ -11,12 +11,11 @@ serving signature, `shoprank.modeling.model` untouched) and change only what tra
   the ranking model. The tower soaks up examination, the model learns relevance; serving drops the tower. The
   tower's curve (relative to the top) is saved as the log's propensities (`propensity.json`).
 * "ipw" -- inverse propensity weighting (Joachims et al. 2017, "Unbiased learning-to-rank with biased
-  feedback"), in the unbiased pointwise form: the label of a row at position k is click / theta_k, whose
-  expectation is the relevance, so the expected binary cross-entropy is the one against relevance (Saito et al.
-  2020). theta is re-estimated after every epoch by regression EM (Wang et al. 2018) with the relevance a binned
-  function of the network's scores (`shoprank.modeling.propensity.regression_em`); the first epoch sees the
-  clicks as they are (theta = 1). Propensities below `debias.propensity_floor` are raised to it (bounded
-  labels).
+  feedback"): a click at position k counts 1 / theta_k times (sample weights), as Joachims et al. weigh the
+  clicked documents of a list; unclicked rows count once. theta is re-estimated after every epoch by regression
+  EM (Wang et al. 2018) with the relevance a binned function of the network's scores
+  (`shoprank.modeling.propensity.regression_em`); the first epoch sees the clicks as they are (theta = 1).
+  Propensities below `debias.propensity_floor` are raised to it (bounded weights).
 * "none" -- clicks as they are (what shoprank did before).
 * "unbiased_labels" -- the unbiased-label bound: labels drawn from the generator's true relevance with every item
   examined (`shoprank.data.clicks.unbiased_labels`). Not a method for real logs (they have no oracle): the
@@ -230,19 +229,20 @@ def plan_training(model: keras.Model, train_split: SplitData, val_split: SplitDa
 
         return TrainingPlan(method, fit_model, train_data, val_data, propensities=pal_propensities)
 
-    # ipw: labels click / max(theta, floor), theta updated in place by the EM callback after every epoch. The
-    # first epoch, unless propensities were learned before, sees no position bias (theta = 1): the click rate by
-    # position would be far too steep a start (it credits the logging policy's choice to examination) and the
-    # labels it gives deep clicks would push the network to call everything relevant.
+    # ipw: clicked rows weigh 1 / max(theta, floor), theta updated in place by the EM callback after every epoch.
+    # The first epoch, unless propensities were learned before, sees no position bias (theta = 1): the click rate
+    # by position would be far too steep a start (it credits the logging policy's choice to examination).
     theta = np.ones(n_slots) if initial_theta is None else np.array(theta0, dtype=np.float64)
     val_theta = theta.copy()
     clicks_v = np.asarray(val_split.column("clicked"), dtype=np.float64)
 
-    def ipw_labels(clicks: np.ndarray, slots: np.ndarray, th: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda idx: clicks[idx] / np.maximum(th[slots[idx]], dc.propensity_floor)
+    def ipw_weights(clicks: np.ndarray, slots: np.ndarray, th: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda idx: np.where(clicks[idx] > 0, 1.0 / np.maximum(th[slots[idx]], dc.propensity_floor), 1.0)
 
-    compile_fn(model, lr, with_auc=False)  # the labels exceed 1: AUC is undefined on them
-    train_data, val_data = datasets(ipw_labels(clicks_t, slots_t, theta), ipw_labels(clicks_v, slots_v, val_theta))
+    compile_fn(model, lr)
+    train_data = make_dataset(train_split, label, batch, True, seed, fc, weights=ipw_weights(clicks_t, slots_t, theta))
+    val_data = make_dataset(val_split, label, batch, False, tc.seed, fc, weights=ipw_weights(clicks_v, slots_v,
+                                                                                             val_theta))
     em = _ExaminationEM(model, train_split, slots_t, clicks_t, n_slots, dc.em_rows, batch, seed, theta, val_theta,
                         progress)
     return TrainingPlan(method, model, train_data, val_data, [em],

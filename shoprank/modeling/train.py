@@ -34,12 +34,14 @@ def pick_strategy() -> tf.distribute.Strategy:
 
 def make_dataset(split: SplitData, label: str, batch_size: int, shuffle: bool, seed: int,
                  fc, labels: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None,
-                 extra_inputs: dict[str, np.ndarray] | None = None) -> tf.data.Dataset:
+                 extra_inputs: dict[str, np.ndarray] | None = None,
+                 weights: Callable[[np.ndarray], np.ndarray] | None = None) -> tf.data.Dataset:
     """Batches read from the memory-mapped split files; reshuffled every epoch when `shuffle`.
 
     `labels` replaces the split's `label` column: an array per row, or a function of the batch's row indices
     that is called when the batch is read (debiased training changes its labels between epochs);
-    `extra_inputs` adds int32 per-row inputs beside the model's (the position of position-aware training)."""
+    `extra_inputs` adds int32 per-row inputs beside the model's (the position of position-aware training);
+    `weights`, a function of the batch's row indices, adds per-row sample weights (inverse propensities)."""
     n = split.rows
     columns = {name: split.column(name) for name in INPUTS} | dict(extra_inputs or {})
     if labels is None:
@@ -54,11 +56,14 @@ def make_dataset(split: SplitData, label: str, batch_size: int, shuffle: bool, s
             epoch["n"] += 1
         for lo in range(0, n, batch_size):
             idx = np.sort(order[lo: lo + batch_size])  # sorted reads are faster on a memory map
-            yield {k: v[idx] for k, v in columns.items()}, np.asarray(label_of(idx), dtype=np.float32)
+            x, y = {k: v[idx] for k, v in columns.items()}, np.asarray(label_of(idx), dtype=np.float32)
+            yield (x, y) if weights is None else (x, y, np.asarray(weights(idx), dtype=np.float32))
 
     shapes = input_shapes(fc)
     signature = ({k: tf.TensorSpec((None, *shapes.get(k, ())), tf.int32) for k in columns},
                  tf.TensorSpec((None,), tf.float32))
+    if weights is not None:
+        signature = (*signature, tf.TensorSpec((None,), tf.float32))
     ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -94,7 +99,7 @@ class ProgressLogger(keras.callbacks.Callback):
 
 
 def compile_model(model: keras.Model, learning_rate: float, with_auc: bool = True) -> None:
-    """Adam on binary cross-entropy; `with_auc=False` for labels outside [0, 1] (inverse propensity weights)."""
+    """Adam on binary cross-entropy; `with_auc=False` for labels outside [0, 1]."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.BinaryCrossentropy(),
                   metrics=[keras.metrics.AUC(name="auc")] if with_auc else [])
