@@ -236,6 +236,10 @@ class DebiasConfig(_Section):
     """
 
     method: Literal["pal", "ipw", "none", "unbiased_labels"] = "pal"
+    # pal's tower: "examination" multiplies the model's probability by the position's (PAL, a position-based
+    # model); "logit" adds the position's logit to the model's (YouTube's shallow tower).
+    tower: Literal["examination", "logit"] = "examination"
+    position_dropout: Share = 0.0  # pal: share of training rows whose position the tower does not see
     max_positions: Annotated[int, Field(ge=2)] = 50  # propensities per position; deeper positions share the last
     propensity_floor: OpenShare = 0.05  # ipw: examination probabilities below this are raised to it (bounded weights)
     em_rows: PositiveInt = 200_000  # ipw: training rows the M-step re-estimates the propensities on, per epoch

@@ -58,20 +58,35 @@ def _logit(p: np.ndarray) -> np.ndarray:
 TOP_LOGIT = 9.0  # the top slot's fixed tower logit: sigmoid(9) = 0.9999, "always examined"
 
 
-class _TopExamined(keras.constraints.Constraint):
-    """Keeps the top slot's logit at TOP_LOGIT: theta_0 = 1 pins the scale that clicks leave open (theta * r
-    is all they show), so the model's output is the relevance at the top and cannot drift to 1 while the
-    tower takes the clicks (the degenerate split a free tower falls into: every item relevant, position
-    explains all)."""
+class _PinTop(keras.constraints.Constraint):
+    """Keeps the top slot's tower logit at `value`. For the examination tower, TOP_LOGIT (theta_0 = 1) pins the
+    scale that clicks leave open (theta * r is all they show): the model's output is the relevance at the top
+    and cannot drift to 1 while the tower takes the clicks (the degenerate split a free tower falls into: every
+    item relevant, position explains all). For the logit tower, 0: the top is the reference."""
+
+    def __init__(self, value: float):
+        self.value = float(value)
 
     def __call__(self, w):
-        return tf.concat([tf.fill([1, 1], tf.constant(TOP_LOGIT, w.dtype)), w[1:]], axis=0)
+        return tf.concat([tf.fill([1, 1], tf.constant(self.value, w.dtype)), w[1:]], axis=0)
+
+    def get_config(self) -> dict:
+        return {"value": self.value}
+
+
+class _LogitShift(keras.layers.Layer):
+    """sigmoid(logit(p) + b): the position's logit added to the model's (a shallow tower, Zhao et al. 2019)."""
+
+    def call(self, inputs):
+        p, b = inputs
+        p = tf.clip_by_value(p, 1e-6, 1 - 1e-6)
+        return tf.sigmoid(tf.math.log(p) - tf.math.log1p(-p) + b)
 
 
 class _PositionDropout(keras.layers.Layer):
     """In training, replaces a row's position slot by the unknown slot with probability `rate` (Zhao et al.
     2019's dropout on the position feature): those rows' clicks must be explained by the model alone, so it
-    cannot leave to the tower the relevance the logging policy encoded in the position."""
+    cannot leave to the tower all the relevance the logging policy encoded in the position."""
 
     def __init__(self, rate: float, unknown_slot: int, **kwargs):
         super().__init__(**kwargs)
@@ -83,27 +98,35 @@ class _PositionDropout(keras.layers.Layer):
         drop = tf.random.uniform(tf.shape(slots)) < self.rate
         return tf.where(drop, tf.fill(tf.shape(slots), tf.constant(self.unknown_slot, slots.dtype)), slots)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return super().get_config() | {"rate": self.rate, "unknown_slot": self.unknown_slot}
 
 
 def with_position_tower(model: keras.Model, n_slots: int, initial_theta: np.ndarray | None = None,
-                        dropout: float = 0.0, trainable: bool = True) -> keras.Model:
+                        dropout: float = 0.0, trainable: bool = True, additive: bool = False) -> keras.Model:
     """A training model: `model`'s inputs plus an int32 `position` slot (0 .. n_slots - 1), output
-    model(x) * sigmoid(w[position]) with the top slot fixed at "examined". It shares `model`'s layers, so fitting
-    it trains `model`; `model` itself (what is exported and served) does not change. `initial_theta` (per slot)
-    starts the tower; by default every slot below the top starts at 0.5, on the side of too little position
-    bias (the model starts out learning the clicks as they are and the tower takes the bias from it)."""
+    model(x) * sigmoid(w[position]) with the top slot fixed at "examined" (PAL), or, `additive`,
+    sigmoid(logit(model(x)) + w[position]) with the top slot at 0 (a shallow tower). It shares `model`'s layers,
+    so fitting it trains `model`; `model` itself (what is exported and served) does not change. `initial_theta`
+    (per slot) starts an examination tower; by default every slot below the top starts at 0.5, on the side of
+    too little position bias (the model starts out learning the clicks as they are and the tower takes the bias
+    from it). `dropout`: the share of training rows whose slot is replaced by the last (unknown) one."""
     theta = np.full(n_slots, 0.5) if initial_theta is None else np.asarray(initial_theta, dtype=np.float64)
     init = _logit(theta).reshape(n_slots, 1)
-    init[0, 0] = TOP_LOGIT
+    init[0, 0] = 0.0 if additive else TOP_LOGIT
+    if additive:
+        init[1:, 0] = 0.0
     position = keras.Input(shape=(), dtype="int32", name=POSITION_INPUT)
     slots = _PositionDropout(dropout, n_slots - 1, name="position_dropout")(position) if dropout > 0 else position
     tower = keras.layers.Embedding(n_slots, 1, embeddings_initializer=keras.initializers.Constant(init),
-                                   embeddings_constraint=_TopExamined(), trainable=trainable,
+                                   embeddings_constraint=_PinTop(0.0 if additive else TOP_LOGIT),
+                                   trainable=trainable,
                                    name=TOWER_LAYER)(slots)
-    examined = keras.layers.Activation("sigmoid", name="examination")(tower)  # [batch, 1]
-    clicked = keras.layers.Multiply(name="click")([model.output, examined])
+    if additive:
+        clicked = _LogitShift(name="click")([model.output, tower])
+    else:
+        examined = keras.layers.Activation("sigmoid", name="examination")(tower)  # [batch, 1]
+        clicked = keras.layers.Multiply(name="click")([model.output, examined])
     return keras.Model(inputs={**model.input, POSITION_INPUT: position}, outputs=clicked,
                        name=f"{model.name}_with_position_tower")
 
@@ -220,11 +243,14 @@ def plan_training(model: keras.Model, train_split: SplitData, val_split: SplitDa
         theta0[: known.size] = known
 
     if method == "pal":
-        fit_model = with_position_tower(model, n_slots, theta0 if initial_theta is not None else None)
+        fit_model = with_position_tower(model, n_slots, theta0 if initial_theta is not None else None,
+                                        dc.position_dropout, additive=dc.tower == "logit")
         compile_fn(fit_model, lr)
         train_data, val_data = datasets(extra_train={POSITION_INPUT: slots_t}, extra_val={POSITION_INPUT: slots_v})
 
-        def pal_propensities() -> Propensities:
+        def pal_propensities() -> Propensities | None:
+            if dc.tower == "logit":  # position logits shift clicks, they are not examination probabilities
+                return None
             return Propensities.relative(position_tower_theta(fit_model)[:seen], "pal")
 
         return TrainingPlan(method, fit_model, train_data, val_data, propensities=pal_propensities)

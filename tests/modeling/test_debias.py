@@ -64,6 +64,22 @@ def test_position_tower_wraps_without_changing_the_model(tiny_features, tiny_con
     assert TOWER_LAYER not in {layer.name for layer in model.layers}
 
 
+def test_logit_tower_and_position_dropout(tiny_features, tiny_config):
+    """The shallow-tower variant starts as the model itself (every position logit 0) and keeps no propensities;
+    position dropout only acts in training."""
+    features, transform, _ = tiny_features
+    model = build_model(FeatureTransform.load(transform).sizes, tiny_config.model, tiny_config.features)
+    wrapped = with_position_tower(model, 5, dropout=0.5, additive=True)
+    x = load_split(features, "test").features(slice(0, 8))
+    served = np.asarray(model(x)).reshape(-1)
+    pos = {POSITION_INPUT: np.full(8, 3, np.int32)}
+    np.testing.assert_allclose(np.asarray(wrapped(x | pos, training=False)).reshape(-1), served, rtol=1e-4)
+    plan = plan_training(model, load_split(features, "train"), load_split(features, "validation"),
+                         resolve_config("tiny", {"debias": {"method": "pal", "tower": "logit",
+                                                            "position_dropout": 0.1}}), 64, compile_model, quiet)
+    assert plan.method == "pal" and plan.propensities() is None
+
+
 def test_without_positions_training_is_position_blind_and_says_so(tmp_path, tiny_features, tiny_config):
     features, transform, _ = tiny_features
     copy = tmp_path / "features"
