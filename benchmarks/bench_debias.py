@@ -9,10 +9,10 @@ no more than 0.005 below `none`.
 
 Part 2 (counterfactual): the rankers of a pipeline run (`--run DIR`, a `make run` run directory: the baseline,
 the optimised int8 model and, when that run had one, the promoted model it would replace) or, without one, the
-models of part 1 (`none` standing in for the model being replaced). The test lists, positions and relevance
-stay those of the run; the clicks are drawn again from the generator's click model (examination x relevance)
-with each of `--seeds` seeds, the propensities are the run's (estimated from its training logs, as the pipeline
-uses them), and each draw gives an estimate with its 95% interval. Targets: estimate within 10% of the exact
+models of part 1. The test lists, positions and relevance stay those of the run; the clicks are drawn again
+from the generator's click model (examination x relevance) with each of `--seeds` seeds, and each draw goes
+through what the evaluation does: propensities by regression EM with the new model's scores, then every
+ranker's estimate with its 95% interval. Targets: estimate within 10% of the exact
 expected clicks, truth inside the interval for >= 9 of 10 seeds. The same with the generator's own examination
 probabilities is printed beside it (it separates the estimator's coverage from the propensities' error).
 
@@ -98,60 +98,68 @@ def _find(run: Path, pattern: str) -> Path | None:
     return found[0] if found else None
 
 
-def rankers_of_run(run: Path) -> tuple[Path, dict[str, np.ndarray], dict]:
-    """The features directory, the rankers' test scores and the propensities of a `make run` run directory."""
+def rankers_of_run(run: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """The features directory and the rankers' test scores of a `make run` run directory."""
     features = _find(run, "features/test/position.npy")
-    evaluation = _find(run, "evaluation/evaluation.json")
     optimized = _find(run, "optimized_model/scores_int8_tflite.npy")
-    if features is None or evaluation is None or optimized is None:
-        raise SystemExit(f"{run} is not a pipeline run with positions (features, evaluation, optimised scores)")
+    if features is None or optimized is None:
+        raise SystemExit(f"{run} is not a pipeline run with positions (features, optimised scores)")
     scores = {"baseline": np.load(optimized.parent / "scores_baseline_savedmodel.npy"), "optimized": np.load(optimized)}
     previous = _find(run, "blessing/scores_previous.npy")
     if previous is not None:
         scores["previous"] = np.load(previous)
-    saved = json.loads(evaluation.read_text())["counterfactual"]["propensities"]
-    return features.parent.parent, scores, saved
+    return features.parent.parent, scores
 
 
-def part2(features: Path, scores: dict[str, np.ndarray], saved: dict, seeds: int, preset: str) -> dict:
+def part2(features: Path, scores: dict[str, np.ndarray], reference: str, seeds: int, preset: str) -> dict:
+    """Per seed: clicks drawn again, propensities by regression EM with the `reference` ranker's scores (as the
+    evaluate step estimates them), every ranker's estimate and interval against the exact truth; beside it, the
+    same estimates with the generator's examination curve."""
     from shoprank.config import resolve_config
     from shoprank.data.clicks import examination
-    from shoprank.evaluation.counterfactual import LoggedLists, estimate, logged_lists
+    from shoprank.evaluation.counterfactual import LoggedLists, estimate, logged_lists, propensities_for
     from shoprank.features.dataset import load_split
     from shoprank.modeling.propensity import Propensities
 
-    config = resolve_config(preset).counterfactual
+    config = resolve_config(preset)
+    cc = config.counterfactual
     log = logged_lists(load_split(features, "test"))
     if log is None or log.oracle is None:
         raise SystemExit("part 2 needs synthetic data with positions")
-    estimated = Propensities(tuple(saved["theta"]), saved["source"])
     true = Propensities(tuple(examination(np.arange(int(log.positions.max()) + 1))), "generator")
     p_click = true.at(log.positions) * log.oracle
-    out: dict = {"propensities": {"estimated": list(estimated.theta), "source": estimated.source,
-                                  "generator": list(true.theta)}, "models": {}}
-    for name, s in scores.items():
-        s = np.asarray(s)[log.keep]
-        rows = {"estimated": [], "generator": []}
-        for seed in range(seeds):
-            clicks = (np.random.default_rng([seed, 1]).random(p_click.size) < p_click).astype(float)
-            redrawn = LoggedLists(log.keep, log.groups, log.positions, clicks, log.oracle)
+    kept = {name: np.asarray(s)[log.keep] for name, s in scores.items()}
+    rows: dict[str, dict[str, list]] = {name: {"estimated": [], "generator": []} for name in kept}
+    thetas = []
+    for seed in range(seeds):
+        clicks = (np.random.default_rng([seed, 1]).random(p_click.size) < p_click).astype(float)
+        redrawn = LoggedLists(log.keep, log.groups, log.positions, clicks, log.oracle)
+        estimated = propensities_for(redrawn, kept[reference], config.debias.max_positions, cc)
+        thetas.append(estimated.theta)
+        for name, s in kept.items():
             for which, theta in (("estimated", estimated), ("generator", true)):
-                rows[which].append(estimate(redrawn, s, theta, config))
-        truth = rows["estimated"][0]["truth"]
+                rows[name][which].append(estimate(redrawn, s, theta, cc))
+    mean_theta = np.mean(np.asarray(thetas), axis=0)
+    out: dict = {"reference": reference, "propensities": {"estimated_mean": mean_theta.tolist(),
+                                                          "generator": list(true.theta)}, "models": {}}
+    print("propensities (mean over seeds) vs the generator's: "
+          + ", ".join(f"{k}: {mean_theta[k]:.3f}/{true.theta[k]:.3f}" for k in (1, 3, 6, 10, 15, len(true.theta) - 1)
+                      if k < len(true.theta)))
+    for name in kept:
+        truth = rows[name]["estimated"][0]["truth"]
         entry = {"truth": truth}
-        for which, es in rows.items():
+        for which, es in rows[name].items():
             errors = [e["relative_error"] for e in es]
             entry[which] = {"mean_estimate": float(np.mean([e["estimate"] for e in es])),
                             "bias": float(np.mean(errors)), "max_abs_error": float(np.max(np.abs(errors))),
                             "within_10pct": int(sum(abs(x) <= 0.10 for x in errors)),
                             "covered": int(sum(e["covered"] for e in es)),
                             "mean_halfwidth": float(np.mean([(e["high"] - e["low"]) / 2 / truth for e in es]))}
-        out["models"][name] = entry
-        for which in ("estimated", "generator"):
             e = entry[which]
-            print(f"{name:<11} {which:<10} truth {truth:.4f}  mean estimate {e['mean_estimate']:.4f}  bias "
+            print(f"{name:<16} {which:<10} truth {truth:.4f}  mean estimate {e['mean_estimate']:.4f}  bias "
                   f"{e['bias']:+.2%}  max |error| {e['max_abs_error']:.2%}  within 10%: {e['within_10pct']}/{seeds}  "
                   f"covered: {e['covered']}/{seeds}  half-width {e['mean_halfwidth']:.2%}", flush=True)
+        out["models"][name] = entry
     return out
 
 
@@ -191,19 +199,19 @@ def main(argv: list[str] | None = None) -> int:
                 result["best_method"], result["debias_target_met"] = best, ok
     print(f"\n=== part 2: counterfactual estimates over {a.seeds} click-draw seeds ===", flush=True)
     if a.run is not None:
-        features, scores, saved = rankers_of_run(a.run.resolve())
-        print(f"rankers and propensities of the pipeline run {a.run}: {', '.join(scores)}")
+        features, scores = rankers_of_run(a.run.resolve())
+        reference = "baseline"
+        print(f"rankers of the pipeline run {a.run}: {', '.join(scores)}")
     else:
+        from shoprank.config import resolve_config
+
         features = data / "features"
-        default = "pal" if (data / "model-pal" / "test_scores.npy").exists() else "none"
-        scores = {"baseline": np.load(data / f"model-{default}" / "test_scores.npy")}
-        if default != "none" and (data / "model-none" / "test_scores.npy").exists():
-            scores["previous"] = np.load(data / "model-none" / "test_scores.npy")
-        saved_p = json.loads((data / f"model-{default}" / "training.json").read_text())["debias"]["propensities"]
-        if saved_p is None:
-            raise SystemExit("no propensities: train a position-aware method first (or pass --run)")
-        saved = saved_p
-    result["counterfactual"] = part2(features, scores, saved, a.seeds, a.preset)
+        scores = {m: np.load(data / f"model-{m}" / "test_scores.npy") for m in METHODS
+                  if (data / f"model-{m}" / "test_scores.npy").exists()}
+        reference = resolve_config(a.preset).debias.method  # the default method's model is the new model
+        if reference not in scores:
+            raise SystemExit(f"no scores of the default method's model ({reference}): run part 1 first")
+    result["counterfactual"] = part2(features, scores, reference, a.seeds, a.preset)
     cf = result["counterfactual"]["models"]
     ok = all(v["estimated"]["within_10pct"] == a.seeds and v["estimated"]["covered"] >= 0.9 * a.seeds
              for v in cf.values())

@@ -45,7 +45,7 @@ from shoprank.data.clicks import expected_clicks, group_bounds, rank_examination
 from shoprank.evaluation.blessing import Check
 from shoprank.features.dataset import SplitData
 from shoprank.layout import LATEST, MANIFEST, TFLITE_FILE
-from shoprank.modeling.propensity import Propensities, regression_em
+from shoprank.modeling.propensity import Propensities, power_law, regression_em
 
 __all__ = [
     "ESTIMATORS",
@@ -167,12 +167,21 @@ def paired_change(log: LoggedLists, new_scores: np.ndarray, old_scores: np.ndarr
     return out
 
 
-def propensities_for(log: LoggedLists, scores: np.ndarray, n_positions: int) -> Propensities:
+def propensities_for(log: LoggedLists, scores: np.ndarray, n_positions: int,
+                     config: CounterfactualConfig | None = None) -> Propensities:
     """The examination propensities the estimates use: regression EM over this log with `scores` (the new model's,
-    per kept row) as the relevance regression, binned (`shoprank.modeling.propensity.regression_em`). The same
-    propensities then weigh every ranker, so their estimates compare. (The position tower of `debias.method=pal`
-    measured worse for this: it soaks up more of the relevance the logging policy put on top -- README.)"""
-    theta, _ = regression_em(log.clicks, log.positions, scores, min(n_positions, int(log.positions.max()) + 1))
+    per kept row) as the relevance regression, binned (`shoprank.modeling.propensity.regression_em`); with
+    `propensity_curve=power` (the default), a power law fitted to the top positions' estimates
+    (`power_law`). The same propensities then weigh every ranker, so their estimates compare. (The position
+    tower of `debias.method=pal` measured worse for this: it soaks up more of the relevance the logging policy put
+    on top -- README.)"""
+    config = config or CounterfactualConfig()
+    n = min(n_positions, int(log.positions.max()) + 1)
+    theta, _ = regression_em(log.clicks, log.positions, scores, n)
+    if config.propensity_curve == "power":
+        curve, eta = power_law(theta, config.power_fit_positions, n)
+        return Propensities.relative(curve, f"em-scores, power law eta={eta:.3f} fitted on positions "
+                                            f"0-{config.power_fit_positions - 1}")
     return Propensities.relative(theta, "em-scores")
 
 
@@ -369,7 +378,7 @@ def gate_counterfactual(features_dir: str | Path, optimized_dir: str | Path, bas
     if log is not None:
         saved = baseline_eval.get("counterfactual", {}).get("propensities")
         theta = (Propensities(tuple(saved["theta"]), saved["source"]) if saved else
-                 propensities_for(log, scores["baseline"][log.keep], config.debias.max_positions))
+                 propensities_for(log, scores["baseline"][log.keep], config.debias.max_positions, cc))
     report = counterfactual_report(log, scores, theta, cc)
     change = None
     if "skipped" not in report and "previous" in scores:

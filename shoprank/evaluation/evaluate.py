@@ -151,7 +151,8 @@ def _counterfactual(split: SplitData, scores: np.ndarray, model_dir, name: str, 
     from shoprank.modeling.propensity import Propensities
 
     log = logged_lists(split)
-    theta = None if log is None else propensities_for(log, scores[log.keep], config.debias.max_positions)
+    theta = None if log is None else propensities_for(log, scores[log.keep], config.debias.max_positions,
+                                                      config.counterfactual)
     report = counterfactual_report(log, {name: scores}, theta, config.counterfactual)
     trained = Propensities.load(model_dir)
     if trained is not None and "skipped" not in report:  # what training learnt, beside what the estimate uses

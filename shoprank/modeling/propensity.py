@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PROPENSITY_FILE", "Propensities", "fit_examination", "position_slots", "regression_em"]
+__all__ = ["PROPENSITY_FILE", "Propensities", "fit_examination", "position_slots", "power_law", "regression_em"]
 
 PROPENSITY_FILE = "propensity.json"
 
@@ -131,3 +131,22 @@ def regression_em(clicks: np.ndarray, positions: np.ndarray, scores: np.ndarray,
         if done:
             break
     return theta / max(float(theta[0]), 1e-12), gamma[b]
+
+
+def power_law(theta: np.ndarray, fit_positions: int, n_positions: int | None = None) -> tuple[np.ndarray, float]:
+    """theta_k = (1 + k) ** -eta, eta fitted (least squares on logs) to the estimates of positions
+    1 .. fit_positions - 1 and extended to `n_positions` (default: as many as `theta`). Returns (theta, eta).
+
+    The power law is the examination curve of the unbiased learning-to-rank literature (Joachims et al. 2017's
+    (1/rank)^eta); fitting it on the top positions only keeps out the deep ones, where relevance is low, a
+    relevance regression's relative error is largest and the most of it is credited to position. An assumption
+    about the curve's shape: where it does not hold, use the estimates themselves."""
+    th = np.asarray(theta, dtype=np.float64)
+    n = th.size if n_positions is None else n_positions
+    k = np.arange(1, min(fit_positions, th.size))
+    ok = th[k] > 0
+    if not ok.any():
+        return th[:n] if th.size >= n else np.concatenate([th, np.full(n - th.size, th[-1])]), float("nan")
+    x, y = np.log1p(k[ok]), np.log(th[k[ok]] / th[0])
+    eta = float(-(x @ y) / (x @ x))  # through the origin: theta_0 = 1
+    return (1.0 + np.arange(n)) ** -eta, eta
