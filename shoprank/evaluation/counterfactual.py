@@ -20,8 +20,9 @@ Rows tied in a ranker's score share the mean examination of their tied ranks (`s
 estimate and in the truth alike. The interval is a percentile bootstrap over requests (the unit the clicks are
 independent by), with the propensities held fixed: their own estimation error is not in it (README, "Position
 bias": what is and is not covered). The propensities come from regression EM over the test log with the new
-model's scores as the relevance regression (`shoprank.modeling.propensity.regression_em`), one set for every
-ranker compared.
+model's scores as the relevance regression (`shoprank.modeling.propensity.regression_em`), by default smoothed
+into a power law fitted on the top positions (`power_law`; `counterfactual.propensity_curve`), one set for
+every ranker compared.
 
 Only requests whose every row has a known position are counted; data without positions get a report that
 says so and nothing else.

@@ -16,7 +16,8 @@ serving signature, `shoprank.modeling.model` untouched) and change only what tra
   EM (Wang et al. 2018) with the relevance a binned function of the network's scores
   (`shoprank.modeling.propensity.regression_em`); the first epoch sees the clicks as they are (theta = 1).
   Propensities below `debias.propensity_floor` are raised to it (bounded weights).
-* "none" -- clicks as they are (what shoprank did before).
+* "none" -- clicks as they are (what shoprank did before), the default: on the synthetic shop, whose logging
+  policy ranks by relevance, it measured best on true relevance (README, "Position bias", says why).
 * "unbiased_labels" -- the unbiased-label bound: labels drawn from the generator's true relevance with every item
   examined (`shoprank.data.clicks.unbiased_labels`). Not a method for real logs (they have no oracle): the
   reference that says how much of the bias a method removed.

@@ -4,9 +4,10 @@ What is not tested here: the bias a relevance regression that misses what the lo
 propensities (no log-only estimator avoids it); `make bench-debias` measures it on the synthetic shop."""
 
 import numpy as np
+import pytest
 
 from shoprank.data.clicks import examination
-from shoprank.modeling.propensity import Propensities, fit_examination, position_slots, regression_em
+from shoprank.modeling.propensity import Propensities, fit_examination, position_slots, power_law, regression_em
 
 
 def _pbm_log(n_req: int = 30000, width: int = 10, confounded: bool = True, seed: int = 0):
@@ -54,3 +55,16 @@ def test_propensities_relative_save_load_and_deep_positions(tmp_path):
     assert Propensities.load(tmp_path) == p
     assert Propensities.load(tmp_path / "nothing") is None
     assert position_slots(np.array([0, 3, 12]), 5).tolist() == [0, 3, 4]
+
+
+def test_power_law_fitted_on_the_top_positions_extends_the_curve():
+    """The generator's curve is a power law: the fit on positions 1-5 recovers it everywhere, and deep estimates
+    that are off (the confounded ones) do not move it."""
+    true = examination(np.arange(20))
+    noisy = true.copy()
+    noisy[8:] *= 0.3  # deep positions underestimated, as confounded EM does
+    curve, eta = power_law(noisy, 6)
+    assert eta == pytest.approx(0.7, abs=1e-9)
+    np.testing.assert_allclose(curve, true, rtol=1e-9)
+    longer, _ = power_law(noisy, 6, 30)
+    assert longer.size == 30 and longer[0] == 1.0
