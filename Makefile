@@ -7,6 +7,7 @@ SCALE ?= default
 DATA ?= synthetic
 OVERRIDES ?= {}
 RUNS ?= runs
+RUNNER ?= subprocess
 export PYTHONHASHSEED := 0
 
 .PHONY: help venv run test test-unit test-integration lint compile bench clean
@@ -18,14 +19,15 @@ $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e ".[pipeline,serving,deploy,dev]"
+	$(VENV)/bin/pip install -q -e ".[pipeline,serving,savedmodel,deploy,dev]"
 	$(VENV)/bin/pip check
 	@touch $@
 
 venv: $(VENV)/.installed ## create the virtualenv with the pinned dependencies
 
-run: venv ## run the whole pipeline locally via kfp.local (SCALE=tiny|small|default, DATA=synthetic|DIR)
-	$(PY) -m pipelines.run_local --preset $(SCALE) --data '$(DATA)' --overrides '$(OVERRIDES)' --runs-dir $(RUNS)
+run: venv ## run the whole pipeline locally via kfp.local (SCALE=tiny|small|default, DATA=synthetic|DIR, RUNNER=subprocess|container)
+	$(PY) -m pipelines.run_local --preset $(SCALE) --data '$(DATA)' --overrides '$(OVERRIDES)' --runs-dir $(RUNS) \
+		--runner '$(RUNNER)' --component-image '$(BUILD_COMPONENT_IMAGE)' --container-tool '$(CONTAINER_TOOL)'
 
 test: venv ## unit tests, golden compile test, manifest tests and the tiny end-to-end pipeline run
 	$(PY) -m pytest

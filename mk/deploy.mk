@@ -1,8 +1,8 @@
-# Cluster targets: images, deploy/undeploy (current kubectl context + Kubeflow Pipelines), a local kind cluster.
+# Cluster targets: deploy/undeploy (current kubectl context + Kubeflow Pipelines), a local kind cluster.
 # Included by the Makefile (which defines PY, VENV and the venv target). The logic lives in deploy/ (Python)
 # and deploy/kind.sh; these recipes only pass the variables on.
 #
-#   make images  COMPONENT_IMAGE=REG/shoprank-components:TAG SERVING_IMAGE=REG/shoprank-serving:TAG [PUSH=1]
+#   (make images, base-image, serve-container: mk/images.mk)
 #   make deploy  OVERLAY=gpu KFP_HOST=http://localhost:8080 COMPONENT_IMAGE=... SERVING_IMAGE=... [CREATE_RUN=1 MODEL_ROOT=s3://...]
 #   make deploy  OVERLAY=cpu KFP_UPLOAD=0 SERVING_IMAGE=...          (manifests only)
 #   make deploy  OVERLAY=cpu KFP_UPLOAD=0 SERVING_IMAGE=... DRY_RUN=1 (server-side validation, no change)
@@ -16,9 +16,6 @@ KFP_UPLOAD ?= 1
 CREATE_RUN ?= 0
 COMPONENT_IMAGE ?=
 SERVING_IMAGE ?=
-SERVING_DOCKERFILE ?= serving/Dockerfile
-DOCKER_BUILD_ARGS ?=
-PUSH ?= 0
 MODEL_ROOT ?=
 RUN_PARAMS ?= {}
 KFP_RUNNER ?=
@@ -36,16 +33,7 @@ DEPLOY_ARGS = --overlay '$(OVERLAY)' --namespace '$(NAMESPACE)' --kfp-host '$(KF
 	--kfp-upload '$(KFP_UPLOAD)' --component-image '$(COMPONENT_IMAGE)' --serving-image '$(SERVING_IMAGE)' \
 	--kfp-runner '$(KFP_RUNNER)' --kfp-namespace '$(KFP_NAMESPACE)'
 
-.PHONY: images deploy deploy-check undeploy kind-up kind-load kind-down
-
-images: ## build the component and serving images (needs Docker; PUSH=1 pushes them)
-	@command -v docker >/dev/null || { echo "make images: docker is not installed. Build on a machine with Docker (our dev/CI machines have no engine)."; exit 1; }
-	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine answers (docker info failed). Start Docker, or build elsewhere and push."; exit 1; }
-	@test -n "$(COMPONENT_IMAGE)" -a -n "$(SERVING_IMAGE)" || { echo "make images: set COMPONENT_IMAGE=REG/shoprank-components:TAG and SERVING_IMAGE=REG/shoprank-serving:TAG"; exit 1; }
-	@test -f "$(SERVING_DOCKERFILE)" || { echo "make images: $(SERVING_DOCKERFILE) not found"; exit 1; }
-	docker build $(DOCKER_BUILD_ARGS) -t '$(COMPONENT_IMAGE)' -f Dockerfile .
-	docker build $(DOCKER_BUILD_ARGS) -t '$(SERVING_IMAGE)' -f '$(SERVING_DOCKERFILE)' .
-	@if [ "$(PUSH)" = 1 ]; then docker push '$(COMPONENT_IMAGE)' && docker push '$(SERVING_IMAGE)'; fi
+.PHONY: deploy deploy-check undeploy kind-up kind-load kind-down
 
 deploy-check: venv ## check deploy's prerequisites against the current kubectl context, change nothing
 	$(PY) -m deploy.cli check $(DEPLOY_ARGS)

@@ -25,9 +25,7 @@ BENCH_SERVE_ARGS ?=
 serve: venv ## serve the latest promoted model (RUNS/latest) with KServe v2 over REST and gRPC
 	@bundle='$(SERVE_BUNDLE)'; \
 	if [ -z "$$bundle" ]; then \
-	  test -f '$(RUNS)/latest/summary.json' || { echo "make serve: $(RUNS)/latest/summary.json not found: run 'make run' first, or set SERVE_BUNDLE=DIR"; exit 1; }; \
-	  bundle=$$($(PY) -c 'import json, sys; print(json.load(open(sys.argv[1]))["bundle_dir"] or "")' '$(RUNS)/latest/summary.json'); \
-	  test -n "$$bundle" || { echo "make serve: the latest run promoted no model (bundle_dir is empty in $(RUNS)/latest/summary.json)"; exit 1; }; \
+	  bundle=$$($(PY) -m serving.latest '$(RUNS)') || exit 1; \
 	fi; \
 	echo "serving $$bundle"; \
 	echo "  REST    http://localhost:$(SERVE_HTTP_PORT)/v2/models/$(SERVE_MODEL_NAME)/infer"; \

@@ -1,21 +1,31 @@
 """Run the compiled-for-Kubeflow pipeline function on this machine with kfp.local.
 
     python -m pipelines.run_local --preset default [--data synthetic] [--runs-dir runs]
+    python -m pipelines.run_local --preset tiny --runner container --component-image localhost/shoprank-components:dev
 
 Writes runs/<run-id>/ (artefacts, promoted model, summary.json, report.html, stages.jsonl) and points
 runs/latest at it. Exits non-zero when a step fails.
+
+Runners: `subprocess` (default) runs each step as a process of this virtualenv; `container` runs each step in the
+component image, with the compiled component's own command and executor input, as a pod on a cluster would
+(kfp.local's DockerRunner, against Docker or against podman's Docker API; deploy/images.py). The container sees
+the run directory at the same path, runs as the image's (non-root) user, and gets no other host environment than
+the telemetry file and PYTHONHASHSEED.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 SUMMARY_ROWS = (
     ("AUC", "auc"), ("NDCG@10", "ndcg_at_10"), ("log loss", "log_loss"), ("MRR", "mrr"),
@@ -49,6 +59,34 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:,.1f} TB"
 
 
+def _reference_lines(summary: dict) -> list[str]:
+    """The LambdaMART reference beside the network (tie-aware metrics), the bootstrap interval, its cost."""
+    ref = summary.get("reference")
+    if not ref:
+        return []
+    if "error" in ref:
+        return ["", f"LambdaMART reference: {ref['error']}"]
+    table, boot, cost = ref["table"], ref["bootstrap"], ref.get("cost", {})
+    ndcg = next(key for key in boot if key.startswith("ndcg_at_"))
+    lines = ["", f"{'tie-aware':<24}{'AUC':>10}{'NDCG@' + ndcg[8:]:>10}{'MRR':>10}{'Recall@' + ndcg[8:]:>10}"
+             f"{'AUC share':>11}"]
+    for name, row in table.items():
+        share = row.get("oracle_share", {}).get("auc")
+        lines.append(f"{name:<24}{row['auc']:>10.4f}{row[ndcg]:>10.4f}{row['mrr']:>10.4f}"
+                     f"{row['recall_at_' + ndcg[8:]]:>10.4f}{(f'{share:.3f}' if share is not None else '-'):>11}")
+    for m in (ndcg, "auc"):
+        b = boot[m]
+        lines.append(f"{boot['a']} - reference, {m}: {b['diff']:+.4f}, {boot['level']:.0%} interval "
+                     f"[{b['low']:+.4f}, {b['high']:+.4f}] ({boot['resamples']} resamples over requests)")
+    if cost:
+        share = cost.get("share_of_run_wall_time")
+        lines.append(f"reference cost: {cost.get('total_seconds', 0):.1f}s (training and scoring "
+                     f"{cost.get('seconds', 0):.1f}s, bootstraps the rest), "
+                     f"peak RSS {cost.get('peak_rss_mib', 0):.0f} MiB"
+                     + (f", {share:.1%} of the run's wall time" if share is not None else ""))
+    return lines
+
+
 def summary_table(summary: dict) -> str:
     """The human-readable end-of-run table."""
     data = summary.get("data", {})
@@ -65,6 +103,7 @@ def summary_table(summary: dict) -> str:
         s = summary["oracle_auc_share"]
         lines.append(f"{'(AUC-.5)/(oracle-.5)':<24}{s['baseline']:>14.3f}{s['optimized']:>16.3f}")
     lines += counterfactual_lines(summary)
+    lines += _reference_lines(summary)
     lines.append("")
     lines.append(f"{'artefact':<24}{'bytes':>14}{'gzip':>16}{'ms @1':>10}{'ms @256':>10}")
     for name, size in summary["sizes"].items():
@@ -96,10 +135,19 @@ def promoted_bundle(runs_dir: Path, model_name: str = "shoprank-ranker") -> Path
     return bundle if bundle.is_dir() else None
 
 
-def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | None = None) -> dict:
-    """Run the pipeline once through kfp.local; return the summary (also written to disk)."""
+def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | None = None,
+        runner: str = "subprocess", component_image: str = "", container_tool: str = "") -> dict:
+    """Run the pipeline once through kfp.local; return the summary (also written to disk).
+
+    runner "container" runs every step in `component_image` (see the module docstring); it must be set before the
+    components are first imported in this process, since their base image is fixed when they are defined."""
+    if runner not in ("subprocess", "container"):
+        raise ValueError(f"runner must be 'subprocess' or 'container', not {runner!r}")
+    if runner == "container" and component_image:
+        os.environ["SHOPRANK_COMPONENT_IMAGE"] = component_image
     from kfp import local
 
+    import components
     from pipelines.shoprank_pipeline import shoprank_pipeline
 
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
@@ -115,25 +163,38 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
         os.environ["SHOPRANK_PREVIOUS_MODEL"] = str(previous)
     else:
         os.environ.pop("SHOPRANK_PREVIOUS_MODEL", None)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "artifacts"))
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        # Cluster-only task settings (resources, accelerator, node selector) are ignored locally with a
-        # warning per task, and so is the component image: expected, not actionable here.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        task = shoprank_pipeline(preset=preset, overrides=overrides, data_source=data,
-                                 model_root=str(run_dir / "promoted"))
-    wall = time.perf_counter() - t0
+    with contextlib.ExitStack() as stack:
+        if runner == "container":
+            image = components.COMPONENT_IMAGE
+            if component_image and image != component_image:
+                raise RuntimeError(f"the components were defined with image {image!r} before --component-image "
+                                   f"{component_image!r} was set: run in a fresh process")
+            task_runner = stack.enter_context(_container_runner(image, run_dir, telemetry, container_tool,
+                                                                previous))
+        else:
+            task_runner = local.SubprocessRunner(use_venv=False)
+        local.init(runner=task_runner, pipeline_root=str(run_dir / "artifacts"))
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            # Cluster-only task settings (resources, accelerator, node selector) are ignored locally with a
+            # warning per task, and so is the component image under SubprocessRunner: expected, not actionable.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            task = shoprank_pipeline(preset=preset, overrides=overrides, data_source=data,
+                                     model_root=str(run_dir / "promoted"))
+        wall = time.perf_counter() - t0
     summary = json.loads(Path(task.output.path).read_text())
     promoted = run_dir / "promoted" / "shoprank-ranker"
     if summary["blessed"] and (promoted / "LATEST").exists():
         bundle = promoted / (promoted / "LATEST").read_text().strip()
         summary |= {"bundle_dir": str(bundle), "model_dir": str(bundle / "saved_model"),
-                    "tflite_path": str(bundle / "model.tflite")}
+                    "tflite_path": str(bundle / "towers" / "request_tower.tflite")}
     summary |= {"run_id": run_id, "data_source": data, "wall_seconds": round(wall, 1),
                 "stages": [json.loads(line) for line in telemetry.read_text().splitlines()]
                 if telemetry.exists() else []}
+    cost = (summary.get("reference") or {}).get("cost", {})
+    if "total_seconds" in cost:  # the reference's cost bound (issue 14): its share of the run's wall time
+        cost["share_of_run_wall_time"] = round(cost["total_seconds"] / wall, 4)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     reports = sorted((run_dir / "artifacts").rglob("report.html"), key=lambda p: "validate" not in str(p))
     if reports:
@@ -145,6 +206,82 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
     return summary
 
 
+@contextlib.contextmanager
+def _container_runner(image: str, run_dir: Path, telemetry: Path, tool: str,
+                      previous: Path | None = None) -> Iterator[object]:
+    """kfp.local's DockerRunner for `image`, with a Docker API for its lifetime (podman's, started here, when
+    there is no Docker engine). The run directory is mounted at its own path (kfp.local mounts only the
+    pipeline root; the promote step writes to run_dir/promoted) and made writable for the image's user;
+    `previous`, the bundle in service (the gate's counterfactual check), read-only at its own path."""
+    import docker
+    from docker.types import Mount
+    from kfp import local
+    from kfp.local import docker_task_handler
+
+    from deploy.images import docker_api
+
+    with docker_api(tool) as host:
+        previous = os.environ.get("DOCKER_HOST")
+        os.environ["DOCKER_HOST"] = host  # what kfp.local's docker.from_env() reads
+        try:
+            client = docker.from_env()
+            try:
+                config = client.images.get(image).attrs["Config"]
+            except docker.errors.ImageNotFound:
+                raise RuntimeError(f"component image {image} not found: build it with `make images` "
+                                   "(and `make base-image` where python:3.11-slim cannot be pulled)") from None
+            finally:
+                client.close()
+            uid, _, gid = str(config.get("User") or "0").partition(":")
+            if not uid.isdigit() or int(uid) == 0:
+                raise RuntimeError(f"component image {image} runs as {config.get('User')!r}: steps must run as a "
+                                   "non-root user (USER uid:gid in the Dockerfile)")
+            for path in (run_dir, run_dir / "artifacts"):
+                path.mkdir(parents=True, exist_ok=True)
+                if os.geteuid() == 0:
+                    os.chown(path, int(uid), int(gid or uid))
+                elif os.geteuid() != int(uid):  # rootless engines map the image's user elsewhere: let it write
+                    path.chmod(0o777)
+            env = {"SHOPRANK_TELEMETRY": str(telemetry)}
+            mounts = [Mount(str(run_dir), str(run_dir), type="bind")]
+            if previous is not None:
+                env["SHOPRANK_PREVIOUS_MODEL"] = str(previous)
+                mounts.append(Mount(str(previous), str(previous), type="bind", read_only=True))
+            if os.environ.get("PYTHONHASHSEED"):
+                env["PYTHONHASHSEED"] = os.environ["PYTHONHASHSEED"]
+            original = docker_task_handler.run_docker_container
+            docker_task_handler.run_docker_container = _run_container
+            try:
+                yield local.DockerRunner(mounts=mounts, environment=env,
+                                         network_mode="host")
+            finally:
+                docker_task_handler.run_docker_container = original
+        finally:
+            if previous is None:
+                os.environ.pop("DOCKER_HOST", None)
+            else:
+                os.environ["DOCKER_HOST"] = previous
+
+
+def _run_container(client: Any, image: str, command: list[str], volumes: dict[str, Any], **run_args: Any) -> int:
+    """kfp.local's run_docker_container, with the exit status read before the container is removed.
+
+    kfp.local starts each step with auto_remove and, when `wait` finds the container gone, assumes exit code 0.
+    podman removes such a container as soon as it exits, so a failed step was reported as SUCCESS and the run
+    failed later, at the next step, with "task 'ingest' not found" (or not at all, for the last step). Here the
+    container is kept until its status is read, then removed. No pull: there is no registry to pull from, and the
+    runner checked that the image is there."""
+    run_args.pop("auto_remove", None)
+    container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
+                                      volumes=volumes, auto_remove=False, **run_args)
+    try:
+        for line in container.logs(stream=True, follow=True):
+            print(line.decode(errors="replace"), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default", help="tiny | small | default | large")
@@ -153,9 +290,16 @@ def main(argv: list[str] | None = None) -> int:
                    "'esci:<dir>[?locale=us]' or 'events:<dir>[?preset=retailrocket|taobao]' (see the README)")
     p.add_argument("--runs-dir", default="runs", type=Path)
     p.add_argument("--run-id", default=None)
+    p.add_argument("--runner", default="subprocess", choices=["subprocess", "container"],
+                   help="subprocess: steps as processes of this venv; container: steps in the component image")
+    p.add_argument("--component-image", default="", help="with --runner container: the image the steps run in "
+                   "(default: $SHOPRANK_COMPONENT_IMAGE, else the compiled default)")
+    p.add_argument("--container-tool", default="", help="with --runner container: docker or podman (default: "
+                   "a Docker engine if one answers, else podman)")
     a = p.parse_args(argv)
     try:
-        summary = run(a.preset, a.overrides, a.data, a.runs_dir, a.run_id)
+        summary = run(a.preset, a.overrides, a.data, a.runs_dir, a.run_id, a.runner, a.component_image,
+                      a.container_tool)
     except RuntimeError as e:  # kfp.local raises when a task fails; its log is above
         print(f"\nshoprank pipeline failed: {e}", file=sys.stderr)
         return 1

@@ -123,7 +123,8 @@ def shoprank_pipeline(
 
     ev = evaluate(preset=preset, overrides=overrides, model=model, features=pre.outputs["features"])
     _resources(ev, "2", "4G")
-    opt = optimize(preset=preset, overrides=overrides, model=model, features=pre.outputs["features"])
+    opt = optimize(preset=preset, overrides=overrides, model=model, features=pre.outputs["features"],
+                   transform=pre.outputs["transform"])
     _resources(opt, "2", "6G")
     gate = validate(preset=preset, overrides=overrides, features=pre.outputs["features"],
                     transform=pre.outputs["transform"], optimized_model=opt.outputs["optimized_model"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +22,7 @@ from kserve.logging import logger
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from prometheus_client import Gauge
 
-from serving.batcher import BatchSettings, MicroBatcher
+from serving.batcher import BatchSettings, MicroBatcher, retry_singly
 from serving.codec import (
     SCORE,
     Limits,
@@ -39,8 +38,9 @@ from shoprank.features.transform import INPUTS
 
 __all__ = ["MODEL_INFO", "Item", "ShoprankModel", "detect_backend"]
 
-MODEL_INFO = Gauge("shoprank_model_info", "The bundle this worker process serves (value 1)",
-                   ["model_name", "backend", "version", "pid"])
+# One series per live process: in multiprocess mode (serving.metrics) prometheus_client adds the `pid` label.
+MODEL_INFO = Gauge("shoprank_model_info", "The bundle this process serves (value 1)",
+                   ["model_name", "backend", "version"], multiprocess_mode="liveall")
 
 # shoprank.scoring.ranker (numpy, pyarrow, the scorers' runtimes) is imported in load(), not here, so that a spawned
 # worker unpickles this class quickly and answers KServe's 5-second liveness ping while it loads.
@@ -48,15 +48,15 @@ Item = RankingRequest | TensorRequest
 
 
 def detect_backend(model_dir: str | Path) -> str:
-    """The int8 model when the bundle has one (the CPU default), else the SavedModel."""
+    """The int8 composition when the bundle has its towers (the CPU default), else the SavedModel."""
     from shoprank.scoring.ranker import BACKENDS
 
     d = Path(model_dir)
-    if (d / BACKENDS["tflite"]).is_file():
+    if (d / BACKENDS["tflite"]).is_dir():
         return "tflite"
     if (d / BACKENDS["savedmodel"]).is_dir():
         return "savedmodel"
-    raise FileNotFoundError(f"{d} holds neither {BACKENDS['tflite']} nor {BACKENDS['savedmodel']}/ "
+    raise FileNotFoundError(f"{d} holds neither {BACKENDS['tflite']}/ nor {BACKENDS['savedmodel']}/ "
                             "(expected a shoprank bundle, see shoprank/layout.py)")
 
 
@@ -65,7 +65,8 @@ class ShoprankModel(Model):
 
     def __init__(self, name: str, model_dir: str | Path, backend: str | None = None,
                  batch: BatchSettings | None = None, limits: Limits | None = None, num_threads: int | None = 1,
-                 batch_in_thread: bool | None = None):
+                 batch_in_thread: bool | None = None, token_cache_bytes: int | None = None,
+                 unknown_candidates: str = "last"):
         super().__init__(name)
         self.model_dir = str(model_dir)
         self.backend = backend
@@ -76,6 +77,10 @@ class ShoprankModel(Model):
         # so handing batches to a thread only adds switches (measured: inline is 10-30% faster); TensorFlow
         # releases the GIL while it runs, so the SavedModel backend gets its own thread.
         self.batch_in_thread = batch_in_thread
+        self.token_cache_bytes = token_cache_bytes  # None: the transform's default (TOKEN_CACHE_BYTES)
+        # shoprank.scoring.ranker.UNKNOWN_POLICIES: "last" (default) ranks candidates the model does not know after
+        # every known one; "score" lets the model's score rank them. Both report them in `unknown_items`.
+        self.unknown_candidates = unknown_candidates
         self.ranker: Any = None  # shoprank.scoring.ranker.Ranker once loaded
         self.spec: TensorSpec | None = None
         self.load_error: str | None = None
@@ -89,7 +94,8 @@ class ShoprankModel(Model):
     def _init_args(self) -> dict:
         return {"name": self.name, "model_dir": self.model_dir, "backend": self.backend,
                 "batch": self.batch_settings, "limits": self.limits, "num_threads": self.num_threads,
-                "batch_in_thread": self.batch_in_thread}
+                "batch_in_thread": self.batch_in_thread, "token_cache_bytes": self.token_cache_bytes,
+                "unknown_candidates": self.unknown_candidates}
 
     def __getstate__(self) -> dict:
         # Native handles (LiteRT interpreter, TF functions), the executor and asyncio objects stay behind.
@@ -107,7 +113,7 @@ class ShoprankModel(Model):
 
         backend = self.backend or detect_backend(self.model_dir)
         self.backend = backend
-        return Ranker.load(self.model_dir, backend, self.num_threads)
+        return Ranker.load(self.model_dir, backend, self.num_threads, self.unknown_candidates)
 
     def load(self) -> bool:
         """Load the bundle; on failure log why and stay not ready (the server keeps running)."""
@@ -119,6 +125,8 @@ class ShoprankModel(Model):
             self._split_ranked = split_ranked
             self.version = self.bundle_version()
             self.ranker = self._load_ranker()
+            if self.token_cache_bytes is not None:
+                self.ranker.transform.token_cache_bytes = self.token_cache_bytes
             self.spec = TensorSpec.from_transform(self.ranker.transform)
             self._warm_up()
         except Exception as e:  # anything: a bad bundle must not crash-loop the pod
@@ -128,9 +136,9 @@ class ShoprankModel(Model):
                          self.backend or "auto", self.load_error)
             return False
         self.load_error, self.ready = None, True
-        MODEL_INFO.labels(self.name, self.backend, self.version, str(os.getpid())).set(1)
+        MODEL_INFO.labels(self.name, self.backend, self.version).set(1)
         logger.info("model '%s' ready: backend %s, %d catalogue items, bundle %s, loaded in %.2fs", self.name,
-                    self.backend, len(self.ranker.catalogue), self.model_dir, time.perf_counter() - t0)
+                    self.backend, len(self.ranker.items), self.model_dir, time.perf_counter() - t0)
         return True
 
     def bundle_version(self) -> str:
@@ -142,9 +150,10 @@ class ShoprankModel(Model):
 
     def _warm_up(self) -> None:
         """One ranking through the whole path: checks the bundle end to end and pays one-time costs now."""
-        items = list(self.ranker.catalogue.item_id[:4]) or ["warm-up"]
-        tensors, unknown = self.ranker.features(["warm up"], [items[:1]], [items])
-        self._score(tensors, len(items))
+        items = self.ranker.items.some_ids(4) or ["warm-up"]
+        scores, _ = self.ranker.score(["warm up"], [items[:1]], [items])
+        if scores.shape != (len(items),):
+            raise RuntimeError(f"the scorer returned shape {scores.shape} for {len(items)} rows")
 
     def start(self) -> None:
         # kserve.Model.start() sets ready=True unconditionally; readiness here is the outcome of load().
@@ -165,6 +174,20 @@ class ShoprankModel(Model):
     async def healthy(self) -> bool:
         return self.ready
 
+    # --- admission --------------------------------------------------------------------------------------
+    def retry_singly(self, error: Exception) -> bool:
+        """Whether a batch that failed with `error` is retried request by request (see serving.batcher)."""
+        return retry_singly(error)
+
+    def check_admission(self) -> None:
+        """Raise serving.errors.Overloaded when the batcher's queue is full: called by the lean REST path
+        before it decodes the body, so a refusal under overload costs almost nothing."""
+        if self._batcher is not None and self._batcher.full():
+            self._batcher.refuse()
+
+    def _new_batcher(self) -> MicroBatcher[Item]:
+        return MicroBatcher(self._run_batch, self.batch_settings, self.name, retry_singly=self.retry_singly)
+
     # --- metadata ---------------------------------------------------------------------------------------
     def get_input_types(self) -> list[dict]:
         inputs, _ = ranking_metadata()
@@ -184,7 +207,7 @@ class ShoprankModel(Model):
             raise ModelNotReady(self.name, self.load_error)
         req = parse_request(payload, self.spec, self.limits)
         if self._batcher is None:
-            self._batcher = MicroBatcher(self._run_batch, self.batch_settings, self.name)
+            self._batcher = self._new_batcher()
         if isinstance(req, RankingRequest):
             ranked = await self._batcher.submit(req, req.rows)
             return ranking_response(self.name, payload, ranked.scores, ranked.ranking, ranked.unknown_items,
@@ -193,9 +216,10 @@ class ShoprankModel(Model):
         return tensor_response(self.name, payload, score, model_version=self.version)
 
     def batch_tensors(self, items: list[Item]) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
-        """Model tensors for a batch: all ranking requests through one `Ranker.features` call (the pipeline's
-        transform), then the tensor requests. Returns tensors, the unknown-candidate mask of the ranking
-        rows, and the number of ranking rows (which come first)."""
+        """The whole model tensors for a batch (what a separate whole-graph predictor scores: the transformer):
+        all ranking requests through one `Ranker.features` call (the pipeline's transform), then the tensor
+        requests. Returns tensors, the unknown-candidate mask of the ranking rows, and the number of ranking rows
+        (which come first)."""
         rankings = [it for it in items if isinstance(it, RankingRequest)]
         parts, unknown, n_rank = [], np.zeros(0, bool), 0
         if rankings:
@@ -211,7 +235,8 @@ class ShoprankModel(Model):
         """One result per item, in item order: a RankedList for a ranking (all rankings of the batch sorted by
         one `split_ranked` call), scores for tensors."""
         rankings = [it.candidates for it in items if isinstance(it, RankingRequest)]
-        ranked = iter(self._split_ranked(scores[:n_rank], unknown, rankings) if rankings else ())
+        ranked = iter(self._split_ranked(scores[:n_rank], unknown, rankings, self.unknown_candidates)
+                      if rankings else ())
         out, t_off = [], n_rank
         for it in items:
             if isinstance(it, RankingRequest):
@@ -228,8 +253,25 @@ class ShoprankModel(Model):
         return scores
 
     def _batch_sync(self, items: list[Item]) -> list:
-        tensors, unknown, n_rank = self.batch_tensors(items)
-        return self.split_results(items, self._score(tensors, sum(it.rows for it in items)), unknown, n_rank)
+        """Ranking requests through one `Ranker.score` call (the composed backend: the request tower once per
+        request, item vectors from the tables, the pair head per candidate), tensor requests through the scorer on
+        their whole input tensors; then one result per item."""
+        rankings = [it for it in items if isinstance(it, RankingRequest)]
+        tensor_items = [it for it in items if isinstance(it, TensorRequest)]
+        parts, unknown, n_rank = [], np.zeros(0, bool), 0
+        if rankings:
+            scores, unknown = self.ranker.score([r.query for r in rankings], [r.history for r in rankings],
+                                                [r.candidates for r in rankings])
+            parts.append(scores)
+            n_rank = len(unknown)
+        if tensor_items:
+            tensors = tensor_items[0].tensors if len(tensor_items) == 1 else {
+                k: np.concatenate([it.tensors[k] for it in tensor_items]) for k in INPUTS}
+            parts.append(self._score(tensors, sum(it.rows for it in tensor_items)))
+        scores = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if scores.shape != (sum(it.rows for it in items),):
+            raise RuntimeError(f"the scorer returned shape {scores.shape} for {sum(it.rows for it in items)} rows")
+        return self.split_results(items, scores, unknown, n_rank)
 
     async def _run_batch(self, items: list[Item]) -> list:
         # TensorFlow and onnxruntime release the GIL while they run: a thread lets the loop parse meanwhile.

@@ -9,7 +9,9 @@ readiness, pre/predict/post handlers and Prometheus histograms). Every other rou
 /metrics, versioned infer, v1) is KServe's, untouched.
 
 Every failure is answered here with a JSON `{"error": ...}` and a 4xx/5xx status: nothing propagates to
-uvicorn, so a bad request never costs the client its keep-alive connection.
+uvicorn, so a bad request never costs the client its keep-alive connection. Overload is refused before the body
+is decoded (`model.check_admission()`, when the model has one): 503 with Retry-After, the cheapest answer there
+is, so that a burst costs the server as little as possible.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotR
 from kserve.logging import logger
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput, to_http_parameters
+
+from serving.errors import BodyTooLarge, ServiceUnavailable
 
 __all__ = ["FastInferMiddleware", "decode_request", "encode_response"]
 
@@ -154,7 +158,7 @@ def encode_response(response: Any) -> tuple[bytes, list[tuple[bytes, bytes]]]:
 class FastInferMiddleware:
     """ASGI middleware: serves unversioned v2 infer requests, passes everything else on."""
 
-    def __init__(self, app: Any, dataplane: DataPlane, max_body_bytes: int = 64 << 20):
+    def __init__(self, app: Any, dataplane: DataPlane, max_body_bytes: int = 1 << 20):
         self.app, self.dataplane, self.max_body_bytes = app, dataplane, max_body_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -177,7 +181,7 @@ class FastInferMiddleware:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise _TooLarge(f"the request body exceeds {self.max_body_bytes} bytes")
+                raise BodyTooLarge(self.max_body_bytes)
             chunks.append(chunk)
             if not msg.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -189,6 +193,9 @@ class FastInferMiddleware:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             if not await self.dataplane.model_ready(model_name, True):
                 raise ModelNotReady(model_name)
+            check = getattr(self.dataplane.model_registry.get_model(model_name), "check_admission", None)
+            if check is not None:
+                check()
             length = headers.get(INFERENCE_CONTENT_LENGTH_HEADER)
             if length is not None:
                 try:
@@ -204,8 +211,11 @@ class FastInferMiddleware:
             return 200, out_headers + extra, payload
         except InvalidInput as e:
             return self._error(400, str(e))
-        except _TooLarge as e:
+        except BodyTooLarge as e:
             return self._error(413, str(e))
+        except ServiceUnavailable as e:
+            return e.http_status, [*_JSON, (b"retry-after", str(e.retry_after_s).encode())], \
+                orjson.dumps({"error": e.reason})
         except ModelNotFound as e:
             return self._error(404, str(e))
         except ModelNotReady as e:
@@ -225,6 +235,3 @@ class FastInferMiddleware:
     def _error(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         return status, _JSON, orjson.dumps({"error": message})
 
-
-class _TooLarge(Exception):
-    pass

@@ -7,18 +7,34 @@ micro-batcher, the same `Ranker.features` (catalogue look-up + the pipeline's tr
 Only the scoring step differs: a batch's model tensors go to the predictor as one v2 request (binary tensors,
 REST or gRPC) and its `score` output comes back. Tensor requests are passed through the same way.
 
+When the predictor cannot be reached (connection refused or reset, timeout, its 502/503/504, gRPC UNAVAILABLE,
+DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED), the batch fails as a whole with `PredictorUnavailable` (the clients
+get 503 with Retry-After): retrying it request by request, as the batcher does for a failure that may be one
+request's fault, would only send N more requests to a predictor that is down.
+
     python -m serving.transformer --model_name shoprank-ranker --predictor_host HOST:PORT --protocol v2 \\
         [--model_dir /mnt/models] [--predictor_model_name NAME] [--http_port 8080]
 
-The transformer needs the bundle's transform/ folder (transform.json, catalogue.parquet) at --model_dir.
+The transformer needs the bundle's transform/ and items/ folders (transform.json; the per-item tables) at
+--model_dir. The predictor runs the whole graph per candidate (the ONNX export: Triton's model repository); the
+request/item split is the CPU backend's (issue 11): on a GPU the towers cost little, and the whole graph's inputs
+(70 int32 per row) are fewer bytes per candidate than the item vectors (2F + H floats) the head would need.
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before anything imports prometheus_client (KServe does): see serving.metrics
+    from serving.metrics import use_multiprocess_metrics
+
+    use_multiprocess_metrics()
+
+import asyncio  # noqa: E402
 import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import numpy as np
 from kserve.inference_client import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.logging import logger
@@ -26,9 +42,23 @@ from kserve.predictor_config import PredictorConfig
 
 from serving.batcher import BatchSettings
 from serving.codec import Limits, score_of, tensor_request
+from serving.errors import PredictorUnavailable
 from serving.model import Item, ShoprankModel
 
-__all__ = ["ShoprankTransformer", "main", "predictor_config"]
+__all__ = ["UNREACHABLE_GRPC", "UNREACHABLE_HTTP", "ShoprankTransformer", "main", "predictor_config", "unreachable"]
+
+UNREACHABLE_HTTP = (502, 503, 504)
+UNREACHABLE_GRPC = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def unreachable(error: BaseException) -> bool:
+    """True when a predictor call failed for a reason that is the predictor's (or the network's), not the
+    request's."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code in UNREACHABLE_HTTP
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        return error.code() in UNREACHABLE_GRPC
+    return isinstance(error, httpx.TransportError | OSError | asyncio.TimeoutError)
 
 
 class ShoprankTransformer(ShoprankModel):
@@ -36,8 +66,10 @@ class ShoprankTransformer(ShoprankModel):
 
     def __init__(self, name: str, model_dir: str | Path, predictor: PredictorConfig | None = None,
                  predictor_model_name: str | None = None, batch: BatchSettings | None = None,
-                 limits: Limits | None = None):
-        super().__init__(name, model_dir, backend="remote", batch=batch, limits=limits)
+                 limits: Limits | None = None, token_cache_bytes: int | None = None,
+                 unknown_candidates: str = "last"):
+        super().__init__(name, model_dir, backend="remote", batch=batch, limits=limits,
+                         token_cache_bytes=token_cache_bytes, unknown_candidates=unknown_candidates)
         self.predictor = predictor
         self.predictor_model_name = predictor_model_name or name
         self._rest: InferenceRESTClient | None = None
@@ -46,18 +78,18 @@ class ShoprankTransformer(ShoprankModel):
     def _init_args(self) -> dict:
         return {"name": self.name, "model_dir": self.model_dir, "predictor": self.predictor,
                 "predictor_model_name": self.predictor_model_name, "batch": self.batch_settings,
-                "limits": self.limits}
+                "limits": self.limits, "token_cache_bytes": self.token_cache_bytes,
+                "unknown_candidates": self.unknown_candidates}
 
     def _load_ranker(self) -> Any:
-        from shoprank.features.transform import Catalogue, FeatureTransform
         from shoprank.scoring.ranker import Ranker
 
-        t = Path(self.model_dir) / "transform"
-        # No local scorer: Ranker is used for its feature path (`features`), scores come from the predictor.
-        return Ranker(FeatureTransform.load(t), Catalogue.load(t / "catalogue.parquet"), scorer=None)
+        # No local scorer: Ranker is used for its feature path (`features`: the item tables' input tensors), and
+        # the scores come from the predictor, which runs the whole graph (the ONNX export on Triton).
+        return Ranker.load(self.model_dir, backend=None, unknown_candidates=self.unknown_candidates)
 
     def _warm_up(self) -> None:
-        items = list(self.ranker.catalogue.item_id[:4]) or ["warm-up"]
+        items = self.ranker.items.some_ids(4) or ["warm-up"]
         self.ranker.features(["warm up"], [items[:1]], [items])
 
     def _client_protocol(self) -> str:
@@ -66,6 +98,15 @@ class ShoprankTransformer(ShoprankModel):
         return self.predictor.predictor_protocol
 
     async def _remote_score(self, tensors: dict[str, np.ndarray], rows: int) -> np.ndarray:
+        try:
+            return await self._call_predictor(tensors, rows)
+        except Exception as e:
+            if unreachable(e):
+                raise PredictorUnavailable(f"the predictor at {self.predictor.predictor_host} did not answer: "
+                                           f"{type(e).__name__}: {e}") from e
+            raise
+
+    async def _call_predictor(self, tensors: dict[str, np.ndarray], rows: int) -> np.ndarray:
         p = self.predictor
         request = tensor_request(self.predictor_model_name, tensors, binary=True)
         if self._client_protocol() == "grpc-v2":
@@ -126,9 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(access_log=args.access_log, trace_log=args.enable_latency_logging)
     config = predictor_config(args)
     model = ShoprankTransformer(args.model_name, args.model_dir, config, args.predictor_model_name,
-                                batch=batch_settings(args), limits=limits(args))
-    model.load()
-    ShoprankModelServer(predictor_config=config, **server_kwargs(args)).start([model])
+                                batch=batch_settings(args), limits=limits(args),
+                                token_cache_bytes=args.token_cache_bytes, unknown_candidates=args.unknown_candidates)
+    if args.workers <= 1:  # with workers, each loads the bundle itself; this process after spawning them
+        model.load()
+    ShoprankModelServer(predictor_config=config, **server_kwargs(args)).start([model],
+                                                                              load_after_start=args.workers > 1)
 
 
 if __name__ == "__main__":

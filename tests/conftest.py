@@ -11,6 +11,9 @@ from shoprank.config import resolve_config
 
 # tests/cluster/ needs a Kubernetes control plane: `make test-cluster` runs it (and sets this variable).
 collect_ignore = [] if os.environ.get("SHOPRANK_CLUSTER_TESTS") == "1" else ["cluster"]
+# tests/containers/ needs the built images and podman or Docker: `make test-containers` runs it (and sets this).
+if os.environ.get("SHOPRANK_CONTAINER_TESTS") != "1":
+    collect_ignore.append("containers")
 
 NOW = 1_800_000_000  # a fixed "now" so timestamp checks do not depend on the wall clock
 
@@ -54,19 +57,21 @@ def tiny_model(tmp_path_factory, tiny_features, tiny_config) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_model, tiny_features, tiny_config) -> dict:
-    """A promoted serving bundle, as `make run` publishes it: optimize -> compare_artefacts (which writes the
-    evaluator's test scores, scores_<artefact>.npy, next to the optimised model) -> publish_bundle.
+    """A promoted serving bundle, as `make run` publishes it: optimize -> build_item_tables -> compare_artefacts
+    (which writes the evaluator's test scores, scores_<artefact>.npy, next to the optimised model) -> publish_bundle.
     Returns bundle_dir, optimized_dir (with the scores), features_dir (golden_requests.json, test split)."""
     import json
 
     from shoprank.evaluation.compare import compare_artefacts
     from shoprank.modeling.optimize import optimize
     from shoprank.release.bundle import publish_bundle
+    from shoprank.scoring.item_tables import build_item_tables
 
     features, transform, _ = tiny_features
     base = tmp_path_factory.mktemp("bundle")
     optimized = base / "optimized"
     optimize(tiny_model, features, optimized, tiny_config, progress=quiet)
+    build_item_tables(transform, optimized / "items", optimized / "towers")
     artefacts = compare_artefacts(tiny_model, optimized, features, tiny_config, progress=quiet)
     summary = base / "summary.json"
     summary.write_text(json.dumps({"preset": tiny_config.preset, "artefacts": artefacts}))

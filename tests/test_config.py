@@ -56,6 +56,10 @@ def test_unknown_or_malformed_override_is_refused_with_the_valid_names(bad, wher
     ({"triton": {"precision": "INT8"}}, "triton.precision"),
     ({"sources": {"esci_positive_labels": "ESC"}}, "sources.esci_positive_labels"),
     ({"preprocess": {"bucket_rows": 0}}, "preprocess.bucket_rows"),
+    ({"blessing": {"reference_check": "maybe"}}, "blessing.reference_check"),
+    ({"reference": {"folds": 1}}, "reference.folds"),
+    ({"reference": {"bootstrap_resamples": 10}}, "reference.bootstrap_resamples"),
+    ({"reference": {"bootstrap_level": 1.0}}, "reference.bootstrap_level"),
 ])
 def test_wrong_type_or_range_is_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

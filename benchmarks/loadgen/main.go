@@ -5,6 +5,12 @@
 // percentiles, errors, and the CPU this process used, so the benchmark can show that the load
 // generator is not the bottleneck. `-selftest` serves a constant from an in-process Go server instead,
 // which gives the generator's own ceiling on this machine.
+//
+// `-rate R -duration S` is the open-loop mode (the soak and burst cells): requests are started at R per
+// second for S seconds whatever the server's answers (at most -c in flight; a request that would exceed it is
+// counted as not sent), and the result adds a timeline: per bucket of -bucket-ms (by the time a request was
+// started) how many were sent, answered 200, refused with 503, or failed otherwise, and the 200s' latency.
+// `-schedule R1:S1,R2:S2,...` runs several rates back to back in one timeline (a burst, then normal load).
 package main
 
 import (
@@ -147,6 +153,167 @@ func run(client *http.Client, url string, bodies [][]byte, headers http.Header, 
 	return r
 }
 
+type bucket struct {
+	T       float64 `json:"t"` // seconds from the start of the run
+	Sent    int     `json:"sent"`
+	OK      int     `json:"ok"`
+	Refused int     `json:"refused"` // HTTP 503
+	Errors  int     `json:"errors"`  // anything else
+	P50Ms   float64 `json:"p50_ms"`
+	P99Ms   float64 `json:"p99_ms"`
+}
+
+type openResult struct {
+	Rate         float64  `json:"rate"`
+	Duration     float64  `json:"duration_s"`
+	Sent         int      `json:"sent"`
+	NotSent      int      `json:"not_sent"` // the generator's in-flight bound was reached
+	OK           int      `json:"ok"`
+	Refused      int      `json:"refused"`
+	Errors       int      `json:"errors"`
+	FirstError   string   `json:"first_error,omitempty"`
+	RetryAfter   string   `json:"retry_after,omitempty"` // of the first 503
+	Seconds      float64  `json:"seconds"`
+	OKPerSecond  float64  `json:"ok_rps"`
+	P50Ms        float64  `json:"p50_ms"`
+	P99Ms        float64  `json:"p99_ms"`
+	RefusedP99Ms float64  `json:"refused_p99_ms"`
+	CPUSeconds   float64  `json:"loadgen_cpu_seconds"`
+	CPUShare     float64  `json:"loadgen_cpu_share"`
+	Timeline     []bucket `json:"timeline"`
+}
+
+type phase struct{ rate, seconds float64 }
+
+func parseSchedule(text string) ([]phase, error) {
+	var out []phase
+	for _, part := range strings.Split(text, ",") {
+		var p phase
+		if _, err := fmt.Sscanf(strings.TrimSpace(part), "%g:%g", &p.rate, &p.seconds); err != nil || p.rate <= 0 {
+			return nil, fmt.Errorf("bad schedule part %q (want RATE:SECONDS)", part)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func openLoop(client *http.Client, url string, bodies [][]byte, headers http.Header, phases []phase,
+	c int, bucketMs int) openResult {
+	var due []float64 // start offsets, seconds
+	var duration, rate float64
+	for _, p := range phases {
+		n := int(p.rate * p.seconds)
+		for k := 0; k < n; k++ {
+			due = append(due, duration+float64(k)/p.rate)
+		}
+		duration += p.seconds
+	}
+	rate = float64(len(due)) / duration
+	total := len(due)
+	type rec struct {
+		start  float64
+		ms     float64
+		status int // 0: transport error
+	}
+	recs := make([]rec, total)
+	sent := make([]bool, total)
+	var firstErr, retryAfter atomic.Value
+	sem := make(chan struct{}, c)
+	var wg sync.WaitGroup
+	start := time.Now()
+	cpu0 := cpuSeconds()
+	for i := 0; i < total; i++ {
+		at := start.Add(time.Duration(due[i] * float64(time.Second)))
+		if d := time.Until(at); d > 0 {
+			time.Sleep(d)
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			continue // not sent: the in-flight bound
+		}
+		sent[i] = true
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(bodies[i%len(bodies)]))
+			req.Header = headers.Clone()
+			t := time.Now()
+			status := 0
+			resp, err := client.Do(req)
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err == nil {
+					status = resp.StatusCode
+					if status == http.StatusServiceUnavailable {
+						retryAfter.CompareAndSwap(nil, resp.Header.Get("Retry-After")+" ")
+					} else if status != http.StatusOK {
+						firstErr.CompareAndSwap(nil, fmt.Sprintf("HTTP %d", status))
+					}
+				}
+			}
+			if err != nil {
+				firstErr.CompareAndSwap(nil, err.Error())
+			}
+			recs[i] = rec{t.Sub(start).Seconds(), float64(time.Since(t).Microseconds()) / 1000, status}
+		}(i)
+	}
+	wg.Wait()
+	wall := time.Since(start).Seconds()
+	cpu := cpuSeconds() - cpu0
+	width := float64(bucketMs) / 1000
+	nb := int(duration/width) + 1
+	buckets := make([]bucket, nb)
+	lats := make([][]float64, nb)
+	r := openResult{Rate: rate, Duration: duration, Seconds: wall, CPUSeconds: cpu, CPUShare: cpu / wall}
+	var okLat, refusedLat []float64
+	for i, x := range recs {
+		if !sent[i] {
+			r.NotSent++
+			continue
+		}
+		r.Sent++
+		b := int(x.start / width)
+		if b >= nb {
+			b = nb - 1
+		}
+		buckets[b].Sent++
+		switch x.status {
+		case http.StatusOK:
+			r.OK++
+			buckets[b].OK++
+			okLat = append(okLat, x.ms)
+			lats[b] = append(lats[b], x.ms)
+		case http.StatusServiceUnavailable:
+			r.Refused++
+			buckets[b].Refused++
+			refusedLat = append(refusedLat, x.ms)
+		default:
+			r.Errors++
+			buckets[b].Errors++
+		}
+	}
+	for b := range buckets {
+		buckets[b].T = float64(b) * width
+		sort.Float64s(lats[b])
+		buckets[b].P50Ms, buckets[b].P99Ms = percentile(lats[b], 0.50), percentile(lats[b], 0.99)
+	}
+	sort.Float64s(okLat)
+	sort.Float64s(refusedLat)
+	r.OKPerSecond = float64(r.OK) / wall
+	r.P50Ms, r.P99Ms, r.RefusedP99Ms = percentile(okLat, 0.50), percentile(okLat, 0.99), percentile(refusedLat, 0.99)
+	r.Timeline = buckets
+	if e := firstErr.Load(); e != nil {
+		r.FirstError = e.(string)
+	}
+	if e := retryAfter.Load(); e != nil {
+		r.RetryAfter = strings.TrimSpace(e.(string))
+	}
+	return r
+}
+
 func main() {
 	url := flag.String("url", "", "POST target")
 	bodiesPath := flag.String("bodies", "", "file with one request body per line")
@@ -154,6 +321,10 @@ func main() {
 	c := flag.Int("c", 8, "concurrent connections")
 	warmup := flag.Int("warmup", 200, "requests sent first and not measured")
 	selftest := flag.Bool("selftest", false, "measure against an in-process constant server (the generator's ceiling)")
+	rate := flag.Float64("rate", 0, "open loop: requests started per second (0: closed loop over -c connections)")
+	duration := flag.Float64("duration", 10, "open loop: seconds")
+	bucketMs := flag.Int("bucket-ms", 100, "open loop: timeline bucket width")
+	schedule := flag.String("schedule", "", "open loop: RATE:SECONDS,... run back to back (instead of -rate/-duration)")
 	var hdrs headerList
 	flag.Var(&hdrs, "H", "request header 'Name: value' (repeatable)")
 	flag.Parse()
@@ -199,6 +370,19 @@ func main() {
 	}
 	if *warmup > 0 {
 		run(client, *url, bodies, headers, *warmup, *c)
+	}
+	if *rate > 0 || *schedule != "" {
+		phases := []phase{{*rate, *duration}}
+		if *schedule != "" {
+			var err error
+			if phases, err = parseSchedule(*schedule); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(2)
+			}
+		}
+		out, _ := json.Marshal(openLoop(client, *url, bodies, headers, phases, *c, *bucketMs))
+		fmt.Println(string(out))
+		return
 	}
 	r := run(client, *url, bodies, headers, *n, *c)
 	out, _ := json.Marshal(r)

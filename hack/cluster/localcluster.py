@@ -1,32 +1,39 @@
-"""A local Kubernetes control plane for the cluster tests: real upstream binaries built from their Go modules,
-simulated nodes (KWOK), KServe's CRDs and KServe's own controller, all on loopback.
+"""A local Kubernetes cluster for the cluster tests: real upstream binaries built from their Go modules, KServe's
+CRDs and KServe's own controller, simulated GPU nodes (KWOK), and one real node (kubelet + containerd) that runs
+the CPU serving pods for real, inside a network namespace of its own.
 
     python hack/cluster/localcluster.py build        build (or find cached) binaries, print progress
     python hack/cluster/localcluster.py up           build if needed, start everything, write the kubeconfig
     python hack/cluster/localcluster.py down         stop every process this driver started, remove state
-    python hack/cluster/localcluster.py status       what runs (pids, ports); exit 1 when not up
+    python hack/cluster/localcluster.py status       what runs (pids, ports, node, images); exit 1 when not up
+    python hack/cluster/localcluster.py images       rebuild the images that changed, load them into the node
     python hack/cluster/localcluster.py kubeconfig   print the kubeconfig path (admin)
     python hack/cluster/localcluster.py add-nodes N  add N more simulated GPU nodes (the scale test)
 
 What is real: etcd, kube-apiserver (TLS with generated certificates, RBAC + Node authorisation, the default
-admission plugins plus NodeRestriction, ServiceAccount token signing), kube-controller-manager (Deployments,
-ReplicaSets, HPA, namespaces, ServiceAccount tokens, garbage collection), kube-scheduler (node selectors,
-taints, extended resources such as nvidia.com/gpu), KServe v0.20.0's CRDs, and KServe's controller manager
-(`cmd/manager`, Standard mode) with its InferenceService/ServingRuntime admission webhooks registered.
-What is simulated: the nodes and the pods on them (KWOK marks scheduled pods Running and Ready; no container
-runs), so no model server answers requests and nothing measures CPU for the HPA.
+admission plugins plus NodeRestriction, ServiceAccount token signing, the kubelet API, the aggregation layer),
+kube-controller-manager (Deployments, ReplicaSets, HPA with shortened windows, namespaces, ServiceAccount tokens,
+EndpointSlices, garbage collection), kube-scheduler, KServe v0.20.0's CRDs and controller manager
+(`cmd/manager`, Standard mode) with its InferenceService/ServingRuntime admission webhooks and its pod mutator
+(storage initializer), the real node `shoprank-node` (node.py: kubelet, Debian's containerd and runc, CNI
+bridge, metrics-server, an S3 store), and the images its pods run (images.py: built here, no registry).
+What is simulated: the GPU nodes and the pods on them (KWOK marks scheduled pods Running and Ready; no
+container runs).
 
-Recipe: hack/cluster/k8s/go.mod (Kubernetes + etcd), hack/cluster/kwok/go.mod (KWOK), and KServe built in its
+Recipe: hack/cluster/k8s/go.mod (Kubernetes + etcd, kubelet included), hack/cluster/kwok/go.mod (KWOK), the
+tool modules of TOOL_MODULES (metrics-server, kube-score, versitygw, the pause process), and KServe built in its
 own module (its go.mod carries replace directives) with one build overlay that binds its webhook server to
 127.0.0.1 instead of every interface. Binaries are cached outside the checkout under
 `$SHOPRANK_CACHE_DIR/cluster/<key>/bin` (default ~/.cache/shoprank), the key a hash of the recipe; the state
-of a running cluster (certificates, kubeconfigs, etcd data, logs, pids) under `.../cluster/run/`.
-Everything listens on 127.0.0.1 ports picked free at start.
+of a running cluster (certificates, kubeconfigs, etcd data, the node's runtime state, logs, pids) under
+`.../cluster/run/`. The control plane listens on 127.0.0.1 ports picked free at start; the node's addresses
+are inside its network namespace (node.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as dt
 import hashlib
 import ipaddress
@@ -44,8 +51,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+try:  # imported as hack.cluster.localcluster (tests) or run as a script from hack/cluster
+    from hack.cluster import images, node
+except ImportError:  # pragma: no cover - the script case
+    import images  # type: ignore[no-redef]
+    import node  # type: ignore[no-redef]
+
 HERE = Path(__file__).resolve().parent
-RECIPE_VERSION = "1"  # bump to force a rebuild when the build steps below change
+RECIPE_VERSION = "2"  # bump to force a rebuild when the build steps below change
 KSERVE_MODULE = "github.com/kserve/kserve"
 KSERVE_VERSION = "v0.20.0"  # tests/support/kserve_crds.py pins the same
 KSERVE_NAMESPACE = "kserve"
@@ -53,7 +66,14 @@ GPU_LABEL = ("nvidia.com/gpu.present", "true")  # manifests/overlays/gpu/gpu-nod
 GPU_RESOURCE = "nvidia.com/gpu"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_CIDR = "10.96.0.0/16"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kserve-manager")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kwok",
+            "kserve-manager", "metrics-server", "kube-score", "versitygw", "pause")
+# Go modules of the recipe besides Kubernetes: folder -> (module, main package). Each folder's go.mod pins the
+# version (a `tool` line) and its go.sum the hashes of everything it builds from.
+TOOL_MODULES = {"metrics-server": ("sigs.k8s.io/metrics-server", "sigs.k8s.io/metrics-server/cmd/metrics-server"),
+                "kube-score": ("github.com/zegl/kube-score", "github.com/zegl/kube-score/cmd/kube-score"),
+                "s3": ("github.com/versity/versitygw", "github.com/versity/versitygw/cmd/versitygw"),
+                "pause": ("shoprank.local/hack/cluster/pause", ".")}
 START_TIMEOUT_S = 120.0
 
 
@@ -87,10 +107,14 @@ def _module_version(gomod: Path, module: str) -> str:
 
 def versions() -> dict[str, str]:
     k8s, kwok = HERE / "k8s" / "go.mod", HERE / "kwok" / "go.mod"
-    return {"kubernetes": _module_version(k8s, "k8s.io/kubernetes"),
-            "etcd": _module_version(k8s, "go.etcd.io/etcd/server/v3"),
-            "kwok": _module_version(kwok, "sigs.k8s.io/kwok"),
-            "kserve": KSERVE_VERSION}
+    out = {"kubernetes": _module_version(k8s, "k8s.io/kubernetes"),
+           "etcd": _module_version(k8s, "go.etcd.io/etcd/server/v3"),
+           "kwok": _module_version(kwok, "sigs.k8s.io/kwok"),
+           "kserve": KSERVE_VERSION}
+    for folder, (module, _) in TOOL_MODULES.items():
+        if folder != "pause":
+            out[folder] = _module_version(HERE / folder / "go.mod", module)
+    return out
 
 
 def go_binary() -> str:
@@ -103,7 +127,10 @@ def go_binary() -> str:
 
 def build_key() -> str:
     digest = hashlib.sha256(RECIPE_VERSION.encode())
-    for part in ("k8s/go.mod", "k8s/go.sum", "kwok/go.mod", "kwok/go.sum"):
+    parts = ["k8s/go.mod", "k8s/go.sum", "kwok/go.mod", "kwok/go.sum", "pause/main.go"]
+    parts += [f"{folder}/{name}" for folder in TOOL_MODULES for name in ("go.mod", "go.sum")
+              if (HERE / folder / name).is_file()]
+    for part in parts:
         digest.update(part.encode() + b"\0" + (HERE / part).read_bytes())
     digest.update(json.dumps(versions(), sort_keys=True).encode())
     digest.update(_kserve_patch(_WEBHOOK_OPTIONS))
@@ -193,9 +220,9 @@ def build(force: bool = False) -> Path:
     ldflags = (f"-s -w -X {prefix}.gitVersion={v['kubernetes']} -X {prefix}.gitMajor=1 -X {prefix}.gitMinor={minor} "
                f"-X {prefix}.gitTreeState=clean -X {prefix}.buildDate=1970-01-01T00:00:00Z")
     k8s_pkgs = ["k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager",
-                "k8s.io/kubernetes/cmd/kube-scheduler"]
+                "k8s.io/kubernetes/cmd/kube-scheduler", "k8s.io/kubernetes/cmd/kubelet"]
     # Downloads first (a failure here is the proxy, not the compiler).
-    for mod in ("k8s", "kwok"):
+    for mod in ("k8s", "kwok", *(m for m in TOOL_MODULES if m != "pause")):
         proc = subprocess.run([go, "mod", "download"], cwd=HERE / mod, env=env, capture_output=True, text=True,
                               timeout=1800, check=False)
         if proc.returncode != 0:
@@ -206,6 +233,11 @@ def build(force: bool = False) -> Path:
                               *k8s_pkgs], HERE / "k8s", env)
     _run_build("kwok", [go, "build", "-v", "-trimpath", "-ldflags=-s -w", "-o", str(work / "kwok"),
                         "sigs.k8s.io/kwok/cmd/kwok"], HERE / "kwok", env)
+    # The real node's tools: metrics-server, the manifest scorer, the S3 store, the sandbox's pause process.
+    for folder, (_, package) in TOOL_MODULES.items():
+        name = {"s3": "versitygw"}.get(folder, folder)
+        _run_build(name, [go, "build", "-v", "-trimpath", "-ldflags=-s -w", "-o", str(work / name), package],
+                   HERE / folder, env)
     # KServe: its own go.mod (with its replace directives) and go.sum, built from a writable copy of the Go
     # code it needs (go.mod, go.sum, pkg/, cmd/manager/; ~9 MB), with main.go patched as _kserve_patch says.
     source = _kserve_source(go, env)
@@ -298,6 +330,17 @@ def _write_pki(pki: Path) -> None:
     issue("kwok", "kwok-controller", orgs=("system:masters",))
     issue("kserve", "kserve-controller-manager", orgs=("system:masters",))
     issue("webhook", "kserve-webhook", server_names=("localhost",), ips=("127.0.0.1",))
+    # The real node: the kubelet's serving certificate (its InternalIP) and its client identity (the Node
+    # authorizer and NodeRestriction apply to system:node:NAME); the API server's client certificate for the
+    # kubelet API (logs, exec, port-forward); the aggregation layer's front proxy; metrics-server's serving
+    # certificate (the aggregator checks the service name) and its client identity.
+    issue("kubelet", node.NODE_NAME, server_names=(node.NODE_NAME,), ips=(node.NODE_IP,))
+    issue("kubelet-node", f"system:node:{node.NODE_NAME}", orgs=("system:nodes",))
+    issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("system:masters",))
+    issue("front-proxy-client", "front-proxy-client")
+    issue("metrics-server", "metrics-server", server_names=("metrics-server.kube-system.svc", "metrics-server"),
+          ips=(node.NODE_IP,))
+    issue("metrics-server-client", "metrics-server", orgs=("system:masters",))
     sa_key = key()
     save("sa", sa_key)
     (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(serialization.Encoding.PEM,
@@ -350,13 +393,24 @@ def _alive(pid: int, binary: str) -> bool:
     return os.path.realpath(exe) == os.path.realpath(binary)
 
 
-def _start(state: dict[str, Any], name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+def _start(state: dict[str, Any], name: str, args: list[str], env: dict[str, str] | None = None, *,
+           exe: str | None = None, netns: str | None = None) -> None:
+    """Start `args` (args[0] names a binary of the cache unless `exe` is given) with its output in logs/NAME.log;
+    with `netns`, inside that network namespace (`nsenter --net`, which execs the binary: the recorded pid is
+    the binary's own)."""
     logs = Path(state["dir"]) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    binary = str(Path(state["bin"]) / args[0])
+    binary = exe or str(Path(state["bin"]) / args[0])
+    cmd = [binary, *args[1:]]
+    if netns:
+        cmd = [shutil.which("nsenter") or "nsenter", f"--net={netns}", "--", *cmd]
     with open(logs / f"{name}.log", "ab") as out:
-        proc = subprocess.Popen([binary, *args[1:]], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=dict(os.environ, **(env or {})))
+    if netns:  # wait for nsenter's exec, so that liveness checks see the binary
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and proc.poll() is None and not _alive(proc.pid, binary):
+            time.sleep(0.02)
     state["procs"][name] = {"pid": proc.pid, "binary": binary}
     _save_state(state)
 
@@ -431,7 +485,10 @@ def node_manifest(name: str, *, gpus: int = 0, cpu: str = "32", memory: str = "1
             "status": {"capacity": capacity, "allocatable": dict(capacity)}}
 
 
-DEFAULT_NODES = (("cpu-node-0", 0), ("cpu-node-1", 0), ("gpu-node-0", 2), ("gpu-node-1", 2))
+# Simulated nodes. The local cluster's CPU node is the real one (node.NODE_NAME); on kind, KWOK adds simulated
+# CPU nodes too (the kind node itself is cordoned).
+GPU_NODES = (("gpu-node-0", 2), ("gpu-node-1", 2))
+DEFAULT_NODES = (("cpu-node-0", 0), ("cpu-node-1", 0), *GPU_NODES)
 
 
 def add_nodes(state: dict[str, Any], nodes: list[tuple[str, int]]) -> None:
@@ -488,8 +545,9 @@ def kserve_crd_files(source: Path) -> list[Path]:
     return files
 
 
-def kserve_configmap(source: Path) -> dict[str, Any]:
-    """KServe's `inferenceservice-config` with the Standard deployment mode as default and no Ingress."""
+def kserve_configmap(source: Path, storage_initializer: str | None = None) -> dict[str, Any]:
+    """KServe's `inferenceservice-config` with the Standard deployment mode as default and no Ingress; with
+    `storage_initializer`, the storage initializer image built here (images.py) instead of KServe's."""
     import yaml
 
     docs = [d for d in yaml.safe_load_all((source / "config" / "configmap" / "inferenceservice.yaml").read_text())
@@ -501,14 +559,18 @@ def kserve_configmap(source: Path) -> dict[str, Any]:
     ingress = json.loads(data["ingress"])
     ingress.update(disableIngressCreation=True, disableIstioVirtualHost=True)
     data["ingress"] = json.dumps(ingress)
+    if storage_initializer:
+        initializer = json.loads(data["storageInitializer"])
+        initializer["image"] = storage_initializer
+        data["storageInitializer"] = json.dumps(initializer)
     cm["metadata"]["namespace"] = KSERVE_NAMESPACE
     return cm
 
 
 def kserve_webhooks(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """KServe's InferenceService defaulting/validation and ServingRuntime validation webhooks, served by the
-    local manager on 127.0.0.1 (the pod mutator, which injects the storage initializer, is not registered:
-    KWOK runs no containers)."""
+    """KServe's InferenceService defaulting/validation, its pod mutator (which injects the storage initializer
+    and the storage credentials into predictor and transformer pods, selected as in KServe's own manifests) and
+    ServingRuntime validation webhooks, served by the local manager on 127.0.0.1."""
     import base64
 
     ca = base64.b64encode((Path(state["dir"]) / "pki" / "ca.crt").read_bytes()).decode()
@@ -521,12 +583,21 @@ def kserve_webhooks(state: dict[str, Any]) -> list[dict[str, Any]]:
                 "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1", "v1beta1"],
                 "timeoutSeconds": 10}
 
+    pod_mutator = {
+        "name": "inferenceservice.kserve-webhook-server.pod-mutator",
+        "clientConfig": {"url": base + "/mutate-pods", "caBundle": ca},
+        "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+        "namespaceSelector": {"matchExpressions": [{"key": "control-plane", "operator": "DoesNotExist"}]},
+        "objectSelector": {"matchExpressions": [{"key": "serving.kserve.io/inferenceservice",
+                                                 "operator": "Exists"}]},
+        "failurePolicy": "Fail", "sideEffects": "None", "reinvocationPolicy": "IfNeeded",
+        "admissionReviewVersions": ["v1", "v1beta1"], "timeoutSeconds": 10}
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
          "metadata": {"name": "inferenceservice.serving.kserve.io"},
          "webhooks": [hook("inferenceservice.kserve-webhook-server.defaulter",
                            "/mutate-serving-kserve-io-v1beta1-inferenceservice", "inferenceservices", "v1beta1",
-                           ["CREATE", "UPDATE"])]},
+                           ["CREATE", "UPDATE"]), pod_mutator]},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
          "metadata": {"name": "inferenceservice.serving.kserve.io"},
          "webhooks": [hook("inferenceservice.kserve-webhook-server.validator",
@@ -560,7 +631,15 @@ def up(*, kserve: bool = True) -> dict[str, Any]:
     if existing is not None:
         log(f"already up: KUBECONFIG={existing['kubeconfig']}")
         return existing
-    binaries = build()
+    missing = node.missing_packages()
+    if missing:
+        raise ClusterError(f"the real node needs Debian packages that are not installed: {' '.join(missing)} "
+                           f"(apt-get install -y {' '.join(missing)}; .ci/run installs them)")
+    # The images (debootstrap, pip: mostly downloads) build while Go compiles (CPU): a cold start saves their time.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        containers = pool.submit(_build_container_images)
+        binaries = build()
+        image_refs = build_images(binaries, containers.result())
     start = time.monotonic()
     run = state_dir()
     shutil.rmtree(run, ignore_errors=True)
@@ -571,7 +650,8 @@ def up(*, kserve: bool = True) -> dict[str, Any]:
     server = f"https://127.0.0.1:{ports['apiserver']}"
     state: dict[str, Any] = {"dir": str(run), "bin": str(binaries), "ports": ports, "server": server,
                              "kubeconfig": str(run / "kubeconfig"), "procs": {}, "up": False,
-                             "versions": versions(), "kserve": kserve}
+                             "versions": versions(), "kserve": kserve, "images": image_refs,
+                             "node": {"name": node.NODE_NAME, "ip": node.NODE_IP, "netns": node.NETNS}}
     _save_state(state)
     try:
         _up(state, pki, kserve)
@@ -612,7 +692,20 @@ def _up(state: dict[str, Any], pki: Path, kserve: bool) -> None:
         f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true", "--anonymous-auth=false",
-        "--endpoint-reconciler-type=none", "--profiling=false", "--v=1"])
+        "--endpoint-reconciler-type=none", "--profiling=false",
+        # The real node's kubelet API (logs, exec, port-forward, metrics-server's scrape) at its InternalIP,
+        # with its serving certificate checked against the cluster CA.
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}", "--kubelet-preferred-address-types=InternalIP",
+        # The aggregation layer (metrics.k8s.io from metrics-server), routed to the endpoint's address since
+        # there is no kube-proxy for Service IPs.
+        f"--requestheader-client-ca-file={pki / 'ca.crt'}", "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={pki / 'front-proxy-client.key'}", "--enable-aggregator-routing=true",
+        "--v=1"])
     _wait("kube-apiserver /readyz", lambda: _https_ok(server + "/readyz", pki), state, "kube-apiserver")
     log(f"kube-apiserver ready at {server} ({time.monotonic() - t0:.1f}s)")
 
@@ -624,7 +717,11 @@ def _up(state: dict[str, Any], pki: Path, kserve: bool) -> None:
         "--use-service-account-credentials=true", f"--service-account-private-key-file={pki / 'sa.key'}",
         f"--root-ca-file={pki / 'ca.crt'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--controllers=*",
-        "--horizontal-pod-autoscaler-sync-period=5s", "--concurrent-deployment-syncs=10",
+        # HPA windows shortened for the tests (defaults: 5 min scale-down stabilisation, 5 min CPU
+        # initialisation, 30 s readiness delay), so 1 -> 2 -> 1 replicas fits in a test.
+        "--horizontal-pod-autoscaler-sync-period=5s", "--horizontal-pod-autoscaler-downscale-stabilization=20s",
+        "--horizontal-pod-autoscaler-cpu-initialization-period=20s",
+        "--horizontal-pod-autoscaler-initial-readiness-delay=10s", "--concurrent-deployment-syncs=10",
         "--concurrent-replicaset-syncs=10", "--kube-api-qps=100", "--kube-api-burst=200", "--v=1"])
     _start(state, "kube-scheduler", [
         "kube-scheduler", f"--kubeconfig={run / 'scheduler.kubeconfig'}",
@@ -637,7 +734,7 @@ def _up(state: dict[str, Any], pki: Path, kserve: bool) -> None:
         f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake", "--node-lease-duration-seconds=40",
         f"--server-address=127.0.0.1:{ports['kwok']}", "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1"])
 
-    add_nodes(state, list(DEFAULT_NODES))
+    add_nodes(state, list(GPU_NODES))
     source = _kserve_source(go_binary(), _go_env())
     files = [arg for crd in kserve_crd_files(source) for arg in ("-f", str(crd))]
     kubectl(state, "apply", "--server-side", "--field-manager=shoprank-cluster", *files)
@@ -647,14 +744,151 @@ def _up(state: dict[str, Any], pki: Path, kserve: bool) -> None:
                                       for c in (crd.get("status") or {}).get("conditions") or []) for crd in crds)
     _wait("KServe's CRDs Established", established, state, "kube-apiserver", 60)
     log(f"KServe {KSERVE_VERSION} CRDs installed ({time.monotonic() - t0:.1f}s)")
-    wait_nodes_ready(state, [n for n, _ in DEFAULT_NODES])
+    wait_nodes_ready(state, [n for n, _ in GPU_NODES])
     _wait("the default ServiceAccount (kube-controller-manager)",
           lambda: kubectl(state, "get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
           state, "kube-controller-manager")
     log(f"nodes Ready, controllers running ({time.monotonic() - t0:.1f}s)")
+    start_node(state)
+    log(f"real node {node.NODE_NAME} Ready at {node.NODE_IP}, metrics-server and the S3 store up "
+        f"({time.monotonic() - t0:.1f}s)")
     if kserve:
         start_kserve(state, source)
         log(f"KServe controller ready ({time.monotonic() - t0:.1f}s)")
+
+
+STORAGE_SECRET = "shoprank-storage"  # manifests/base/model-reader-serviceaccount.yaml names it
+
+
+def storage_secret(state: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """The `shoprank-storage` secret for the cluster's S3 store, as a user creates it for an S3-compatible store
+    (manifests/base/model-reader-serviceaccount.yaml): the key pair, and KServe's s3-* annotations with the
+    store's address, which KServe's pod webhook turns into the storage initializer's AWS_* / S3_* variables."""
+    s3 = state.get("s3") or {"endpoint": "http://s3.invalid", "access_key": "none", "secret_key": "none",
+                             "region": "us-east-1"}
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": STORAGE_SECRET, "namespace": namespace, "annotations": {
+                "serving.kserve.io/s3-endpoint": s3["endpoint"].split("://", 1)[1],
+                "serving.kserve.io/s3-usehttps": "0", "serving.kserve.io/s3-region": s3["region"],
+                "serving.kserve.io/s3-useanoncredential": "false"}},
+            "stringData": {"AWS_ACCESS_KEY_ID": s3["access_key"], "AWS_SECRET_ACCESS_KEY": s3["secret_key"]}}
+
+
+def s3_client(state: dict[str, Any]) -> Any:
+    """A boto3 client for the cluster's S3 store (path-style addressing: the store has no per-bucket names)."""
+    import boto3
+    from botocore.config import Config
+
+    s3 = state["s3"]
+    return boto3.client("s3", endpoint_url=s3["endpoint"], aws_access_key_id=s3["access_key"],
+                        aws_secret_access_key=s3["secret_key"], region_name=s3["region"],
+                        config=Config(retries={"max_attempts": 3}, s3={"addressing_style": "path"}))
+
+
+def images_cache() -> Path:
+    path = cache_root() / "images"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _build_container_images() -> dict[str, str] | ClusterError:
+    try:
+        return images.build_containers(images_cache())
+    except images.ImageError as exc:
+        return ClusterError(f"building the real node's images failed: {exc}")
+
+
+def build_images(binaries: Path, built: dict[str, str] | ClusterError | None = None) -> dict[str, str]:
+    """The node's images (hack/cluster/images.py): built once per content, cached in podman's store; `built`:
+    what a concurrent _build_container_images returned."""
+    t0 = time.monotonic()
+    if built is None:
+        built = _build_container_images()
+    if isinstance(built, ClusterError):
+        raise built
+    refs = dict(built, pause=images.pause_archive(images_cache(), binaries / "pause")[0])
+    log(f"images ready ({time.monotonic() - t0:.0f}s): {', '.join(refs.values())}")
+    return refs
+
+
+def start_node(state: dict[str, Any]) -> None:
+    """The real node: network namespace, containerd (images imported), the API server forwarder, kubelet
+    (Ready), the S3 store, metrics-server (metrics.k8s.io served). See hack/cluster/node.py."""
+    run, pki = Path(state["dir"]), Path(state["dir"]) / "pki"
+    t0 = time.monotonic()
+    node.create_network()
+    state["node"]["network"] = True
+    _save_state(state)
+    ctr_sock = node.containerd_socket(run)
+    config = node.write_containerd_config(run, state["images"]["pause"], cache_root() / "containerd")
+    _start(state, "containerd", node.containerd_args(config), exe=shutil.which("containerd") or "containerd",
+           netns=node.NETNS_PATH)
+    _wait("containerd", lambda: images.ctr(ctr_sock, "version", check=False).returncode == 0, state, "containerd", 60)
+    try:
+        loaded = images.load(images_cache(), ctr_sock, state["images"], Path(state["bin"]) / "pause")
+    except images.ImageError as exc:
+        raise ClusterError(f"loading images into the node's containerd failed: {exc}") from exc
+    log(f"containerd up, images in its store ({len(loaded)} imported, {time.monotonic() - t0:.0f}s)")
+
+    host, port = node.APISERVER_IN_NODE.rsplit(":", 1)
+    _start(state, "apiserver-forward", ["nsforward", str(HERE / "nsforward.py"), f"--netns={node.NETNS_PATH}",
+                                        f"--listen={node.APISERVER_IN_NODE}",
+                                        f"--connect=127.0.0.1:{state['ports']['apiserver']}"],
+           exe=sys.executable)
+    in_node = f"https://{node.APISERVER_IN_NODE}"
+    _kubeconfig(run / "kubelet.kubeconfig", in_node, pki, "kubelet-node")
+    _kubeconfig(run / "metrics-server.kubeconfig", in_node, pki, "metrics-server-client")
+    state["ports"]["kubelet_healthz"] = free_port()
+    kubelet_config = node.write_kubelet_config(run, pki, state["ports"]["kubelet_healthz"])
+    _start(state, "kubelet", node.kubelet_args(run, kubelet_config, run / "kubelet.kubeconfig"),
+           netns=node.NETNS_PATH)
+
+    def ready() -> bool:
+        got = kubectl(state, "get", "node", node.NODE_NAME, "-o", "json", check=False)
+        if got.returncode != 0:
+            return False
+        conds = {c["type"]: c["status"] for c in json.loads(got.stdout).get("status", {}).get("conditions") or []}
+        return conds.get("Ready") == "True"
+    _wait(f"node {node.NODE_NAME} Ready (kubelet)", ready, state, "kubelet", 180)
+
+    access, secret = node.new_s3_credentials()
+    state["s3"] = {"endpoint": f"http://{node.NODE_IP}:{node.S3_PORT}", "access_key": access, "secret_key": secret,
+                   "region": node.S3_REGION}
+    _start(state, "s3-store", node.s3_args(run, access, secret), netns=node.NETNS_PATH)
+    _wait("the S3 store (versitygw)", lambda: _http_ok(f"{state['s3']['endpoint']}/health"), state, "s3-store", 60)
+
+    _start(state, "metrics-server", node.metrics_server_args(run, pki, run / "metrics-server.kubeconfig"),
+           netns=node.NETNS_PATH)
+    kubectl(state, "apply", "--server-side", "--force-conflicts", "--field-manager=shoprank-cluster", "-f", "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": node.metrics_api_objects(pki)}))
+
+    def metrics_api() -> bool:
+        got = kubectl(state, "get", "apiservice", "v1beta1.metrics.k8s.io", "-o", "json", check=False)
+        conds = {c["type"]: c["status"] for c in
+                 (json.loads(got.stdout).get("status", {}).get("conditions") or [] if got.returncode == 0 else [])}
+        return conds.get("Available") == "True"
+    _wait("metrics.k8s.io Available (metrics-server)", metrics_api, state, "metrics-server", 120)
+    _save_state(state)
+
+
+def stop_node(state: dict[str, Any]) -> None:
+    """Stop the kubelet, every container of the node, containerd, metrics-server, the store and the forwarder;
+    remove the pods' network namespaces, every mount below the state folder, the veth pair and the namespace."""
+    run = Path(state["dir"])
+    for name in ("metrics-server", "s3-store", "kubelet"):
+        stop_process(state, name)
+    sock = node.containerd_socket(run)
+    netns_paths: list[str] = []
+    if "containerd" in state["procs"]:
+        netns_paths = node.sandbox_netns_paths(sock)
+        node.kill_tasks(sock)
+    stop_process(state, "containerd", timeout=30)
+    stop_process(state, "apiserver-forward")
+    node.remove_netns_files(netns_paths)
+    node.remove_log_links(run)
+    node.unmount_under(run)
+    if (state.get("node") or {}).get("network") or node.netns_exists():
+        node.delete_network()
 
 
 def start_kserve(state: dict[str, Any], source: Path | None = None) -> None:
@@ -663,7 +897,7 @@ def start_kserve(state: dict[str, Any], source: Path | None = None) -> None:
     run, ports = Path(state["dir"]), state["ports"]
     kubectl(state, "create", "namespace", KSERVE_NAMESPACE, check=False)
     kubectl(state, "apply", "--server-side", "--force-conflicts", "--field-manager=shoprank-cluster", "-f", "-",
-            stdin=json.dumps(kserve_configmap(source)))
+            stdin=json.dumps(kserve_configmap(source, state.get("images", {}).get("storage-initializer"))))
     certs = run / "kserve-tmp" / "k8s-webhook-server" / "serving-certs"
     certs.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "pki" / "webhook.crt", certs / "tls.crt")
@@ -693,25 +927,21 @@ def stop_process(state: dict[str, Any], name: str, timeout: float = 15) -> None:
         os.kill(info["pid"], signal.SIGKILL)
 
 
-def stop_kserve(state: dict[str, Any]) -> None:
-    """Stop KServe's controller and remove its webhooks (without them admission would fail closed)."""
-    for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
-        kubectl(state, "delete", kind, "inferenceservice.serving.kserve.io", "--ignore-not-found", check=False)
-    kubectl(state, "delete", "validatingwebhookconfiguration", "servingruntime.serving.kserve.io",
-            "--ignore-not-found", check=False)
-    stop_process(state, "kserve-manager")
-
-
 def down(keep_logs: bool = False) -> None:
     """Stop every process of the cluster (the pids this driver recorded, checked against their binaries), in
     reverse start order, and remove the state (with keep_logs, logs/ stays for a post-mortem)."""
     state = load_state()
     run = state_dir()
     if state is None:
+        node.unmount_under(run)
+        if node.netns_exists():
+            node.delete_network()
         if run.exists() and not keep_logs:
             shutil.rmtree(run, ignore_errors=True)
         log("no cluster state: nothing to stop")
         return
+    if state.get("node"):
+        stop_node(state)
     for name in reversed(list(state["procs"])):
         stop_process(state, name)
     if keep_logs:
@@ -765,12 +995,34 @@ def status() -> int:
         ok &= alive
         print(f"{name:26s} pid {info['pid']:>7}  {'running' if alive else 'NOT RUNNING'}")
     print(f"server {state['server']}  KUBECONFIG={state['kubeconfig']}  up={state.get('up')}")
+    if state.get("node"):
+        print(f"real node {state['node']['name']} at {state['node']['ip']} (network namespace "
+              f"{state['node']['netns']}); S3 store {(state.get('s3') or {}).get('endpoint')}")
+    for name, ref in (state.get("images") or {}).items():
+        print(f"image {name:20s} {ref}")
     return 0 if ok and state.get("up") else 1
+
+
+def refresh_images() -> dict[str, Any]:
+    """Rebuild the images whose content changed (the serving image after a code change) and import them into
+    the running node; the state then names the new references."""
+    state = load_state()
+    if state is None or not state.get("up"):
+        raise ClusterError("the cluster is not up (make cluster-up)")
+    refs = build_images(Path(state["bin"]))
+    try:
+        images.load(images_cache(), node.containerd_socket(Path(state["dir"])), refs, Path(state["bin"]) / "pause")
+    except images.ImageError as exc:
+        raise ClusterError(f"loading images into the node's containerd failed: {exc}") from exc
+    state["images"] = refs
+    _save_state(state)
+    return state
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("build", "up", "down", "status", "kubeconfig", "add-nodes", "versions"))
+    parser.add_argument("command", choices=("build", "up", "down", "status", "kubeconfig", "add-nodes", "versions",
+                                            "images", "serving-image"))
     parser.add_argument("count", nargs="?", type=int, default=0)
     parser.add_argument("--no-kserve", action="store_true", help="up: do not start KServe's controller")
     parser.add_argument("--force", action="store_true", help="build: rebuild even when cached")
@@ -787,6 +1039,13 @@ def main(argv: list[str] | None = None) -> int:
             return status()
         elif args.command == "kubeconfig":
             print(state_dir() / "kubeconfig")
+        elif args.command == "images":
+            refresh_images()
+        elif args.command == "serving-image":
+            state = load_state()
+            if state is None or not state.get("images"):
+                raise ClusterError("the cluster is not up (make cluster-up)")
+            print(state["images"]["serving"])
         elif args.command == "versions":
             print(json.dumps({**versions(), "cache": str(bin_dir())}, indent=1))
         elif args.command == "add-nodes":

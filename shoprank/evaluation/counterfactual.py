@@ -45,7 +45,7 @@ from shoprank.config import CounterfactualConfig
 from shoprank.data.clicks import expected_clicks, group_bounds, rank_examination
 from shoprank.evaluation.blessing import Check
 from shoprank.features.dataset import SplitData
-from shoprank.layout import LATEST, MANIFEST, TFLITE_FILE
+from shoprank.layout import LATEST, MANIFEST, TOWERS_DIR
 from shoprank.modeling.propensity import Propensities, power_law, regression_em
 
 __all__ = [
@@ -230,17 +230,18 @@ def previous_bundle(config: CounterfactualConfig, model_name: str = "shoprank-ra
         if (candidate / LATEST).is_file():
             p = candidate / (candidate / LATEST).read_text().strip()
             break
-    if not (p / MANIFEST).is_file() or not (p / TFLITE_FILE).is_file():
-        return None, f"no previous model: {p} is not a published bundle (no {MANIFEST} or {TFLITE_FILE})"
+    if not (p / MANIFEST).is_file() or not (p / TOWERS_DIR).is_dir():
+        return None, (f"no previous model: {p} is not a published bundle of the served composition (no {MANIFEST} "
+                      f"or {TOWERS_DIR}/)")
     return p, f"previous model: {p}"
 
 
 def score_previous(bundle: Path, split_dir: Path, batch_size: int) -> np.ndarray:
-    """The bundle's int8 model (what serves) scores every test row through the serving code path, from the raw
-    test requests (ids and text) and its own transform: its vocabularies need not be this run's."""
+    """The bundle's served composition (int8 request tower, its item tables, the head: what serves) scores every
+    test row through the serving code path, from the raw test requests (ids and text) and its own transform: its
+    vocabularies need not be this run's. `batch_size`: rows per call, whole requests at a time."""
     import pyarrow.parquet as pq
 
-    from shoprank.scoring.backends import score_in_batches
     from shoprank.scoring.ranker import Ranker
 
     ranker = Ranker.load(bundle, "tflite")
@@ -252,8 +253,13 @@ def score_previous(bundle: Path, split_dir: Path, batch_size: int) -> np.ndarray
     if starts.size - 1 != len(requests["request_id"]):
         raise RuntimeError("test requests and rows disagree: the features directory is inconsistent")
     candidates = [items[starts[i]: starts[i + 1]].tolist() for i in range(starts.size - 1)]
-    tensors, _ = ranker.features(requests["query"], requests["history"], candidates)
-    return score_in_batches(ranker.scorer, tensors, batch_size)
+    out = np.empty(req.size, np.float32)
+    per_call = max(1, batch_size // max(1, int(np.diff(starts).mean()) if starts.size > 1 else 1))
+    for r0 in range(0, len(candidates), per_call):
+        r1 = min(len(candidates), r0 + per_call)
+        scores, _ = ranker.score(requests["query"][r0:r1], requests["history"][r0:r1], candidates[r0:r1])
+        out[starts[r0]: starts[r1]] = scores
+    return out
 
 
 def click_check(report: dict, new: str, previous: str | None, previous_why: str,

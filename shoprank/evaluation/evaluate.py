@@ -85,11 +85,16 @@ def curves(split: SplitData, scores: np.ndarray, config: ShoprankConfig) -> dict
 def evaluate_model(model_path, features_dir, out_dir, config: ShoprankConfig, name: str = "baseline",
                    progress=print) -> dict:
     """Score the test split with a model artefact; write evaluation.json, curves.json, scores.npy and
-    report.html to `out_dir`. Returns {"metrics", "curves"}."""
+    report.html to `out_dir`. Returns {"metrics", "curves"}.
+
+    With `config.reference.enabled`, first trains the LambdaMART reference (shoprank.evaluation.reference)
+    into `out_dir`/reference (before TensorFlow is loaded, so the peak RSS it reports is its own) and adds
+    metrics["reference"]: its cost, the tie-aware table and the paired bootstrap `name` - reference."""
     import json
     import time
     from pathlib import Path
 
+    from shoprank.evaluation import reference as lambdamart
     from shoprank.evaluation.counterfactual import counterfactual_table, interval_figure
     from shoprank.evaluation.report import (
         calibration_figure,
@@ -106,10 +111,15 @@ def evaluate_model(model_path, features_dir, out_dir, config: ShoprankConfig, na
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    reference = None
+    if config.reference.enabled:
+        reference = lambdamart.run_reference(features_dir, config, out / lambdamart.REFERENCE_DIR, progress)
     split = load_split(features_dir, "test")
     scorer = load_scorer(model_path)
     scores = score_in_batches(scorer, {k: split.column(k) for k in INPUTS}, config.evaluation.batch_size)
     metrics = evaluate_scores(split, scores, config)
+    if reference is not None:
+        metrics["reference"] = lambdamart.evaluation_section(split, scores, reference, config, name)
     metrics["counterfactual"] = _counterfactual(split, scores, Path(model_path).parent, name, config, progress)
     curve = {name: curves(split, scores, config)}
     oracle = np.asarray(split.column("oracle"))
@@ -129,17 +139,25 @@ def evaluate_model(model_path, features_dir, out_dir, config: ShoprankConfig, na
     cf = metrics["counterfactual"]
     cf_section = [("Counterfactual expected clicks per request", counterfactual_table(cf))]
     cf_figures = [interval_figure(cf)] if cf.get("models") else []
+    ref_sections, ref_figures = (lambdamart.report_parts(metrics["reference"], k) if reference is not None
+                                 else ([], []))
     html_page = render(
         f"shoprank evaluation: {name}",
         [("Test metrics", table_html(rows, ["metric", name, "oracle"])), *cf_section,
-         ("Slices by top-level category", table_html(slices, ["category", "rows", "AUC", "click rate"]))],
+         ("Slices by top-level category", table_html(slices, ["category", "rows", "AUC", "click rate"])),
+         *ref_sections],
         [roc_figure(curve), pr_figure(curve), calibration_figure(curve), histogram_figure(curve[name], name),
-         *cf_figures],
+         *cf_figures, *ref_figures],
         metrics)
     (out / "report.html").write_text(html_page)
     progress(f"[evaluate] {name}: AUC {metrics['auc']:.4f}, NDCG@{k} {metrics[f'ndcg_at_{k}']:.4f}"
              + (f", oracle AUC {metrics['oracle']['auc']:.4f}" if "oracle" in metrics else "")
              + f" on {split.rows:,} test rows ({time.perf_counter() - t0:.1f}s)")
+    if reference is not None:
+        b = metrics["reference"]["bootstrap"][f"ndcg_at_{k}"]
+        progress(f"[evaluate] LambdaMART reference: AUC {metrics['reference']['table']['reference']['auc']:.4f}, "
+                 f"NDCG@{k} (tie-aware) {b['b']:.4f}; {name} - reference {b['diff']:+.4f} "
+                 f"[{b['low']:+.4f}, {b['high']:+.4f}]")
     return {"metrics": metrics, "curves": curve}
 
 

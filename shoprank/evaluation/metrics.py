@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -12,6 +14,7 @@ __all__ = [
     "roc_auc",
     "roc_curve",
     "threshold_metrics",
+    "tie_statistics",
 ]
 
 
@@ -109,10 +112,45 @@ def _padded(group_ids: np.ndarray, *columns: np.ndarray, fill: float):
     return out
 
 
-def ranking_metrics(group_ids: np.ndarray, gains: np.ndarray, scores: np.ndarray, k: int = 10) -> dict:
-    """NDCG@k (graded gains), MRR and Recall@k over lists that have at least one relevant row.
+def _tie_groups(sorted_scores: np.ndarray) -> np.ndarray:
+    """Global labels of the runs of equal scores in each row of a [lists, width] matrix sorted by score (a
+    padding entry, -inf, forms its own run after the real ones)."""
+    n, w = sorted_scores.shape
+    new = np.ones((n, w), dtype=bool)
+    new[:, 1:] = sorted_scores[:, 1:] != sorted_scores[:, :-1]
+    return np.cumsum(new.ravel()) - 1
 
-    Rows of one list must be contiguous. Ties in score are broken by the original row order.
+
+def _tie_mean(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each entry replaced by the mean of its tie group (labels from `_tie_groups`), same shape."""
+    sums = np.bincount(labels, weights=values.ravel())
+    counts = np.bincount(labels)
+    return (sums / counts)[labels].reshape(values.shape)
+
+
+def _expected_reciprocal_rank(start: np.ndarray, size: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """E[1 / rank of the first relevant row] when the first tie group that holds a relevant row starts after
+    `start` rows, has `size` rows of which `relevant` are relevant, and is ordered uniformly at random.
+
+    The first relevant row lands at place j (1-based) of the group with probability C(size-j, r-1) / C(size, r)."""
+    out = 1.0 / (start + 1.0)
+    for i in np.flatnonzero((size > 1) & (relevant < size)):
+        m, r, s = int(size[i]), int(relevant[i]), float(start[i])
+        total = math.comb(m, r)
+        out[i] = sum(math.comb(m - j, r - 1) / total / (s + j) for j in range(1, m - r + 2))
+    return out
+
+
+def ranking_metrics(group_ids: np.ndarray, gains: np.ndarray, scores: np.ndarray, k: int = 10) -> dict:
+    """NDCG@k (graded gains 2^g - 1), MRR and Recall@k over lists that have at least one relevant row.
+
+    Rows of one list must be contiguous. Tied scores are averaged, as scikit-learn's `ndcg_score` does
+    (`ignore_ties=False`): each metric is its expectation over a uniformly random order of the tied rows, so no
+    order of the input rows (the logging policy's, for the test split) can favour or hurt a model that ties.
+    NDCG and Recall@k are linear in the gains at each place, so a tie group contributes its mean gain (mean
+    relevance) at each of its places; MRR is not, so it is computed exactly from the distribution of the first
+    relevant row's place in its tie group. tests/evaluation/test_metrics.py checks NDCG against scikit-learn
+    and MRR/Recall@k against an enumeration of every order of the ties.
     """
     gains_m, scores_m = _padded(np.asarray(group_ids), np.asarray(gains, float), np.asarray(scores, float),
                                 fill=np.nan)
@@ -120,21 +158,47 @@ def ranking_metrics(group_ids: np.ndarray, gains: np.ndarray, scores: np.ndarray
     gains_m, scores_m = gains_m[valid], scores_m[valid]
     if gains_m.shape[0] == 0:
         return {"ndcg_at_k": float("nan"), "mrr": float("nan"), "recall_at_k": float("nan"), "lists": 0}
-    scores_m = np.where(np.isnan(scores_m), -np.inf, scores_m)
+    scores_m = np.where(np.isnan(scores_m), -np.inf, scores_m)  # padding after every real row
     g = np.nan_to_num(gains_m, nan=0.0)
     order = np.argsort(-scores_m, axis=1, kind="stable")
+    ranked_scores = np.take_along_axis(scores_m, order, axis=1)
     ranked = np.take_along_axis(g, order, axis=1)
-    kk = min(k, g.shape[1])
-    discount = 1.0 / np.log2(np.arange(2, kk + 2))
-    dcg = ((2.0 ** ranked[:, :kk] - 1) * discount).sum(axis=1)
-    ideal = -np.sort(-g, axis=1)[:, :kk]
+    labels = _tie_groups(ranked_scores)
+    width = g.shape[1]
+    kk = min(k, width)
+    discount = np.zeros(width)
+    discount[:kk] = 1.0 / np.log2(np.arange(2, kk + 2))
+    dcg = (_tie_mean(2.0 ** ranked - 1, labels) * discount).sum(axis=1)
+    ideal = -np.sort(-g, axis=1)
     idcg = ((2.0 ** ideal - 1) * discount).sum(axis=1)
-    relevant = ranked > 0
+    relevant = (ranked > 0).astype(float)
+    n_relevant = relevant.sum(axis=1)
+    recall = _tie_mean(relevant, labels)[:, :kk].sum(axis=1) / n_relevant
+    # MRR: the first tie group holding a relevant row; its start, size and relevant count.
+    rows = np.arange(g.shape[0])
     first = relevant.argmax(axis=1)
-    mrr = 1.0 / (first + 1)
-    recall = relevant[:, :kk].sum(axis=1) / relevant.sum(axis=1)
+    label_of_first = labels.reshape(g.shape)[rows, first]
+    counts = np.bincount(labels)
+    rel_counts = np.bincount(labels, weights=relevant.ravel())
+    start = np.argmax(labels.reshape(g.shape) == label_of_first[:, None], axis=1)
+    mrr = _expected_reciprocal_rank(start, counts[label_of_first], rel_counts[label_of_first].astype(int))
     return {"ndcg_at_k": float(np.mean(dcg / idcg)), "mrr": float(np.mean(mrr)),
             "recall_at_k": float(np.mean(recall)), "lists": int(g.shape[0])}
+
+
+def tie_statistics(group_ids: np.ndarray, scores: np.ndarray) -> dict:
+    """How often a model ties: distinct scores over all rows, and the share of lists with at least one pair of
+    equal scores (issue 11: the int8 model's 256 output levels tied in 4,881 of 5,006 test lists)."""
+    s = np.asarray(scores, dtype=np.float64)
+    starts, lengths = _groups(np.asarray(group_ids))
+    (m,) = _padded(np.asarray(group_ids), s, fill=np.nan)
+    m = np.sort(np.where(np.isnan(m), np.inf, m), axis=1)
+    real = np.arange(m.shape[1])[None, :] < lengths[:, None]
+    equal = (m[:, 1:] == m[:, :-1]) & real[:, 1:]
+    tied = equal.any(axis=1)
+    return {"rows": int(s.size), "distinct_scores": int(np.unique(s).size), "lists": int(starts.size),
+            "lists_with_ties": int(tied.sum()), "share_of_lists_with_ties": float(tied.mean()) if starts.size else 0.0,
+            "tied_pairs": int(equal.sum())}
 
 
 def calibration(labels: np.ndarray, scores: np.ndarray, bins: int = 10):

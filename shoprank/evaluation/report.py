@@ -13,7 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["bar_figure", "calibration_figure", "histogram_figure", "pr_figure", "render", "roc_figure", "table_html"]
+__all__ = ["bar_figure", "calibration_figure", "histogram_figure", "interval_figure", "pr_figure", "render",
+           "roc_figure", "table_html"]
 
 
 def _png(fig) -> str:
@@ -64,8 +65,9 @@ def histogram_figure(c: dict, name: str) -> str:
     return _png(fig)
 
 
-def bar_figure(values: dict[str, dict[str, float]], title: str, ylabel: str, log: bool = False) -> str:
-    """Grouped bars: values[group][series]."""
+def bar_figure(values: dict[str, dict[str, float]], title: str, ylabel: str, log: bool = False,
+               ylim: tuple[float, float] | None = None) -> str:
+    """Grouped bars: values[group][series] (`ylim`: a zoomed value axis, for values close to each other)."""
     groups = list(values)
     series = sorted({s for v in values.values() for s in v})
     fig, ax = plt.subplots(figsize=(5.2, 4))
@@ -77,7 +79,25 @@ def bar_figure(values: dict[str, dict[str, float]], title: str, ylabel: str, log
     ax.set(title=title, ylabel=ylabel)
     if log:
         ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def interval_figure(intervals: dict[str, tuple[float, float, float]], title: str, xlabel: str) -> str:
+    """Point estimates with their intervals, one row each: intervals[label] = (estimate, low, high); a line
+    at zero (an interval wholly left of it: significantly worse)."""
+    labels = list(intervals)
+    fig, ax = plt.subplots(figsize=(5.6, 0.6 + 0.55 * max(len(labels), 1)))
+    for i, label in enumerate(labels):
+        est, low, high = intervals[label]
+        color = "tab:red" if high < 0 else ("tab:green" if low > 0 else "tab:gray")
+        ax.errorbar([est], [i], xerr=[[est - low], [high - est]], fmt="o", color=color, capsize=4)
+    ax.axvline(0.0, color="k", lw=0.8, ls=":")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    ax.set(title=title, xlabel=xlabel)
     return _png(fig)
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import zlib
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -28,11 +29,14 @@ from shoprank.config import FeatureConfig
 __all__ = [
     "INPUTS",
     "ITEM_INPUTS",
+    "TOKEN_CACHE_BYTES",
+    "TOKEN_CACHE_ENTRY_OVERHEAD",
     "REQUEST_INPUTS",
     "TOKEN_RE",
     "Catalogue",
     "FeatureTransform",
     "RawBatch",
+    "UnindexedVocabulary",
     "Vocabulary",
     "input_shapes",
     "tokenize",
@@ -45,7 +49,18 @@ INPUTS = ("query_tokens", "title_tokens", "history_items", "history_categories",
 # Inputs that depend only on the candidate item, and those that depend only on the request.
 ITEM_INPUTS = ("title_tokens", "item_id", "category", "brand", "price_bucket")
 REQUEST_INPUTS = tuple(name for name in INPUTS if name not in ITEM_INPUTS)
-_CACHE_LIMIT = 500_000
+# The token cache is bounded in bytes, not entries: a serving worker caches client-chosen text, and an entry
+# bound (500,000 entries of queries up to 1,024 characters was ~650 MB) says nothing about memory. An entry costs
+# sys.getsizeof(text) + the ids' nbytes + TOKEN_CACHE_ENTRY_OVERHEAD: the key tuple (56 B), the ndarray object
+# (112 B) and the OrderedDict's hash slot and link (~100 B), measured with tracemalloc over 100,000 entries in
+# tests/serving/test_token_cache.py, which checks that the accounted bytes stay within 10% of the measured ones.
+TOKEN_CACHE_BYTES = 32 << 20
+TOKEN_CACHE_ENTRY_OVERHEAD = 270
+
+
+def _entry_cost(text: str, ids: np.ndarray) -> int:
+    """Accounted bytes of one token-cache entry (see TOKEN_CACHE_ENTRY_OVERHEAD)."""
+    return sys.getsizeof(text) + ids.nbytes + TOKEN_CACHE_ENTRY_OVERHEAD
 
 
 def tokenize(text: str | None) -> list[str]:
@@ -98,6 +113,22 @@ class Vocabulary:
         return bool(value) and value in self._index
 
 
+class UnindexedVocabulary:
+    """A vocabulary's size without its values (`FeatureTransform.load(..., unindexed=...)`): for the model server,
+    which looks item ids up in memory-mapped tables made when the bundle is made (shoprank.scoring.item_tables)
+    instead of holding a dict of millions of ids per worker. Looking a value up here is a bug, and says so."""
+
+    def __init__(self, name: str, size: int, oov_buckets: int):
+        self.name, self.size, self.oov_buckets = name, size, oov_buckets
+
+    def _refuse(self, *_):
+        raise RuntimeError(f"the '{self.name}' vocabulary was loaded without its values (unindexed); look its ids "
+                           "up in the bundle's item tables")
+
+    lookup = known = _refuse
+    values = property(_refuse)
+
+
 @dataclass
 class RawBatch:
     """Raw fields of R ranking requests with N candidate rows in all (row_request maps row -> request)."""
@@ -115,11 +146,14 @@ class RawBatch:
 
 
 class FeatureTransform:
-    def __init__(self, vocabs: dict[str, Vocabulary], price_edges: np.ndarray, config: FeatureConfig):
+    def __init__(self, vocabs: dict[str, Vocabulary], price_edges: np.ndarray, config: FeatureConfig,
+                 token_cache_bytes: int = TOKEN_CACHE_BYTES):
         self.vocabs = vocabs
         self.price_edges = np.asarray(price_edges, dtype=np.float64)
         self.config = config
-        self._token_cache: dict[tuple[str, int], np.ndarray] = {}
+        self.token_cache_bytes = token_cache_bytes  # 0 turns the cache off
+        self._token_cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._token_cache_used = 0  # accounted bytes of the entries held (see TOKEN_CACHE_ENTRY_OVERHEAD)
 
     # --- fitting and persistence -------------------------------------------------------------
     @classmethod
@@ -153,10 +187,16 @@ class FeatureTransform:
         (d / "transform.json").write_text(json.dumps(payload))
 
     @classmethod
-    def load(cls, directory: str | Path) -> FeatureTransform:
+    def load(cls, directory: str | Path, token_cache_bytes: int = TOKEN_CACHE_BYTES,
+             unindexed: Collection[str] = ()) -> FeatureTransform:
+        """The saved transform. Vocabularies named in `unindexed` keep only their size (UnindexedVocabulary): what
+        a server with item tables needs of the item vocabulary (its size bounds tensor requests' ids)."""
         payload = json.loads((Path(directory) / "transform.json").read_text())
-        vocabs = {k: Vocabulary(v, payload["oov_buckets"][k]) for k, v in payload["vocabularies"].items()}
-        return cls(vocabs, np.array(payload["price_edges"]), FeatureConfig(**payload["config"]))
+        oov = payload["oov_buckets"]
+        vocabs = {k: UnindexedVocabulary(k, 1 + oov[k] + len(v), oov[k]) if k in unindexed else Vocabulary(v, oov[k])
+                  for k, v in payload["vocabularies"].items()}
+        return cls(vocabs, np.array(payload["price_edges"]), FeatureConfig(**payload["config"]),
+                   token_cache_bytes=token_cache_bytes)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -164,17 +204,30 @@ class FeatureTransform:
 
     # --- the transform ------------------------------------------------------------------------
     def tokens(self, text: str, length: int) -> np.ndarray:
-        """Token ids of `text`, cut or 0-padded to `length` (cached: queries repeat)."""
+        """Token ids of `text`, cut or 0-padded to `length` (cached: queries repeat; see token_cache_bytes).
+
+        Callers must not modify the returned array: it is the cached one."""
         key = (text, length)
-        hit = self._token_cache.get(key)
+        cache = self._token_cache
+        hit = cache.get(key)
         if hit is None:
             ids = [self.vocabs["token"].lookup(t) for t in tokenize(text)][:length]
             hit = np.zeros(length, dtype=np.int32)
             hit[: len(ids)] = ids
-            if len(self._token_cache) > _CACHE_LIMIT:
-                self._token_cache.clear()
-            self._token_cache[key] = hit
+            cost = _entry_cost(text, hit)
+            if cost <= self.token_cache_bytes:
+                # Oldest first out (insertion order): O(1) per eviction, no full clear, no per-hit bookkeeping.
+                while self._token_cache_used + cost > self.token_cache_bytes:
+                    (old_text, _), old = cache.popitem(last=False)
+                    self._token_cache_used -= _entry_cost(old_text, old)
+                cache[key] = hit
+                self._token_cache_used += cost
         return hit
+
+    @property
+    def token_cache_info(self) -> dict[str, int]:
+        """Entries held, their accounted bytes and the bound (for /metrics-style reporting and tests)."""
+        return {"entries": len(self._token_cache), "bytes": self._token_cache_used, "limit": self.token_cache_bytes}
 
     def _sequence(self, values: Sequence[Sequence[str]], vocab: Vocabulary) -> np.ndarray:
         length = self.config.history_len

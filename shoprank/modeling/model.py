@@ -10,9 +10,120 @@ from shoprank.features.transform import INPUTS, input_shapes
 from shoprank.layout import SAVED_MODEL_DIR, SCORE, SIGNATURE
 from shoprank.modeling._tf import keras, tf
 
-__all__ = ["L", "build_model", "export_saved_model", "load_keras_model", "save_model_bundle", "serving_function"]
+__all__ = [
+    "ITEM_BRANCHES",
+    "ITEM_VECTORS",
+    "L",
+    "PAIR_BRANCHES",
+    "REQUEST_BRANCHES",
+    "REQUEST_VECTORS",
+    "build_model",
+    "export_saved_model",
+    "item_side",
+    "load_keras_model",
+    "model_layers",
+    "pair_head",
+    "request_side",
+    "save_model_bundle",
+    "serving_function",
+]
 
 L = keras.layers
+
+
+# The branches of the hidden layer, in the order the trained graph sums their projections: which side of a
+# (request, item) pair each depends on. The pair branches are the two dot products.
+REQUEST_BRANCHES = ("query", "history")
+ITEM_BRANCHES = ("title", "item", "category", "brand", "price")
+PAIR_BRANCHES = ("query_title", "history_item")
+# Outputs of the towers (one vector per request / per item): what the pair head needs of each side.
+REQUEST_VECTORS = ("query", "history", "request_hidden")
+ITEM_VECTORS = ("title", "candidate", "item_hidden")
+
+
+def _layers(sizes: dict[str, int], mc: ModelConfig) -> dict[str, L.Layer]:
+    """Every layer with weights (and the pooling layers) by name: the model and its towers call the same objects,
+    so the towers carry the trained weights and the layer names stay those of the saved weights."""
+    reg = keras.regularizers.l2(mc.embedding_l2) if mc.embedding_l2 > 0 else None
+    layers: dict[str, L.Layer] = {}
+
+    def embedding(size: int, dim: int, name: str) -> None:
+        layers[name] = L.Embedding(size, dim, embeddings_regularizer=reg, name=name)
+
+    embedding(sizes["token"], mc.token_dim, "token_embedding")
+    for prefix in ("query", "title"):
+        layers[f"{prefix}_conv1"] = L.Conv1D(mc.conv_filters, mc.kernel_size, padding="same", activation="relu",
+                                             name=f"{prefix}_conv1")
+        layers[f"{prefix}_pool"] = L.MaxPooling1D(2, padding="same", name=f"{prefix}_pool")
+        layers[f"{prefix}_conv2"] = L.Conv1D(mc.conv_filters, mc.kernel_size, padding="same", activation="relu",
+                                             name=f"{prefix}_conv2")
+        layers[f"{prefix}_vector"] = L.GlobalMaxPooling1D(name=f"{prefix}_vector")
+    embedding(sizes["item"], mc.item_dim, "item_embedding")
+    embedding(sizes["category"], mc.item_dim, "category_embedding")
+    embedding(sizes["brand"], mc.item_dim, "brand_embedding")
+    embedding(sizes["price"], mc.price_dim, "price_embedding")
+    layers["history_conv"] = L.Conv1D(mc.conv_filters, mc.kernel_size, padding="same", activation="relu",
+                                      name="history_conv")
+    layers["history_vector"] = L.GlobalMaxPooling1D(name="history_vector")
+    layers["candidate_projection"] = L.Dense(mc.conv_filters, name="candidate_projection")
+    # Dense over the concatenation of the branches, written as the sum of one projection per branch (the
+    # same linear map). A concatenation forces one shared int8 scale on all its inputs, which erases the
+    # small-valued embeddings next to the large dot products; per-branch projections keep their own scales.
+    # The split at export needs it too: each side's projections are summed on that side, once per request or
+    # per item. The bias sits on the first branch (query), so on the request side.
+    for i, branch in enumerate((*REQUEST_BRANCHES, *ITEM_BRANCHES, *PAIR_BRANCHES)):
+        layers[f"hidden_{branch}"] = L.Dense(mc.hidden_units, use_bias=(i == 0), name=f"hidden_{branch}")
+    layers["dropout"] = L.Dropout(mc.dropout, name="dropout")
+    layers[SCORE] = L.Dense(1, activation="sigmoid", name=SCORE)
+    return layers
+
+
+def _sum(xs: list, name: str):
+    return xs[0] if len(xs) == 1 else L.Add(name=name)(xs)
+
+
+def _text_vector(layers: dict, tokens, prefix: str):
+    h = layers[f"{prefix}_conv1"](layers["token_embedding"](tokens))
+    h = layers[f"{prefix}_conv2"](layers[f"{prefix}_pool"](h))
+    return layers[f"{prefix}_vector"](h)
+
+
+def request_side(layers: dict, inputs: dict) -> dict:
+    """The request tower: query and behaviour-history vectors and the request's share of the hidden layer
+    (its branches' projections and the bias). Depends on the request only: computed once per request."""
+    query = _text_vector(layers, inputs["query_tokens"], "query")
+    seq = L.Add(name="history_sum")([layers["item_embedding"](inputs["history_items"]),
+                                     layers["category_embedding"](inputs["history_categories"]),
+                                     layers["brand_embedding"](inputs["history_brands"])])
+    history = layers["history_vector"](layers["history_conv"](seq))
+    branches = {"query": query, "history": history}
+    hidden = _sum([layers[f"hidden_{b}"](branches[b]) for b in REQUEST_BRANCHES], "request_hidden")
+    return {"query": query, "history": history, "request_hidden": hidden}
+
+
+def item_side(layers: dict, inputs: dict) -> dict:
+    """The item tower: title vector, candidate vector (what the history is matched against) and the item's share
+    of the hidden layer. Depends on the item only: computed once per catalogue item when the bundle is made."""
+    title = _text_vector(layers, inputs["title_tokens"], "title")
+    branches = {"title": title, "item": layers["item_embedding"](inputs["item_id"]),
+                "category": layers["category_embedding"](inputs["category"]),
+                "brand": layers["brand_embedding"](inputs["brand"]),
+                "price": layers["price_embedding"](inputs["price_bucket"])}
+    candidate = layers["candidate_projection"](L.Concatenate(name="candidate_features")(
+        [branches["item"], branches["category"], branches["brand"], branches["price"]]))
+    hidden = _sum([layers[f"hidden_{b}"](branches[b]) for b in ITEM_BRANCHES], "item_hidden")
+    return {"title": title, "candidate": candidate, "item_hidden": hidden}
+
+
+def pair_head(layers: dict, request: dict, item: dict, logit: bool = False):
+    """What depends on the pair: the two dot products and their projections, the ReLU and the output layer.
+    The hidden layer is the sum of the request's, the item's and the pair's projections (the same linear map
+    as one Dense over every branch's concatenation)."""
+    query_title = L.Dot(axes=1, name="query_title_match")([request["query"], item["title"]])
+    history_item = L.Dot(axes=1, name="history_item_match")([request["history"], item["candidate"]])
+    pair = [layers["hidden_query_title"](query_title), layers["hidden_history_item"](history_item)]
+    x = L.ReLU(name="hidden")(L.Add(name="hidden_sum")([request["request_hidden"], item["item_hidden"], *pair]))
+    return layers[SCORE](layers["dropout"](x))
 
 
 def build_model(sizes: dict[str, int], mc: ModelConfig, fc: FeatureConfig) -> keras.Model:
@@ -22,58 +133,20 @@ def build_model(sizes: dict[str, int], mc: ModelConfig, fc: FeatureConfig) -> ke
 
     The dot products (query.title, history.candidate) feed the head beside the towers because an MLP
     over concatenated towers learns such matches poorly on its own.
+
+    One trained graph, written as request tower -> pair head <- item tower (`request_side`, `item_side`,
+    `pair_head`) so that the export can cut it there (`shoprank.modeling.towers`) without a second definition.
     """
     inputs = {name: keras.Input(shape=shape, dtype="int32", name=name)
               for name, shape in input_shapes(fc).items()}
-    reg = keras.regularizers.l2(mc.embedding_l2) if mc.embedding_l2 > 0 else None
-
-    def embedding(size: int, dim: int, name: str):
-        return L.Embedding(size, dim, embeddings_regularizer=reg, name=name)
-
-    tokens = embedding(sizes["token"], mc.token_dim, "token_embedding")
-
-    def text_tower(x, prefix: str):
-        h = L.Conv1D(mc.conv_filters, mc.kernel_size, padding="same", activation="relu",
-                     name=f"{prefix}_conv1")(tokens(x))
-        h = L.MaxPooling1D(2, padding="same", name=f"{prefix}_pool")(h)
-        h = L.Conv1D(mc.conv_filters, mc.kernel_size, padding="same", activation="relu",
-                     name=f"{prefix}_conv2")(h)
-        return L.GlobalMaxPooling1D(name=f"{prefix}_vector")(h)
-
-    query = text_tower(inputs["query_tokens"], "query")
-    title = text_tower(inputs["title_tokens"], "title")
-
-    items = embedding(sizes["item"], mc.item_dim, "item_embedding")
-    categories = embedding(sizes["category"], mc.item_dim, "category_embedding")
-    brands = embedding(sizes["brand"], mc.item_dim, "brand_embedding")
-    seq = L.Add(name="history_sum")([items(inputs["history_items"]), categories(inputs["history_categories"]),
-                                      brands(inputs["history_brands"])])
-    seq = L.Conv1D(mc.conv_filters, mc.kernel_size, padding="same", activation="relu", name="history_conv")(seq)
-    history = L.GlobalMaxPooling1D(name="history_vector")(seq)
-
-    item = items(inputs["item_id"])
-    category = categories(inputs["category"])
-    brand = brands(inputs["brand"])
-    price = embedding(sizes["price"], mc.price_dim, "price_embedding")(inputs["price_bucket"])
-    candidate = L.Dense(mc.conv_filters, name="candidate_projection")(
-        L.Concatenate(name="candidate_features")([item, category, brand, price]))
-
-    query_title = L.Dot(axes=1, name="query_title_match")([query, title])
-    history_item = L.Dot(axes=1, name="history_item_match")([history, candidate])
-    branches = {"query": query, "title": title, "history": history, "item": item, "category": category,
-                "brand": brand, "price": price, "query_title": query_title, "history_item": history_item}
-    # Dense over the concatenation of the branches, written as the sum of one projection per branch (the
-    # same linear map). A concatenation forces one shared int8 scale on all its inputs, which erases the
-    # small-valued embeddings next to the large dot products; per-branch projections keep their own scales.
-    projections = [L.Dense(mc.hidden_units, use_bias=(i == 0), name=f"hidden_{name}")(x)
-                   for i, (name, x) in enumerate(branches.items())]
-    x = projections[0]
-    for i, p in enumerate(projections[1:], start=1):
-        x = L.Add(name=f"hidden_sum_{i}")([x, p])
-    x = L.ReLU(name="hidden")(x)
-    x = L.Dropout(mc.dropout, name="dropout")(x)
-    out = L.Dense(1, activation="sigmoid", name=SCORE)(x)
+    layers = _layers(sizes, mc)
+    out = pair_head(layers, request_side(layers, inputs), item_side(layers, inputs))
     return keras.Model(inputs=inputs, outputs=out, name="shoprank_ranker")
+
+
+def model_layers(model: keras.Model) -> dict[str, L.Layer]:
+    """The layers of a built (trained) model by name, as `_layers` made them: what the towers are cut from."""
+    return {layer.name: layer for layer in model.layers}
 
 
 def serving_function(model: keras.Model, fc: FeatureConfig):

@@ -5,6 +5,12 @@ onnxruntime backend with the TensorRT execution provider; Triton's TensorFlow ba
 The optimise step writes `onnx/model.onnx` and `onnx/config.pbtxt` beside the SavedModel; the promote step
 lays them out as a Triton model repository (`shoprank.release.bundle.triton_repository`); the blessing gate
 checks the export's scores against the SavedModel's on the whole test set.
+
+The export keeps the whole graph (issue 11 split it into towers for the CPU backend only, shoprank.modeling.towers):
+on a GPU the towers' convolutions per candidate cost little, while the split would make the transformer send each
+candidate's item vectors (2F + H = 192 floats) instead of its input ids (70 int32), or put a catalogue-sized item
+table inside the Triton model and tie the predictor to one catalogue. The transformer computes the whole input
+tensors from the bundle's item tables (shoprank.scoring.ranker.Ranker.features) and Triton scores them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Optimisation for deployment: magnitude pruning while fine-tuning, then full-int8 post-training
-quantisation to TFLite. Produces the optimised SavedModel (GPU serving) and the int8 model (CPU)."""
+"""Optimisation for deployment: magnitude pruning while fine-tuning, then the export: the optimised SavedModel
+(the whole graph: GPU serving, ONNX for Triton) and the served composition's towers, the request tower in
+full int8 (post-training quantisation to TFLite; shoprank.modeling.towers)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from shoprank.config import ShoprankConfig
-from shoprank.features.dataset import SplitData, load_split
-from shoprank.features.transform import INPUTS
-from shoprank.layout import MODEL_FILE, ONNX_DIR, SAVED_MODEL_DIR, SCORE, SIGNATURE, TFLITE_FILE
-from shoprank.modeling._tf import keras, tf
+from shoprank.features.dataset import load_split
+from shoprank.layout import MODEL_FILE, ONNX_DIR, SAVED_MODEL_DIR, SCORE, TOWERS_DIR
+from shoprank.modeling._tf import keras
 from shoprank.modeling.debias import plan_training
 from shoprank.modeling.model import load_keras_model, save_model_bundle
 from shoprank.modeling.propensity import Propensities
+from shoprank.modeling.towers import export_towers, representative_batches
 from shoprank.modeling.train import ProgressLogger, compile_model
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "prune",
     "representative_batches",
     "sparsity_report",
-    "to_int8_tflite",
 ]
 
 Progress = Callable[[str], None]
@@ -95,28 +95,10 @@ def prune(model_dir: str | Path, features_dir: str | Path, config: ShoprankConfi
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
-def representative_batches(split: SplitData, n_batches: int, batch_size: int = 64, seed: int = 0):
-    """Random training batches for calibrating int8 activation ranges."""
-    rng = np.random.default_rng(seed)
-    cols = {k: split.column(k) for k in INPUTS}
-    for _ in range(n_batches):
-        idx = np.sort(rng.choice(split.rows, size=min(batch_size, split.rows), replace=False))
-        yield {k: np.asarray(v[idx], dtype=np.int32) for k, v in cols.items()}
-
-
-def to_int8_tflite(saved_model_dir: str | Path, split: SplitData, config: ShoprankConfig) -> bytes:
-    """Full-integer quantisation: int8 weights and activations; int token inputs stay int32."""
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[SIGNATURE])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: representative_batches(
-        split, config.optimize.representative_batches, seed=config.train.seed)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
-
-
 def optimize(model_dir: str | Path, features_dir: str | Path, out_dir: str | Path, config: ShoprankConfig,
              progress: Progress = print) -> dict:
-    """Prune + fine-tune, export the optimised bundle to out_dir/, and model.tflite beside it."""
+    """Prune + fine-tune, export the optimised bundle to out_dir/ (the whole graph as a SavedModel and, for
+    Triton, ONNX) and the served composition's towers beside it (towers/, shoprank.modeling.towers)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     stripped = prune(model_dir, features_dir, config, progress)
@@ -125,9 +107,10 @@ def optimize(model_dir: str | Path, features_dir: str | Path, out_dir: str | Pat
     sparsity = sparsity_report(stripped, config.optimize.min_prunable_params)
     progress(f"[optimize] pruned: overall sparsity {sparsity['overall']:.3f} ({time.perf_counter() - t0:.1f}s)")
     tq = time.perf_counter()
-    tflite = to_int8_tflite(out / SAVED_MODEL_DIR, load_split(features_dir, "train"), config)
-    (out / TFLITE_FILE).write_bytes(tflite)
-    progress(f"[optimize] int8 TFLite: {len(tflite):,} bytes ({time.perf_counter() - tq:.1f}s)")
+    export_towers(stripped, load_split(features_dir, "train"), out, config)
+    sizes = {f.name: f.stat().st_size for f in sorted((out / TOWERS_DIR).iterdir())}
+    progress("[optimize] towers (int8 request tower, float item tower, float pair head): "
+             + ", ".join(f"{n} {b:,} bytes" for n, b in sizes.items()) + f" ({time.perf_counter() - tq:.1f}s)")
     if config.optimize.export_onnx:
         from shoprank.modeling.onnx_export import export_for_triton
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from shoprank.layout import (
     CATALOGUE_FILE,
     CONFIG_FILE,
+    ITEMS_DIR,
     LATEST,
     MANIFEST,
     MODEL_FILE,
@@ -19,20 +21,42 @@ from shoprank.layout import (
     SAVED_MODEL_DIR,
     SUMMARY_FILE,
     TFLITE_FILE,
+    TOWERS_DIR,
     TRANSFORM_DIR,
     TRANSFORM_FILE,
     TRITON_DIR,
     TRITON_VERSION,
 )
 
-__all__ = ["bundle_version", "local_root", "publish_bundle", "triton_repository"]
+__all__ = ["UNVERSIONED", "bundle_files", "bundle_version", "local_root", "publish_bundle", "triton_repository"]
 
 
-def bundle_version(optimized_dir: str | Path, transform_dir: str | Path) -> str:
-    """Content-addressed: the same model and transform always get the same version (reruns are no-ops)."""
+# Files of a bundle that no server reads: the run summary (its timestamps and wall times differ on every run)
+# and the manifest (written last, it names the version). Every other file is hashed into the version.
+UNVERSIONED = (SUMMARY_FILE, MANIFEST)
+_CHUNK = 1 << 20
+
+
+def bundle_files(bundle_dir: str | Path) -> list[str]:
+    """The files of a bundle that its version covers: every file but UNVERSIONED, as sorted relative paths."""
+    root = Path(bundle_dir)
+    return sorted(rel for rel in (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+                  if rel not in UNVERSIONED)
+
+
+def bundle_version(bundle_dir: str | Path) -> str:
+    """Content-addressed over every file the servers read: each file's relative path, size and bytes, in path
+    order. So a new catalogue with an unchanged model is a new version, a file added to the bundle layout
+    (per-item tables, a new export) is covered without touching this function, and the same artefacts always
+    get the same version (a rerun is a no-op)."""
+    root = Path(bundle_dir)
     h = hashlib.sha256()
-    for f in (Path(optimized_dir) / TFLITE_FILE, Path(transform_dir) / TRANSFORM_FILE):
-        h.update(f.read_bytes())
+    for rel in bundle_files(root):
+        f = root / rel
+        h.update(f"{rel}\0{f.stat().st_size}\0".encode())
+        with f.open("rb") as stream:
+            while chunk := stream.read(_CHUNK):
+                h.update(chunk)
     return "v" + h.hexdigest()[:12]
 
 
@@ -45,38 +69,47 @@ def local_root(model_root: str) -> Path:
 
 def publish_bundle(optimized_dir: str | Path, transform_dir: str | Path, summary_path: str | Path,
                    model_root: str, model_name: str) -> dict:
-    """Copy the optimised SavedModel, the int8 model, the transform and the summary into a new version
+    """Copy the optimised SavedModel, the towers and item tables, the transform and the summary into a new version
     folder, lay out the ONNX export (when there is one) as a Triton model repository under triton/ with the
     model named `model_name`, and point LATEST at it. Returns the promotion record (previous and new version).
 
-    The version is keyed on the int8 model and the transform only: the ONNX export is derived from the same
-    optimised weights, and a newer tf2onnx writing different bytes is not a new model."""
+    The bundle is assembled in a staging folder first and its version computed from what it holds
+    (`bundle_version`: every file but the summary and the manifest), so the version covers exactly the files a
+    server can read, whatever the layout grows to."""
     opt, tr = Path(optimized_dir), Path(transform_dir)
-    version = bundle_version(opt, tr)
     home = local_root(model_root) / model_name
-    dest = home / version
+    home.mkdir(parents=True, exist_ok=True)
     latest = home / LATEST
     previous = latest.read_text().strip() if latest.exists() else None
-    if not dest.exists():
-        staging = home / f".{version}.staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=home))
+    try:
         shutil.copytree(opt / SAVED_MODEL_DIR, staging / SAVED_MODEL_DIR)
-        shutil.copy(opt / TFLITE_FILE, staging / TFLITE_FILE)
+        for d in (TOWERS_DIR, ITEMS_DIR):  # the served composition and its per-item tables
+            if (opt / d).is_dir():
+                shutil.copytree(opt / d, staging / d)
+        if (opt / TFLITE_FILE).is_file():  # a whole-graph int8 model (optimised models before issue 11)
+            shutil.copy(opt / TFLITE_FILE, staging / TFLITE_FILE)
         (staging / TRANSFORM_DIR).mkdir()
         for f in (TRANSFORM_FILE, CATALOGUE_FILE):
             shutil.copy(tr / f, staging / TRANSFORM_DIR / f)
         if (opt / ONNX_DIR / MODEL_FILE).is_file():  # the Triton/ONNX variant's model repository
             triton_repository(opt / ONNX_DIR, staging / TRITON_DIR, model_name)
-        shutil.copy(summary_path, staging / SUMMARY_FILE)
-        (staging / MANIFEST).write_text(json.dumps(
-            {"model_name": model_name, "version": version, "created": int(time.time()),
-             "files": sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())}, indent=1))
-        staging.rename(dest)  # atomic: a reader never sees half a bundle
+        version = bundle_version(staging)
+        dest = home / version
+        if not dest.exists():
+            shutil.copy(summary_path, staging / SUMMARY_FILE)
+            files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+            (staging / MANIFEST).write_text(json.dumps(
+                {"model_name": model_name, "version": version, "created": int(time.time()),
+                 "files": files, "versioned": [f for f in files if f not in UNVERSIONED],
+                 "bytes": sum((staging / f).stat().st_size for f in files)}, indent=1))
+            staging.rename(dest)  # atomic: a reader never sees half a bundle
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     latest.write_text(version + "\n")
     record = {"model_name": model_name, "version": version, "previous_version": previous,
               "outcome": "unchanged" if previous == version else "promoted", "bundle_dir": str(dest.resolve()),
-              "model_dir": str((dest / SAVED_MODEL_DIR).resolve()), "tflite_path": str((dest / TFLITE_FILE).resolve()),
+              "model_dir": str((dest / SAVED_MODEL_DIR).resolve()), "tflite_path": str((dest / TOWERS_DIR).resolve()),
               "triton_repository": str((dest / TRITON_DIR).resolve()) if (dest / TRITON_DIR).is_dir() else None}
     print(f"[promote] {record['outcome']}: {model_name} {previous or '-'} -> {version} at {dest}", flush=True)
     return record

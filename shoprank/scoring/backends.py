@@ -1,6 +1,7 @@
-"""Scoring backends over model tensors: the SavedModel signature (GPU path), int8 TFLite via LiteRT
-(CPU default) and the ONNX export via onnxruntime (what Triton runs). The evaluator, the blessing gate and
-the model server all score through these."""
+"""Scoring backends over model tensors: the served composition (int8 request tower via LiteRT + item vectors + a
+float pair head, the CPU default: shoprank.scoring.composed), the SavedModel signature (GPU path), the ONNX export
+via onnxruntime (what Triton runs) and a whole-graph int8 TFLite model (bundles made before issue 11). The
+evaluator, the blessing gate and the model server all score through these."""
 
 from __future__ import annotations
 
@@ -16,9 +17,18 @@ from typing import Protocol
 import numpy as np
 
 from shoprank.features.transform import INPUTS
-from shoprank.layout import SCORE, SIGNATURE
+from shoprank.layout import SCORE, SIGNATURE, TOWERS_META
 
-__all__ = ["OnnxScorer", "Scorer", "TFLiteScorer", "artefact_size", "latency_ms", "load_scorer", "score_in_batches"]
+__all__ = [
+    "OnnxScorer",
+    "Scorer",
+    "TFLiteScorer",
+    "TFLiteTower",
+    "artefact_size",
+    "latency_ms",
+    "load_scorer",
+    "score_in_batches",
+]
 
 
 class Scorer(Protocol):
@@ -59,6 +69,34 @@ class TFLiteScorer:
         return np.asarray(out[SCORE], dtype=np.float32).reshape(-1)
 
 
+class TFLiteTower:
+    """LiteRT interpreter over one tower of the served composition (shoprank.modeling.towers): named int32 inputs in,
+    named float32 vectors out. Not thread-safe, like TFLiteScorer; picklable the same way."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        self.path = Path(path)
+        self.num_threads = num_threads
+        self._load()
+
+    def _load(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        threads = self.num_threads or min(4, os.cpu_count() or 1)
+        self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+        self._runner = self._interpreter.get_signature_runner(SIGNATURE)
+        self.inputs = tuple(self._runner.get_input_details())
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "num_threads": self.num_threads}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._load()
+
+    def __call__(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._runner(**{k: np.ascontiguousarray(features[k], dtype=np.int32) for k in self.inputs})
+
+
 class OnnxScorer:
     """onnxruntime on CPU over the ONNX export: what Triton's onnxruntime backend runs, minus the GPU."""
 
@@ -78,7 +116,13 @@ class OnnxScorer:
 
 
 def load_scorer(path: str | Path, num_threads: int | None = None) -> Scorer:
+    """The scorer of a model artefact: an int8 whole-graph .tflite, an .onnx export, a towers/ directory (the
+    served composition, shoprank.scoring.composed) or a SavedModel directory."""
     p = Path(path)
+    if (p / TOWERS_META).is_file():
+        from shoprank.scoring.composed import ComposedScorer
+
+        return ComposedScorer(p, num_threads)
     if p.suffix == ".tflite":
         return TFLiteScorer(p, num_threads)
     if p.suffix == ".onnx":

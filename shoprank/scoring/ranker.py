@@ -1,7 +1,8 @@
-"""Ranking requests end to end: catalogue look-up -> the feature transform -> a scorer.
+"""Ranking requests end to end: item-table look-up + the feature transform -> a scorer -> ranked lists.
 
-This is the code path the model server runs; the blessing gate runs it too on golden requests, so a
-model is only blessed if the serving path reproduces the evaluator's scores.
+This is the code path the model server runs; the blessing gate runs it too, on the whole test split (request
+tensors once per request, items by id through the tables: `score_rows`) and on golden requests (raw text and ids:
+`rank`), so a model is only blessed if the serving path reproduces the evaluator's scores.
 
 The bundle's layout is in shoprank.layout.
 """
@@ -12,26 +13,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from shoprank.features.transform import ITEM_INPUTS, Catalogue, FeatureTransform, RawBatch
+from shoprank.features.transform import REQUEST_INPUTS, FeatureTransform
 from shoprank.layout import (
-    CATALOGUE_FILE,
+    ITEMS_DIR,
     MODEL_FILE,
     SAVED_MODEL_DIR,
-    TFLITE_FILE,
+    TOWERS_DIR,
     TRANSFORM_DIR,
     TRITON_DIR,
     TRITON_VERSION,
 )
 from shoprank.scoring.backends import Scorer, load_scorer
+from shoprank.scoring.item_tables import ItemTables
 
-__all__ = ["BACKENDS", "RankedList", "Ranker", "split_ranked"]
+__all__ = ["BACKENDS", "UNKNOWN_POLICIES", "RankedList", "Ranker", "UnknownPolicy", "split_ranked"]
 
-# Backend -> its model in a bundle. onnx: the ONNX export in the bundle's Triton model repository
-# (triton/<model name>/1/model.onnx), through onnxruntime: the same file Triton serves.
-BACKENDS = {"tflite": TFLITE_FILE, "savedmodel": SAVED_MODEL_DIR, "onnx": TRITON_DIR}
+# Backend -> its model in a bundle. tflite: the served composition (int8 request tower, item vectors from the
+# tables, float pair head); savedmodel: the optimised SavedModel (the whole graph: the GPU path); onnx: the ONNX
+# export in the bundle's Triton model repository (triton/<model name>/1/model.onnx), through onnxruntime: the same
+# file Triton serves.
+BACKENDS = {"tflite": TOWERS_DIR, "savedmodel": SAVED_MODEL_DIR, "onnx": TRITON_DIR}
+
+# What happens to candidates the model does not know (not in the catalogue, or not in the item vocabulary):
+#   "last"  (default) they rank after every known candidate, in request order, and their score is 0.0, so that
+#           the scores sort like the ranking (a model score is never 0.0: it is a sigmoid);
+#   "score" they are ranked by the model's score like any other candidate (an unknown id gets its OOV bucket's
+#           embedding and no title, category, brand or price: issue 11 saw one rank first).
+# Either way they are listed in the response's `unknown_items` parameter. The server's --unknown_candidates.
+UnknownPolicy = Literal["last", "score"]
+UNKNOWN_POLICIES: tuple[str, ...] = ("last", "score")
 
 
 @dataclass
@@ -42,122 +56,161 @@ class RankedList:
 
 
 class Ranker:
-    def __init__(self, transform: FeatureTransform, catalogue: Catalogue, scorer: Scorer):
-        self.transform, self.catalogue, self.scorer = transform, catalogue, scorer
-        # Candidate-side tensors of every catalogue item, computed once by the same transform: a request
-        # then only transforms its query and history and gathers its candidates' rows.
-        self._item_tensors = self._encode_catalogue()
-        vocab = transform.vocabs["item"]
-        self._item_unknown = ~np.fromiter((vocab.known(v) for v in catalogue.item_id), bool, len(catalogue))
-        # What the transform gives a history item that is in the catalogue, by catalogue row: its item, category
-        # and brand indices (the same look-ups as the candidate columns above), so a request's history is a gather.
-        t = self._item_tensors
-        self._history_of_row = np.ascontiguousarray(np.stack([t["item_id"], t["category"], t["brand"]], axis=1))
+    """Ranking requests (query text, history ids, candidate ids) -> scores and rankings.
 
-    def _encode_catalogue(self) -> dict[str, np.ndarray]:
-        c = self.catalogue
-        batch = RawBatch(queries=[""], histories=[[]], history_categories=[[]], history_brands=[[]],
-                         row_request=np.zeros(len(c), np.int64), item_id=list(c.item_id), title=c.title,
-                         category=c.category, brand=c.brand, price=c.price)
-        tensors = self.transform.transform(batch)
-        return {k: tensors[k] for k in ITEM_INPUTS}
+    Item look-ups go through the bundle's memory-mapped item tables (shoprank.scoring.item_tables), which hold
+    what the transform gives every catalogue item and every unknown id; the request side (query tokens, history)
+    is computed once per request. With the composed scorer (the "tflite" backend) the model runs the same way:
+    the request tower once per request, the item vectors gathered from the tables, the pair head per candidate.
+    The whole-graph backends (savedmodel, onnx; the Triton transformer's predictor) get the whole input tensors
+    per candidate (`features`).
+    """
 
-    @classmethod
-    def from_paths(cls, transform_dir: str | Path, model_path: str | Path, num_threads: int | None = None
-                   ) -> Ranker:
-        t = Path(transform_dir)
-        return cls(FeatureTransform.load(t), Catalogue.load(t / CATALOGUE_FILE),
-                   load_scorer(model_path, num_threads))
+    def __init__(self, transform: FeatureTransform, items: ItemTables, scorer: Scorer | None,
+                 unknown_candidates: UnknownPolicy = "last"):
+        if unknown_candidates not in UNKNOWN_POLICIES:
+            raise ValueError(f"unknown_candidates must be one of {UNKNOWN_POLICIES}, not {unknown_candidates!r}")
+        self.transform, self.items, self.scorer = transform, items, scorer
+        self.unknown_candidates = unknown_candidates
+        self.composed = scorer is not None and hasattr(scorer, "score_pairs")
+        if self.composed and items.vectors is None:
+            raise FileNotFoundError(f"{items.directory} holds no item vectors: the composed backend needs them")
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, backend: str = "tflite", num_threads: int | None = None) -> Ranker:
-        if backend not in BACKENDS:
+    def from_paths(cls, transform_dir: str | Path, items_dir: str | Path, model_path: str | Path | None = None,
+                   num_threads: int | None = None, unknown_candidates: UnknownPolicy = "last") -> Ranker:
+        """A ranker over a transform directory, item tables and a model artefact (None: no scorer)."""
+        scorer = load_scorer(model_path, num_threads) if model_path is not None else None
+        # The item vocabulary's ids stay on disk (the tables hold every item's indices): its size only.
+        transform = FeatureTransform.load(transform_dir, unindexed=("item",))
+        return cls(transform, ItemTables(items_dir), scorer, unknown_candidates)
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, backend: str | None = "tflite", num_threads: int | None = None,
+             unknown_candidates: UnknownPolicy = "last") -> Ranker:
+        """The bundle's ranker. backend None: no scorer (a transformer: features only, scores come from elsewhere)."""
+        if backend is not None and backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}', choose one of {sorted(BACKENDS)}")
         b = Path(bundle_dir)
-        model = b / BACKENDS[backend]
-        if backend == "onnx":
-            found = sorted(model.glob(f"*/{TRITON_VERSION}/{MODEL_FILE}"))
-            if len(found) != 1:
-                raise FileNotFoundError(f"{model} should hold one Triton model with {TRITON_VERSION}/{MODEL_FILE}, "
-                                        f"found {[str(f.relative_to(b)) for f in found]} (bundles without the "
-                                        "ONNX export have none)")
-            model = found[0]
-        return cls.from_paths(b / TRANSFORM_DIR, model, num_threads)
+        model = None
+        if backend is not None:
+            model = b / BACKENDS[backend]
+            if backend == "onnx":
+                found = sorted(model.glob(f"*/{TRITON_VERSION}/{MODEL_FILE}"))
+                if len(found) != 1:
+                    raise FileNotFoundError(f"{model} should hold one Triton model with {TRITON_VERSION}/{MODEL_FILE}"
+                                            f", found {[str(f.relative_to(b)) for f in found]} (bundles without the "
+                                            "ONNX export have none)")
+                model = found[0]
+        return cls.from_paths(b / TRANSFORM_DIR, b / ITEMS_DIR, model, num_threads, unknown_candidates)
 
-    def _histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
-        """history_items, history_categories, history_brands of R requests as one (3, R, L) array: the last L
-        ids, right-aligned, 0-padded (FeatureTransform._sequence), looked up through the catalogue rows."""
-        length = self.transform.config.history_len
-        out = np.zeros((3, len(histories), length), np.int32)
-        recent = [h[-length:] for h in histories]
-        lens = np.fromiter(map(len, recent), np.int64, len(recent))
+    def request_inputs(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
+                       history_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """REQUEST_INPUTS of R requests (one row each): the transform's query tokens (its tokeniser and cache) and
+        the history's last L ids, right-aligned and 0-padded as FeatureTransform._sequence does, with each id's item,
+        category and brand indices from its table row (an id outside the catalogue: its own index, no category
+        or brand, as the transform gives it). `history_rows`: the table rows of the histories' last L ids, when
+        the caller looked them up already (one look-up for history and candidates)."""
+        ql, length = self.transform.config.query_len, self.transform.config.history_len
+        tokens = self.transform.tokens
+        q = np.stack([tokens(s, ql) for s in queries]) if len(queries) else np.zeros((0, ql), np.int32)
+        hist = np.zeros((3, len(histories), length), np.int32)
+        lens = np.fromiter((min(len(h), length) for h in histories), np.int64, len(histories))
         m = int(lens.sum())
-        if not m:
-            return out
-        flat = list(chain.from_iterable(recent))
-        rows = self.catalogue.rows(flat)
-        vals = self._history_of_row[rows] if len(self.catalogue) else np.zeros((m, 3), np.int32)
-        missing = np.flatnonzero(rows < 0)
-        if missing.size:  # not in the catalogue: the item's own look-up (OOV bucket), no category or brand
-            lookup = self.transform.vocabs["item"].lookup
-            vals[missing] = [(lookup(flat[j]), 0, 0) for j in missing.tolist()]
-        ends = np.cumsum(lens)
-        req = np.repeat(np.arange(len(recent)), lens)
-        col = np.arange(m) - np.repeat(ends, lens) + length
-        out[:, req, col] = vals.T
-        return out
+        if m:
+            if history_rows is None:
+                history_rows = self.items.rows(self._recent(histories))
+            columns = [self.items.inputs[k] for k in ("item_id", "category", "brand")]
+            if len(histories) == 1:  # one request: its ids fill the last m places
+                for i, col in enumerate(columns):
+                    hist[i, 0, length - m:] = np.take(col, history_rows)
+            else:
+                ends = np.cumsum(lens)
+                req = np.repeat(np.arange(len(histories)), lens)
+                place = np.arange(m) - np.repeat(ends, lens) + length
+                for i, col in enumerate(columns):
+                    hist[i, req, place] = np.take(col, history_rows)
+        return {"query_tokens": q, "history_items": hist[0], "history_categories": hist[1], "history_brands": hist[2]}
+
+    def _recent(self, histories: Sequence[Sequence[str]]) -> list[str]:
+        length = self.transform.config.history_len
+        return [x for h in histories for x in h[-length:]]
+
+    def _lookup(self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Table rows of the histories' last L ids and of the candidates, in one look-up."""
+        recent = self._recent(histories)
+        rows = self.items.rows([*recent, *chain.from_iterable(candidates)])
+        return rows[: len(recent)], rows[len(recent):]
 
     def features(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
                  candidates: Sequence[Sequence[str]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Model tensors for a batch of requests and a mask of candidates unknown to the model.
+        """The model's whole input tensors for every candidate row, and a mask of candidates the model does not know.
 
-        The same tensors as `FeatureTransform.transform` on the whole batch (tests/scoring/test_ranker.py checks it),
-        computed per request and per catalogue row instead of per candidate: the candidates' columns are rows
-        of the precomputed catalogue tensors, the query and history columns are computed once per request and
-        repeated over its candidates."""
-        counts = [len(c) for c in candidates]
-        rows = self.catalogue.rows(chain.from_iterable(candidates))
-        if rows.size and rows.min() < 0:
-            return self._features_full(queries, histories, candidates)
-        n = len(rows)
-        ql = self.transform.config.query_len
-        tokens = self.transform.tokens  # the transform's own tokeniser and its (bounded) cache
-        q = np.stack([tokens(s, ql) for s in queries]) if len(queries) else np.zeros((0, ql), np.int32)
-        hist = self._histories(histories)
-        rr = np.repeat(np.arange(len(counts)), counts)  # row -> request
-        tensors = {"query_tokens": np.take(q, rr, axis=0), "history_items": np.take(hist[0], rr, axis=0),
-                   "history_categories": np.take(hist[1], rr, axis=0), "history_brands": np.take(hist[2], rr, axis=0)}
-        for k, v in self._item_tensors.items():
-            tensors[k] = np.take(v, rows, axis=0) if n else v[:0]
-        return tensors, np.take(self._item_unknown, rows) if n else np.zeros(0, bool)
+        The same tensors as `FeatureTransform.transform` (tests/scoring/test_ranker.py checks it on odd requests):
+        the candidates' columns are rows of the item tables, the request columns are computed once per request and
+        repeated over its candidates. What the whole-graph backends and the Triton transformer score."""
+        history_rows, rows = self._lookup(histories, candidates)
+        req = self.request_inputs(queries, histories, history_rows)
+        rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
+        tensors = {k: np.take(req[k], rr, axis=0) for k in REQUEST_INPUTS} | self.items.item_inputs(rows)
+        return tensors, ~self.items.known(rows)
 
-    def _features_full(self, queries, histories, candidates) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Every field through the transform (some candidates are not in the catalogue)."""
-        batch, unknown = self.catalogue.batch(queries, histories, candidates)
-        tensors = self.transform.transform(batch)
-        item_vocab = self.transform.vocabs["item"]
-        unknown = unknown | ~np.fromiter((item_vocab.known(v) for v in batch.item_id), bool, len(batch.item_id))
-        return tensors, unknown
+    def score(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
+              candidates: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """The model's scores of every candidate row (float32, request order, the unknown policy not applied) and
+        the unknown-candidate mask. Composed backend: the request tower once per request, item vectors from the
+        tables, the pair head per row; otherwise the whole graph on `features`."""
+        if not self.composed:
+            tensors, unknown = self.features(queries, histories, candidates)
+            return (self.scorer.score(tensors) if len(unknown) else np.zeros(0, np.float32)), unknown
+        history_rows, rows = self._lookup(histories, candidates)
+        unknown = ~self.items.known(rows)
+        if not len(rows):
+            return np.zeros(0, np.float32), unknown
+        rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates]) if len(candidates) > 1 else None
+        vectors = self.scorer.request_vectors(self.request_inputs(queries, histories, history_rows))
+        return self.scorer.score_pairs(vectors, rr, self.items.item_vectors(rows)), unknown
+
+    def score_rows(self, request_tensors: dict[str, np.ndarray], row_request: np.ndarray,
+                   item_ids: Sequence[str]) -> np.ndarray:
+        """Scores of rows given as model request tensors (R rows, REQUEST_INPUTS), each row's request and its
+        item id: the served composition below the text transform (the gate scores the whole test split with it)."""
+        if not self.composed:
+            rows = self.items.rows(list(item_ids))
+            tensors = {k: np.take(request_tensors[k], row_request, axis=0) for k in REQUEST_INPUTS}
+            return self.scorer.score(tensors | self.items.item_inputs(rows))
+        rows = self.items.rows(list(item_ids))
+        vectors = self.scorer.request_vectors(request_tensors)
+        return self.scorer.score_pairs(vectors, row_request, self.items.item_vectors(rows))
 
     def rank(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
              candidates: Sequence[Sequence[str]]) -> list[RankedList]:
-        tensors, unknown = self.features(queries, histories, candidates)
-        scores = self.scorer.score(tensors) if len(unknown) else np.zeros(0, np.float32)
-        return split_ranked(scores, unknown, candidates)
+        scores, unknown = self.score(queries, histories, candidates)
+        return split_ranked(scores, unknown, candidates, self.unknown_candidates)
 
 
-def split_ranked(scores: np.ndarray, unknown: np.ndarray, candidates: Sequence[Sequence[str]]) -> list[RankedList]:
+def split_ranked(scores: np.ndarray, unknown: np.ndarray, candidates: Sequence[Sequence[str]],
+                 unknown_candidates: UnknownPolicy = "last") -> list[RankedList]:
     """Cut flat per-row scores back into one ranked list per request (a stable sort on the negated scores:
-    ties keep request order). Requests of one size, the usual batch, are sorted in one call."""
+    ties keep request order). Requests of one size, the usual batch, are sorted in one call.
+
+    unknown_candidates "last" (the default, see UNKNOWN_POLICIES): unknown candidates' scores become 0.0 and they
+    rank after every known candidate, in request order; "score": the model's scores rank them."""
+    if unknown_candidates == "last" and unknown.any():
+        scores = np.where(unknown, np.float32(0.0), scores).astype(np.float32, copy=False)
+        keys = np.where(unknown, np.inf, -scores.astype(np.float64))  # after every known score, request order
+    else:
+        keys = -scores
     counts = [len(c) for c in candidates]
     same = bool(counts) and counts[0] > 0 and counts.count(counts[0]) == len(counts)
-    orders = np.argsort(-scores.reshape(len(counts), counts[0]), axis=1, kind="stable") if same else None
+    orders = np.argsort(keys.reshape(len(counts), counts[0]), axis=1, kind="stable") if same else None
     any_unknown = bool(unknown.any())
     out, lo = [], 0
     for i, cands in enumerate(candidates):
         hi = lo + counts[i]
         s = scores[lo:hi]
-        order = orders[i] if same else np.argsort(-s, kind="stable")
+        order = orders[i] if same else np.argsort(keys[lo:hi], kind="stable")
         unk = [c for c, u in zip(cands, unknown[lo:hi].tolist()) if u] if any_unknown else []
         out.append(RankedList(s, [cands[j] for j in order.tolist()], unk))
         lo = hi

@@ -1,14 +1,18 @@
 """shoprank against a real Kubernetes control plane with KServe's CRDs and KServe's controller (`make test-cluster`).
 
-In order: the cluster itself; every overlay through the API server's dry run; `make deploy` of the CPU and GPU
-overlays (KServe turns them into Deployments, Services and HPAs; the scheduler places the pods on the simulated
-nodes); the pipeline runner's RBAC as the API server decides it; the promote step
-(shoprank.release.kserve.rollout) creating, patching, re-running, rolling back, and reporting an unschedulable GPU
-request, as admin and as the pipeline's own ServiceAccount; a scale check (100 GPU nodes, 20 InferenceServices);
-`make undeploy`.
+In order: the cluster itself; every overlay through the API server's dry run; `make deploy` of the GPU overlay
+(KServe turns it into a Deployment, Service and HPA; the scheduler places the pods on the simulated GPU nodes);
+the pipeline runner's RBAC as the API server decides it; the promote step (shoprank.release.kserve.rollout) creating,
+patching, re-running, rolling back, and reporting an unschedulable GPU request, as admin and as the pipeline's
+own ServiceAccount; the Triton variant (Triton on a simulated GPU node, the transformer for real on the real
+node); a scale check (100 GPU nodes, 20 InferenceServices); `make undeploy`.
 
-The simulated nodes run no containers: a pod is Running and Ready as soon as it is scheduled. So a version
-"never becomes Ready" here when its pods cannot be scheduled, and no smoke request is sent (smoke="none").
+The promotions here use the GPU profile, whose pods land on the simulated (KWOK) GPU nodes: they run no
+containers and are Running and Ready as soon as they are scheduled, so these tests check what the API server
+and KServe's controller do (apply semantics, field ownership, RBAC, scheduling), a version "never becomes
+Ready" when its pods cannot be scheduled, and no smoke request is sent (smoke="none"). What real pods do (the
+CPU overlay on the real node, smoke requests, rollouts under load, a bundle that does not load, the HPA) is in
+test_real_node.py.
 """
 
 from __future__ import annotations
@@ -23,15 +27,11 @@ from typing import Any
 import pytest
 
 from deploy import cli
-from shoprank.release.kserve import rollout
+from shoprank.release.kserve import names, plan, profiles, rollout, spec, wait
 from shoprank.release.kserve.client import KServeApi
-from shoprank.release.kserve.names import FIELD_MANAGER
-from shoprank.release.kserve.plan import apply_body
-from shoprank.release.kserve.profiles import PromoteParams, serving_settings
+from shoprank.release.kserve.profiles import PromoteParams
 from shoprank.release.kserve.rollout import RolloutConfig
-from shoprank.release.kserve.spec import desired_inference_service
-from shoprank.release.kserve.wait import deployment_rolled_out
-from shoprank.release.model_store import LocalStore
+from shoprank.release.model_store import LocalStore, S3Store
 from tests.support import kserve_crds  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -43,26 +43,27 @@ RUNNER = "shoprank-pipeline-runner"
 RUN = os.urandom(2).hex()  # namespaces are new each session, so a kept cluster (SHOPRANK_KEEP_CLUSTER=1) reruns
 NS_DRY, NS_CPU, NS_GPU = f"shoprank-dry-{RUN}", f"shoprank-cpu-{RUN}", f"shoprank-gpu-{RUN}"
 NS_PROMOTE, NS_SCALE, NS_TRITON = f"shoprank-promote-{RUN}", f"shoprank-scale-{RUN}", f"shoprank-triton-{RUN}"
+NS_TAKEOVER = f"shoprank-takeover-{RUN}"
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 SOURCE_URI = "internal.serving.kserve.io/storage-initializer-sourceuri"
 GPU_LABEL = ("nvidia.com/gpu.present", "true")
-# s3:// as in production; the test's object store is a local folder (shoprank.release.model_store.LocalStore). On kind,
+# s3:// as in production. The simulated pods never fetch their bundle, so these promotions publish to a local
+# folder (shoprank.release.model_store.LocalStore); the Triton test's transformer runs for real and fetches from the
+# cluster's S3 store. On kind,
 # KServe's storage initializer gets a dummy credential secret and the simulated pods never run it.
 MODEL_ROOT = "s3://shoprank-models/cluster-test"
-OVERLAY_HPA = {"cpu": (1, 8, 70), "gpu": (1, 4, 60)}  # min, max, CPU target of manifests/overlays/*
+BUCKET = "shoprank-models"
+OVERLAY_HPA = {"cpu": (2, 8, 70), "gpu": (2, 4, 60)}  # min, max, CPU target of manifests/overlays/*
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 
 def deploy(cluster: Cluster, overlay: str, namespace: str, *extra: str) -> str:
-    if cluster.kind == "kind":  # KServe's pod webhook there reads the storage secret the ServiceAccount names
-        cluster.kubectl("create", "namespace", namespace, check=False)
-        cluster.kubectl("create", "secret", "generic", "shoprank-storage", "-n", namespace,
-                        "--from-literal=AWS_ACCESS_KEY_ID=test", "--from-literal=AWS_SECRET_ACCESS_KEY=test",
-                        check=False)
+    # KServe's pod webhook reads the storage secret the ServiceAccount names (and refuses pods without it).
+    cluster.storage_secret(namespace)
     proc = cluster.make("deploy", f"OVERLAY={overlay}", f"NAMESPACE={namespace}", "KFP_UPLOAD=0",
-                        f"SERVING_IMAGE={SERVING_IMAGE}", *extra)
+                        f"SERVING_IMAGE={cluster.serving_image}", *extra)
     assert proc.returncode == 0, f"make deploy OVERLAY={overlay} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -77,9 +78,7 @@ def triton_prerequisites(cluster: Cluster, namespace: str) -> None:
     transformer's storage initializer itself and refuses to reconcile without that secret."""
     runtime = kserve_crds.runtime_manifest("kserve-tritonserver")
     cluster.kubectl("apply", "--server-side", "-f", str(runtime))
-    cluster.kubectl("create", "namespace", namespace, check=False)
-    cluster.kubectl("create", "secret", "generic", "shoprank-storage", "-n", namespace,
-                    "--from-literal=AWS_ACCESS_KEY_ID=test", "--from-literal=AWS_SECRET_ACCESS_KEY=test", check=False)
+    cluster.storage_secret(namespace)
 
 
 def undeploy(cluster: Cluster, overlay: str, namespace: str) -> None:
@@ -128,7 +127,7 @@ def wait_rolled_out(cluster: Cluster, namespace: str, name: str, storage_uri: st
         if got.returncode != 0:
             return None
         dep = json.loads(got.stdout)
-        ok, _ = deployment_rolled_out(dep, storage_uri)
+        ok, _ = wait.deployment_rolled_out(dep, storage_uri)
         return dep if ok and dep["status"].get("availableReplicas", 0) >= 1 else None
     return cluster.wait_for(f"Deployment {namespace}/{name}-predictor rolled out", done, timeout)
 
@@ -155,14 +154,17 @@ def artefacts(base: Path, content: bytes) -> tuple[Path, Path, Path]:
     return opt, tr, summary
 
 
-def promote(api_client: Any, tmp: Path, content: bytes, *, namespace: str, name: str, profile: str = "cpu",
-            timeout_s: int = 90, **params: Any) -> dict[str, Any]:
+PROMOTE_DEFAULTS = {"profile": "gpu", "min_replicas": 1}  # one GPU replica (+1 during a rollout) per service
+
+
+def promote(api_client: Any, tmp: Path, content: bytes, *, namespace: str, name: str, timeout_s: int = 90,
+            **params: Any) -> dict[str, Any]:
     work = tmp / f"{name}-{content.decode()}-{time.monotonic_ns()}"
     opt, tr, summary = artefacts(work, content)
     return rollout.promote_to_kserve(
         opt, tr, summary, model_root=MODEL_ROOT, model_name=name, api=KServeApi(api_client),
-        params=PromoteParams(profile=profile, namespace=namespace, smoke="none", ready_timeout_s=timeout_s,
-                             **params),
+        params=PromoteParams(namespace=namespace, smoke="none", ready_timeout_s=timeout_s,
+                             **{**PROMOTE_DEFAULTS, **params}),
         store=LocalStore(tmp / "bucket"), config=RolloutConfig(poll_s=1))
 
 
@@ -178,12 +180,13 @@ def test_control_plane_nodes_crds_and_kserve_controller(cluster: Cluster):
                              check=False)
     assert denied.stdout.strip() == "no"
     kinds = node_kinds(cluster)
-    for node in ("cpu-node-0", "cpu-node-1", "gpu-node-0", "gpu-node-1"):
-        assert kinds[node] == node[:3]
+    cpu_nodes = ["shoprank-node"] if cluster.kind == "local" else ["cpu-node-0", "cpu-node-1"]
+    for node in (*cpu_nodes, "gpu-node-0", "gpu-node-1"):
+        assert kinds[node] == ("gpu" if node.startswith("gpu") else "cpu"), node
     gpu = cluster.get_json("node", "gpu-node-0")
     assert gpu["status"]["allocatable"]["nvidia.com/gpu"] == "2"
     assert {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"} in gpu["spec"]["taints"]
-    assert "nvidia.com/gpu" not in cluster.get_json("node", "cpu-node-0")["status"]["allocatable"]
+    assert "nvidia.com/gpu" not in cluster.get_json("node", cpu_nodes[0])["status"]["allocatable"]
     assert condition(gpu, "Ready") == "True"
     crd = cluster.get_json("crd", "inferenceservices.serving.kserve.io")
     assert condition(crd, "Established") == "True"
@@ -224,7 +227,9 @@ def test_the_dry_run_really_validates_against_kserves_schema(cluster: Cluster):
 # --- make deploy ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay,namespace", [("cpu", NS_CPU), ("gpu", NS_GPU)])
+# The CPU overlay's pods run for real on the real node: its deploy is tested with a promoted model in
+# test_real_node.py (with the overlay's placeholder storageUri they would wait for a bundle that is not there).
+@pytest.mark.parametrize("overlay,namespace", [("gpu", NS_GPU)])
 def test_make_deploy_and_what_kserve_makes_of_it(cluster: Cluster, overlay: str, namespace: str):
     t0 = time.monotonic()
     out = deploy(cluster, overlay, namespace)
@@ -247,7 +252,7 @@ def test_make_deploy_and_what_kserve_makes_of_it(cluster: Cluster, overlay: str,
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     else:
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
-    assert container["image"] == SERVING_IMAGE
+    assert container["image"] == cluster.serving_image
     hpa = cluster.get_json("hpa", f"{NAME}-predictor", "-n", namespace)
     low, high, target = OVERLAY_HPA[overlay]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (low, high)
@@ -289,13 +294,12 @@ def can_i(cluster: Cluster, namespace: str, *args: str) -> bool:
     return got.stdout.strip() == "yes"
 
 
-def test_pipeline_runner_rbac(cluster: Cluster):
-    ensure_deployed(cluster, "cpu", NS_CPU)
+def test_pipeline_runner_rbac(cluster: Cluster, promote_ns: str):
     cluster.kubectl("create", "namespace", NS_DRY, check=False)
-    ns = ["-n", NS_CPU]
+    ns = ["-n", promote_ns]
     for verb in ("get", "list", "watch", "create", "patch", "update"):
-        assert can_i(cluster, NS_CPU, verb, "inferenceservices.serving.kserve.io", *ns), verb
-    assert can_i(cluster, NS_CPU, "patch", f"inferenceservices.serving.kserve.io/{NAME}", *ns)
+        assert can_i(cluster, promote_ns, verb, "inferenceservices.serving.kserve.io", *ns), verb
+    assert can_i(cluster, promote_ns, "patch", f"inferenceservices.serving.kserve.io/{NAME}", *ns)
     refused = [
         ("delete", "inferenceservices.serving.kserve.io", *ns),
         ("get", "secrets", *ns), ("list", "secrets", *ns), ("get", "secret/shoprank-storage", *ns),
@@ -307,7 +311,7 @@ def test_pipeline_runner_rbac(cluster: Cluster):
         ("get", "nodes"), ("list", "namespaces"), ("create", "namespaces"), ("create", "clusterrolebindings"),
         ("list", "clusterservingruntimes.serving.kserve.io"), ("get", "customresourcedefinitions"),
     ]
-    allowed = [args for args in refused if can_i(cluster, NS_CPU, *args)]
+    allowed = [args for args in refused if can_i(cluster, promote_ns, *args)]
     assert allowed == [], f"the pipeline runner may do more than promotion needs: {allowed}"
 
 
@@ -316,9 +320,11 @@ def test_pipeline_runner_rbac(cluster: Cluster):
 
 @pytest.fixture(scope="module")
 def promote_ns(cluster: Cluster) -> str:
-    """The shoprank base (ServingRuntime, ServiceAccounts, Role) in a namespace; promotion creates its own
-    InferenceService (named `ranker-e2e`, so none exists before the first promotion)."""
-    ensure_deployed(cluster, "cpu", NS_PROMOTE)
+    """The shoprank base (ServingRuntime, ServiceAccounts, Role) and the GPU overlay in a namespace; promotion
+    creates its own InferenceService (named `ranker-e2e`, so none exists before the first promotion). Two more
+    simulated GPU nodes give the promotions room beside the overlay's two replicas."""
+    cluster.add_gpu_nodes(["gpu-node-2", "gpu-node-3"])
+    ensure_deployed(cluster, "gpu", NS_PROMOTE)
     return NS_PROMOTE
 
 
@@ -340,7 +346,7 @@ def test_first_promotion_creates_the_inference_service(cluster: Cluster, promote
     dep = wait_rolled_out(cluster, promote_ns, E2E, record["storage_uri"])
     assert dep["spec"]["template"]["metadata"]["annotations"][SOURCE_URI] == record["storage_uri"]
     kinds = node_kinds(cluster)
-    assert {kinds[p["spec"]["nodeName"]] for p in predictor_pods(cluster, promote_ns, E2E)} == {"cpu"}
+    assert {kinds[p["spec"]["nodeName"]] for p in predictor_pods(cluster, promote_ns, E2E)} == {"gpu"}
 
 
 def test_second_version_patches_it(cluster: Cluster, promote_ns: str, tmp_path_factory):
@@ -376,10 +382,10 @@ def test_rerun_with_the_same_version_changes_nothing(cluster: Cluster, promote_n
     assert (record["outcome"], record["action"], record["version"]) == ("unchanged", "noop", _versions["v2"])
     assert record["uploaded"] is False  # the bundle is already in storage
     # Server-side apply of the very same configuration is a no-op for the API server too.
-    settings, autoscaling, _ = serving_settings(PromoteParams(profile="cpu", namespace=promote_ns),
-                                                record["storage_uri"], E2E)
-    desired = desired_inference_service(settings, autoscaling=autoscaling)
-    KServeApi(cluster.api_client).apply(apply_body(desired), field_manager=FIELD_MANAGER)
+    settings, autoscaling, _ = profiles.serving_settings(PromoteParams(namespace=promote_ns, **PROMOTE_DEFAULTS),
+                                                         record["storage_uri"], E2E)
+    desired = spec.desired_inference_service(settings, autoscaling=autoscaling)
+    KServeApi(cluster.api_client).apply(plan.apply_body(desired), field_manager=names.FIELD_MANAGER)
     after = isvc(cluster, promote_ns, E2E)
     for key in ("resourceVersion", "generation", "managedFields"):
         assert after["metadata"][key] == before["metadata"][key], key
@@ -387,11 +393,12 @@ def test_rerun_with_the_same_version_changes_nothing(cluster: Cluster, promote_n
 
 def test_a_version_that_never_becomes_ready_is_rolled_back(cluster: Cluster, promote_ns: str, tmp_path_factory):
     """v3 asks for GPU nodes labelled for a pool this cluster does not have: its pods never schedule, so the
-    predictor never rolls out; after the timeout the previous spec is applied again and v2 keeps serving."""
+    predictor never rolls out; after the timeout the previous spec is applied again and v2 keeps serving.
+    (test_real_node.py has the real-pod case: a bundle that does not load.)"""
     tmp = tmp_path_factory.getbasetemp() / "promote"
     before = isvc(cluster, promote_ns, E2E)
     t0 = time.monotonic()
-    record = promote(cluster.api_client, tmp, b"v3", namespace=promote_ns, name=E2E, timeout_s=20, gpu="true",
+    record = promote(cluster.api_client, tmp, b"v3", namespace=promote_ns, name=E2E, timeout_s=20,
                      gpu_node_label="shoprank.dev/gpu-pool=missing")
     cluster.timings["rollback_s"] = round(time.monotonic() - t0, 1)
     assert record["outcome"] == "rolled_back", record
@@ -402,17 +409,16 @@ def test_a_version_that_never_becomes_ready_is_rolled_back(cluster: Cluster, pro
     v2_uri = before["spec"]["predictor"]["model"]["storageUri"]
     assert after["spec"]["predictor"]["model"]["storageUri"] == v2_uri
     assert after["spec"]["predictor"].get("nodeSelector") == before["spec"]["predictor"].get("nodeSelector")
-    assert "nvidia.com/gpu" not in after["spec"]["predictor"]["model"]["resources"]["limits"]
+    assert after["spec"]["predictor"]["model"]["resources"] == before["spec"]["predictor"]["model"]["resources"]
     dep = wait_rolled_out(cluster, promote_ns, E2E, v2_uri)
-    assert "nodeSelector" not in dep["spec"]["template"]["spec"]
+    assert dep["spec"]["template"]["spec"]["nodeSelector"] == {GPU_LABEL[0]: GPU_LABEL[1]}
     assert (tmp / "bucket" / "cluster-test" / E2E / "LATEST").read_text().strip() == _versions["v2"]
 
 
 def test_more_gpus_than_any_node_has_stays_pending_and_is_reported(cluster: Cluster, promote_ns: str,
                                                                    tmp_path_factory):
     tmp = tmp_path_factory.getbasetemp() / "promote"
-    record = promote(cluster.api_client, tmp, b"v4", namespace=promote_ns, name=E2E, timeout_s=20, gpu="true",
-                     gpu_count=16)
+    record = promote(cluster.api_client, tmp, b"v4", namespace=promote_ns, name=E2E, timeout_s=20, gpu_count=16)
     assert record["outcome"] == "rolled_back", record
     cluster.notes["unschedulable_gpu_promotion_reason"] = record["reason"]
     assert "Insufficient nvidia.com/gpu" in record["reason"], record["reason"]
@@ -448,25 +454,25 @@ def test_promotion_takes_over_from_make_deploy_but_not_from_a_person(cluster: Cl
     """Field ownership as the API server keeps it: the InferenceService `make deploy` created (placeholder
     storageUri, manager shoprank-deploy) is taken over by the promote step; a later `make deploy` leaves it alone;
     a value a person set with another manager is not overwritten: the promotion fails and names the field."""
-    ensure_deployed(cluster, "cpu", NS_CPU)
+    ensure_deployed(cluster, "gpu", NS_TAKEOVER)
     tmp = tmp_path_factory.getbasetemp() / "takeover"
-    record = promote(cluster.api_client, tmp, b"t1", namespace=NS_CPU, name=NAME)
+    record = promote(cluster.api_client, tmp, b"t1", namespace=NS_TAKEOVER, name=NAME)
     assert (record["outcome"], record["action"], record["forced_from"]) == ("promoted", "patch", ["shoprank-deploy"])
-    owners = {m["manager"]: m for m in isvc(cluster, NS_CPU)["metadata"]["managedFields"]}
+    owners = {m["manager"]: m for m in isvc(cluster, NS_TAKEOVER)["metadata"]["managedFields"]}
     assert "f:storageUri" in json.dumps(owners["shoprank-promote"]["fieldsV1"])
     assert "f:storageUri" not in json.dumps(owners["shoprank-deploy"].get("fieldsV1", {}))
-    wait_rolled_out(cluster, NS_CPU, NAME, record["storage_uri"])
+    wait_rolled_out(cluster, NS_TAKEOVER, NAME, record["storage_uri"])
 
-    out = deploy(cluster, "cpu", NS_CPU)
+    out = deploy(cluster, "gpu", NS_TAKEOVER)
     assert "managed by the pipeline's promote step" in out
-    assert isvc(cluster, NS_CPU)["spec"]["predictor"]["model"]["storageUri"] == record["storage_uri"]
+    assert isvc(cluster, NS_TAKEOVER)["spec"]["predictor"]["model"]["storageUri"] == record["storage_uri"]
 
-    cluster.kubectl("patch", "inferenceservice", NAME, "-n", NS_CPU, "--type=merge", "--field-manager=oncall",
+    cluster.kubectl("patch", "inferenceservice", NAME, "-n", NS_TAKEOVER, "--type=merge", "--field-manager=oncall",
                     "-p", json.dumps({"spec": {"predictor": {"maxReplicas": 12}}}))
-    refused = promote(cluster.api_client, tmp, b"t2", namespace=NS_CPU, name=NAME)
+    refused = promote(cluster.api_client, tmp, b"t2", namespace=NS_TAKEOVER, name=NAME)
     assert refused["outcome"] == "failed", refused
     assert "maxReplicas" in refused["reason"] and "oncall" in refused["reason"], refused["reason"]
-    live = isvc(cluster, NS_CPU)
+    live = isvc(cluster, NS_TAKEOVER)
     assert live["spec"]["predictor"]["maxReplicas"] == 12
     assert live["spec"]["predictor"]["model"]["storageUri"] == record["storage_uri"]
 
@@ -474,26 +480,33 @@ def test_promotion_takes_over_from_make_deploy_but_not_from_a_person(cluster: Cl
 # --- the Triton variant -----------------------------------------------------------------------------------------
 
 
-def test_gpu_triton_promotion_runs_triton_on_gpu_behind_the_transformer(cluster: Cluster, tmp_path_factory):
-    """`make deploy OVERLAY=gpu-triton`, then the promote step with serving_profile=gpu-triton: KServe's controller
-    makes a Triton predictor (KServe's own kserve-tritonserver runtime, on a GPU node) that loads the bundle's
-    triton/ model repository, and a transformer Deployment whose storage initializer fetches the bundle."""
+def test_gpu_triton_promotion_runs_triton_on_gpu_behind_the_transformer(cluster: Cluster, s3: Any, tiny_bundle,
+                                                                         tiny_features):
+    """`make deploy OVERLAY=gpu-triton`, then the promote step with serving_profile=gpu-triton and the session's
+    tiny model: KServe's controller makes a Triton predictor (KServe's own kserve-tritonserver runtime, on a
+    simulated GPU node) that loads the bundle's triton/ model repository, and a transformer, which runs for real
+    on the real node: KServe's storage initializer fetches the bundle from the cluster's S3 store and the
+    transformer loads it and becomes Ready."""
     # Without the storage secret (KServe's controller would fail the transformer with `secrets
     # "shoprank-storage" not found`, as this test found out), make deploy stops and says so.
     refused = cluster.make("deploy", "OVERLAY=gpu-triton", f"NAMESPACE={NS_TRITON}", "KFP_UPLOAD=0",
-                           f"SERVING_IMAGE={SERVING_IMAGE}")
+                           f"SERVING_IMAGE={cluster.serving_image}")
     assert refused.returncode != 0 and "secret shoprank-storage is missing" in refused.stdout + refused.stderr
     triton_prerequisites(cluster, NS_TRITON)
     ensure_deployed(cluster, "gpu-triton", NS_TRITON)
-    tmp = tmp_path_factory.getbasetemp() / "triton"
-    record = promote(cluster.api_client, tmp, b"o1", namespace=NS_TRITON, name=NAME, profile="gpu-triton",
-                     transformer_image=SERVING_IMAGE)
+    prefix = f"triton-{RUN}"
+    record = rollout.promote_to_kserve(
+        tiny_bundle["optimized_dir"], tiny_features[1], tiny_bundle["bundle_dir"] / "summary.json",
+        model_root=f"s3://{BUCKET}/{prefix}", model_name=NAME, api=KServeApi(cluster.api_client),
+        params=PromoteParams(profile="gpu-triton", namespace=NS_TRITON, smoke="none", ready_timeout_s=240,
+                             transformer_image=cluster.serving_image),
+        store=S3Store(BUCKET, s3), config=RolloutConfig(poll_s=2))
     assert (record["outcome"], record["action"]) == ("promoted", "patch"), record
     bundle = record["storage_uri"]
     repository = f"{bundle}/triton"
-    stored = tmp / "bucket" / "cluster-test" / NAME / record["version"]
-    assert (stored / "triton" / NAME / "1" / "model.onnx").read_bytes() == b"onnx o1"
-    assert (stored / "triton" / NAME / "config.pbtxt").is_file() and (stored / "transform").is_dir()
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/{NAME}/{record['version']}/")
+    keys = {o["Key"].split(record["version"] + "/", 1)[1] for o in listed.get("Contents", [])}
+    assert {f"triton/{NAME}/1/model.onnx", f"triton/{NAME}/config.pbtxt", "transform/transform.json"} <= keys
     obj = isvc(cluster, NS_TRITON)
     assert obj["spec"]["predictor"]["model"]["storageUri"] == repository
     assert obj["spec"]["transformer"]["storageUris"][0]["uri"] == bundle
@@ -512,15 +525,23 @@ def test_gpu_triton_promotion_runs_triton_on_gpu_behind_the_transformer(cluster:
         found = json.loads(got.stdout)
         inits = found["spec"]["template"]["spec"].get("initContainers") or []
         fetches = any(bundle in (c.get("args") or []) for c in inits)
-        ok, _ = deployment_rolled_out(found)
+        ok, _ = wait.deployment_rolled_out(found)
         return found if ok and fetches else None
-    transformer = cluster.wait_for("the transformer Deployment fetching the bundle", transformer_rolled_out, 90)
+    transformer = cluster.wait_for("the transformer Deployment fetching the bundle", transformer_rolled_out, 240)
     spec = transformer["spec"]["template"]["spec"]
     [main] = [c for c in spec["containers"] if c["name"] == "kserve-container"]
-    assert main["image"] == SERVING_IMAGE and "--model_dir=/mnt/models" in main["args"]
+    assert main["image"] == cluster.serving_image and "--model_dir=/mnt/models" in main["args"]
     assert any(a.startswith("--predictor_host") for a in main["args"]), main["args"]  # KServe wires it to Triton
     assert "nvidia.com/gpu" not in json.dumps(main["resources"])
     cluster.wait_for("the InferenceService Ready", lambda: condition(isvc(cluster, NS_TRITON), "Ready") == "True", 90)
+    if cluster.kind == "local":  # the transformer ran for real: on the real node, its initializer exited 0
+        running = [p for p in predictor_pods(cluster, NS_TRITON, NAME)
+                   if p["metadata"]["labels"].get("component") == "transformer"]
+        assert running and {p["spec"]["nodeName"] for p in running} == {"shoprank-node"}
+        for pod in running:
+            [init] = pod["status"]["initContainerStatuses"]
+            assert init["state"]["terminated"]["exitCode"] == 0, init
+    undeploy(cluster, "gpu-triton", NS_TRITON)  # frees the real node for test_real_node.py
 
 
 # --- scale -------------------------------------------------------------------------------------------------------

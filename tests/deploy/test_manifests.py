@@ -92,8 +92,11 @@ def kserve_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_overlay_renders_everything_in_namespace(rendered, overlay):
     docs = rendered[overlay]
     kinds = sorted(d["kind"] for d in docs)
+    hardening = {"cpu": ["NetworkPolicy", "PodDisruptionBudget"], "gpu": ["NetworkPolicy", "PodDisruptionBudget"],
+                 "gpu-triton": ["NetworkPolicy"] * 2 + ["PodDisruptionBudget"] * 2, "kind": ["NetworkPolicy"]}
     assert kinds == sorted(
-        ["ServiceAccount", "ServiceAccount", "Role", "RoleBinding", "ServingRuntime", "InferenceService"]
+        ["ServiceAccount", "ServiceAccount", "Role", "RoleBinding", "ServingRuntime", "InferenceService",
+         *hardening[overlay]]
     )
     for doc in docs:
         assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]["name"]
@@ -114,7 +117,7 @@ def test_gpu_overlays_request_a_gpu_on_gpu_nodes(rendered, overlay):
     assert str(resources.get("requests", {}).get(GPU, "1")) == "1"
     assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in predictor["tolerations"]
-    assert predictor["minReplicas"] == 1 and predictor["maxReplicas"] == 4
+    assert predictor["minReplicas"] == 2 and predictor["maxReplicas"] == 4
 
 
 def test_gpu_overlay_serves_the_savedmodel(rendered):
@@ -163,7 +166,7 @@ def test_cpu_overlays_ask_for_no_gpu(rendered, overlay):
 
 def test_cpu_overlay_autoscales_on_cpu(rendered):
     predictor = only(rendered["cpu"], "InferenceService")["spec"]["predictor"]
-    assert predictor["minReplicas"] == 1 and predictor["maxReplicas"] == 8
+    assert predictor["minReplicas"] == 2 and predictor["maxReplicas"] == 8
     [metric] = predictor["autoScaling"]["metrics"]
     assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
     assert 1 <= metric["resource"]["target"]["averageUtilization"] <= 100
@@ -175,7 +178,8 @@ def test_kind_overlay_is_one_small_replica(rendered):
     assert predictor["minReplicas"] == 1 and predictor["maxReplicas"] == 1
     assert "autoScaling" not in predictor
     assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "none"
-    assert predictor["model"]["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
+    assert predictor["model"]["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi",
+                                                         "ephemeral-storage": "1Gi"}
 
 
 # --- pod security, resources, probes ----------------------------------------------------------------
@@ -205,11 +209,74 @@ def test_every_container_is_locked_down_sized_and_probed(rendered, overlay):
             assert not ctx.get("capabilities", {}).get("add"), where
             resources = container.get("resources") or {}
             for bound in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where}: {bound}"
+                assert {"cpu", "memory", "ephemeral-storage"} <= set(resources.get(bound, {})), f"{where}: {bound}"
             for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
                 http = (container.get(probe) or {}).get("httpGet") or {}
                 assert (http.get("path"), http.get("port")) == (path, 8080), f"{where}: {probe}"
     assert seen >= 2  # the runtime container and at least the predictor
+
+
+# --- NetworkPolicy, PodDisruptionBudget -------------------------------------------------------------
+
+
+def _selects(selector: dict[str, Any], component: str) -> bool:
+    return selector.get("matchLabels") == {"serving.kserve.io/inferenceservice": "shoprank-ranker",
+                                           "component": component}
+
+
+def _ingress_ports(policy: dict[str, Any]) -> set[int]:
+    return {port["port"] for rule in policy["spec"]["ingress"] for port in rule.get("ports") or []}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_serving_component_has_a_network_policy(rendered, overlay):
+    """Ingress to the predictor (and the transformer) only from the listed sources and ports: every rule names
+    its sources and ports (an empty `from` or no `ports` would allow everyone or every port)."""
+    isvc = only(rendered[overlay], "InferenceService")
+    components = ["predictor"] + (["transformer"] if "transformer" in isvc["spec"] else [])
+    policies = of_kind(rendered[overlay], "NetworkPolicy")
+    for component in components:
+        [policy] = [p for p in policies if _selects(p["spec"]["podSelector"], component)]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        for rule in policy["spec"]["ingress"]:
+            assert rule.get("from") and rule.get("ports"), (component, rule)
+    predictor = next(p for p in policies if _selects(p["spec"]["podSelector"], "predictor"))
+    if overlay == "gpu-triton":  # Triton: tensor requests from the transformer only, metrics for the scraper
+        assert _ingress_ports(predictor) == {8080, 9000, 8002}
+        sources = [src for rule in predictor["spec"]["ingress"] for src in rule["from"]]
+        assert {"podSelector": {"matchLabels": {"serving.kserve.io/inferenceservice": "shoprank-ranker",
+                                                "component": "transformer"}}} in sources
+        assert {"podSelector": {}} not in sources
+    else:
+        assert _ingress_ports(predictor) == {8080, 8081}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_disruption_budget_wherever_two_replicas_run(rendered, overlay):
+    isvc = only(rendered[overlay], "InferenceService")
+    budgets = of_kind(rendered[overlay], "PodDisruptionBudget")
+    for component in ("predictor", "transformer"):
+        spec = isvc["spec"].get(component)
+        if not spec:
+            continue
+        mine = [b for b in budgets if _selects(b["spec"]["selector"], component)]
+        if spec["minReplicas"] >= 2:
+            assert len(mine) == 1 and mine[0]["spec"]["maxUnavailable"] == 1, component
+        else:
+            assert not mine, f"{overlay}: a budget on a single replica blocks every drain"
+
+
+def test_production_overlays_start_at_two_replicas(rendered):
+    for overlay in ("cpu", "gpu", "gpu-triton"):
+        spec = only(rendered[overlay], "InferenceService")["spec"]
+        assert spec["predictor"]["minReplicas"] == 2, overlay
+        if "transformer" in spec:
+            assert spec["transformer"]["minReplicas"] == 2, overlay
+
+
+def test_the_runtime_drains_before_it_stops(rendered):
+    [container] = only(rendered["cpu"], "ServingRuntime")["spec"]["containers"]
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] >= 1
 
 
 # --- ServingRuntime ------------------------------------------------------------------------------

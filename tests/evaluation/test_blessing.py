@@ -40,3 +40,44 @@ def test_each_budget_can_block_the_blessing():
 def test_serving_path_mismatch_or_absence_blocks_the_blessing():
     assert not bless(_artefacts(), {"tflite": 0.01}, CFG).blessed
     assert not bless(_artefacts(), {}, CFG).blessed
+
+
+def _reference(low, high):
+    diff = (low + high) / 2
+    return {"bootstrap": {"level": 0.95, "ndcg_at_10": {"diff": diff, "low": low, "high": high},
+                          "auc": {"diff": 0.001, "low": -0.002, "high": 0.004}}}
+
+
+def _with_mode(mode):
+    return CFG.model_copy(update={"reference_check": mode})
+
+
+def test_reference_check_fails_only_when_significantly_worse():
+    worse = _reference(-0.04, -0.02)
+    b = bless(_artefacts(), {"tflite": 0.0}, _with_mode("fail"), reference=worse)
+    assert not b.blessed
+    failed = [c for c in b.checks if not c.passed]
+    assert [c.name for c in failed] == ["int8_vs_reference_ndcg_at_10"]
+    assert "[-0.0400, -0.0200]" in failed[0].message and "WORSE" in failed[0].message
+    tied = bless(_artefacts(), {"tflite": 0.0}, _with_mode("fail"), reference=_reference(-0.01, 0.005))
+    assert tied.blessed and not tied.warnings
+    assert any("not significantly worse" in r and "int8 ndcg_at_10" in r for r in tied.reasons)
+
+
+def test_reference_check_warn_reports_without_blocking_and_off_skips():
+    worse = _reference(-0.04, -0.02)
+    warned = bless(_artefacts(), {"tflite": 0.0}, _with_mode("warn"), reference=worse)
+    assert warned.blessed
+    assert len(warned.warnings) == 1 and "warning only" in warned.warnings[0]
+    assert warned.to_dict()["warnings"] == warned.warnings
+    off = bless(_artefacts(), {"tflite": 0.0}, _with_mode("off"), reference=worse)
+    assert off.blessed and not any("reference" in c.name for c in off.checks)
+    # No reference section (the reference is disabled): no check either.
+    assert not any("reference" in c.name for c in bless(_artefacts(), {"tflite": 0.0}, _with_mode("fail")).checks)
+
+
+def test_a_missing_reference_is_not_silently_skipped():
+    missing = {"error": "no reference scores (x)"}
+    assert not bless(_artefacts(), {"tflite": 0.0}, _with_mode("fail"), reference=missing).blessed
+    warned = bless(_artefacts(), {"tflite": 0.0}, _with_mode("warn"), reference=missing)
+    assert warned.blessed and "missing" in warned.warnings[0]

@@ -27,7 +27,7 @@ from shoprank.evaluation.counterfactual import (
     previous_bundle,
 )
 from shoprank.features.dataset import load_split
-from shoprank.layout import LATEST, MANIFEST, TFLITE_FILE
+from shoprank.layout import LATEST, MANIFEST, TOWERS_DIR
 from shoprank.modeling.propensity import Propensities
 
 WIDTH = 10
@@ -139,7 +139,7 @@ def _bundle(root, name, version):
     b = root / name / version
     b.mkdir(parents=True)
     (b / MANIFEST).write_text("{}")
-    (b / TFLITE_FILE).write_bytes(b"")
+    (b / TOWERS_DIR).mkdir()
     (root / name / LATEST).write_text(version)
     return b
 

@@ -111,3 +111,21 @@ def test_other_labels_than_clicks_are_trained_as_they_are(tiny_features, tiny_co
     plan = plan_training(model, load_split(features, "train"), load_split(features, "validation"),
                          _config("pal", label="purchased"), 64, compile_model, quiet)
     assert plan.method == "none" and "purchased" in plan.note
+
+
+def test_pal_fine_tuning_under_pruning_exports_position_blind_towers(tmp_path, tiny_features):
+    """The optimise step fine-tunes through the position tower too (pruning on raw clicks would learn the bias
+    back), and what it exports -- the whole graph and the served composition's towers -- has no position."""
+    from shoprank.features.transform import ITEM_INPUTS, REQUEST_INPUTS
+    from shoprank.layout import TOWERS_DIR, TOWERS_META
+    from shoprank.modeling.optimize import optimize
+
+    features, transform, _ = tiny_features
+    config = resolve_config("tiny", {"debias": {"method": "pal"}, "train": {"epochs": 1},
+                                     "optimize": {"export_onnx": False}})
+    train(features, transform, tmp_path / "m", config, progress=quiet)
+    optimize(tmp_path / "m", features, tmp_path / "opt", config, progress=quiet)
+    assert _signature(tmp_path / "opt") == (sorted(INPUTS), [SCORE])
+    meta = json.loads((tmp_path / "opt" / TOWERS_DIR / TOWERS_META).read_text())
+    assert meta["request_inputs"] == list(REQUEST_INPUTS) and meta["item_inputs"] == list(ITEM_INPUTS)
+    assert POSITION_INPUT not in {*meta["request_inputs"], *meta["item_inputs"]}

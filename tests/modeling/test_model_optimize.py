@@ -14,7 +14,7 @@ from shoprank.features.transform import INPUTS
 from shoprank.modeling.model import load_keras_model
 from shoprank.modeling.optimize import optimize, sparsity_report
 from shoprank.modeling.train import train
-from shoprank.scoring.backends import TFLiteScorer, score_in_batches
+from shoprank.scoring.backends import score_in_batches
 from shoprank.scoring.savedmodel import SavedModelScorer
 from tests.conftest import quiet
 
@@ -46,27 +46,57 @@ def test_pruning_reaches_target_sparsity_and_keeps_baseline_intact(optimized, ti
     assert sparsity_report(load_keras_model(tiny_model))["overall"] < 0.05
 
 
-def test_int8_model_tracks_the_float_model(optimized, tiny_features):
+def test_composition_of_the_towers_equals_the_whole_graph(tiny_model, tiny_features, tiny_config):
+    """The cut is exact: the request tower and the item tower (the trained layers themselves, float) with the numpy
+    pair head give the trained graph's scores."""
+    from shoprank.features.transform import ITEM_INPUTS, REQUEST_INPUTS
+    from shoprank.modeling.towers import head_weights, tower_models
+    from shoprank.scoring.composed import PairHead
+
+    model = load_keras_model(tiny_model)
+    request, item = tower_models(model, tiny_config.features)
+    batch = load_split(tiny_features[0], "test").features(slice(0, 700))
+    whole = model({k: batch[k] for k in INPUTS}, training=False).numpy().reshape(-1)
+    req = {k: v.numpy() for k, v in request({k: batch[k] for k in REQUEST_INPUTS}, training=False).items()}
+    it = item({k: batch[k] for k in ITEM_INPUTS}, training=False)
+    vectors = np.concatenate([it[k].numpy() for k in ("title", "candidate", "item_hidden")], axis=1)
+    head = PairHead(head_weights(model), req["query"].shape[1])
+    np.testing.assert_allclose(head.scores(req, np.arange(700), vectors), whole, atol=2e-6)
+
+
+def test_int8_composition_tracks_the_float_model_at_full_resolution(optimized, tiny_features):
+    """The served composition (int8 request tower, float16 item vectors, float head) against the optimised float
+    model: close, and no more ties (issue 11: the whole-graph int8 model's scores had 256 levels)."""
+    from shoprank.evaluation.metrics import tie_statistics
+    from shoprank.scoring.composed import ComposedScorer
+
     out, _ = optimized
-    features, _, _ = tiny_features
-    test = load_split(features, "test")
+    test = load_split(tiny_features[0], "test")
     cols = {k: test.column(k) for k in INPUTS}
     float_scores = score_in_batches(SavedModelScorer(out / "saved_model"), cols, 512)
-    int8_scores = score_in_batches(TFLiteScorer(out / "model.tflite"), cols, 300)
+    composed = ComposedScorer(out / "towers")
+    assert composed.item_dtype == np.float16
+    int8_scores = score_in_batches(composed, cols, 300)
     assert np.corrcoef(float_scores, int8_scores)[0, 1] > 0.98
     assert np.abs(float_scores - int8_scores).max() < 0.1
+    groups = np.asarray(test.column("request"))
+    ties_float, ties_int8 = tie_statistics(groups, float_scores), tie_statistics(groups, int8_scores)
+    assert ties_int8["lists_with_ties"] <= ties_float["lists_with_ties"]
+    assert ties_int8["distinct_scores"] >= 0.99 * ties_float["distinct_scores"]
     # Batch size does not change a row's score (the server batches requests together).
-    one = TFLiteScorer(out / "model.tflite").score({k: np.asarray(v[:1]) for k, v in cols.items()})
+    one = ComposedScorer(out / "towers").score({k: np.asarray(v[:1]) for k, v in cols.items()})
     assert one[0] == pytest.approx(int8_scores[0], abs=1e-6)
 
 
-def test_tflite_scorer_survives_pickling(optimized, tiny_features):
-    """Server workers get the scorer pickled: the native interpreter is reloaded, not copied."""
+def test_composed_scorer_survives_pickling(optimized, tiny_features):
+    """Server workers get the scorer pickled: the native interpreters are reloaded, not copied."""
     import pickle
+
+    from shoprank.scoring.composed import ComposedScorer
 
     out, _ = optimized
     batch = load_split(tiny_features[0], "test").features(slice(0, 7))
-    s = TFLiteScorer(out / "model.tflite")
+    s = ComposedScorer(out / "towers")
     s2 = pickle.loads(pickle.dumps(s))
     np.testing.assert_array_equal(s.score(batch), s2.score(batch))
 

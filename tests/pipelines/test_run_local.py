@@ -27,6 +27,15 @@ def test_local_pipeline_run_produces_summary_and_promoted_bundle(tmp_path):
                                                        "validate"}
     assert (tmp_path / "latest" / "report.html").read_text().count("data:image/png") >= 4
     assert "blessed:" in summary_table(summary)
+    # The LambdaMART reference (issue 14) ran inside the evaluate step and is in the summary beside the network.
+    ref = summary["reference"]
+    assert set(ref["table"]) == {"baseline", "optimized", "reference", "oracle"}
+    assert 0.5 < ref["table"]["reference"]["auc"] <= 1.0
+    assert ref["bootstrap"]["resamples"] >= 1000 and ref["bootstrap"]["ndcg_at_10"]["low"] <= ref["bootstrap"][
+        "ndcg_at_10"]["high"]
+    assert 0 < ref["cost"]["share_of_run_wall_time"] < 1 and ref["cost"]["peak_rss_mib"] > 0
+    assert "optimized - reference" in summary_table(summary)
+    assert isinstance(summary["blessing_warnings"], list)  # the check warns by default, never blocks
     if summary["blessed"]:
         ranker = Ranker.load(summary["bundle_dir"], "tflite")
         ranked = ranker.rank(["shoe"], [[]], [["i0000001", "i0000002", "not-an-item"]])[0]

@@ -24,6 +24,7 @@ from serving.codec import (
     split_bytes_tensor,
     tensor_response,
 )
+from serving.errors import ShuttingDown
 from serving.rest import decode_request, encode_response
 from shoprank.features.transform import INPUTS
 
@@ -225,7 +226,7 @@ def test_micro_batcher_waits_to_fill_and_survives_a_failing_batch():
         assert results[0] == "x" and isinstance(results[1], ValueError) and results[2] == "y"
         assert await b.submit("c", 1) == "c"  # the worker is still alive
         await b.close()
-        with pytest.raises(RuntimeError, match="shutting down"):
+        with pytest.raises(ShuttingDown, match="shutting down"):
             await b.submit("d", 1)
 
     run(scenario())

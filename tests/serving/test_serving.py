@@ -1,6 +1,8 @@
-"""The model server in process (ASGI transport, no ports): every v2 endpoint, both request kinds, both
-backends, the binary tensor extension, micro-batching, and every kind of bad input (400, and the next request
-is served). Scores must equal the pipeline evaluator's for the golden requests."""
+"""The model server in process (ASGI transport, no ports): every v2 endpoint (versioned ones included), both
+request kinds, both backends, the binary tensor extension, micro-batching, every kind of bad input (400, and the
+next request is served), the body limit on every route (413), overload (503 with Retry-After) and the
+transformer in front of a predictor that drops its connections. Scores must equal the pipeline evaluator's for
+the golden requests."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 from kserve import model_server as kserve_model_server
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 
+from serving.batcher import BatchSettings
 from serving.codec import SCORE, Limits, join_bytes_tensor
 from serving.model import ShoprankModel, detect_backend
 from serving.rest import FastInferMiddleware, encode_response
@@ -41,7 +44,7 @@ def served(tiny_bundle):
                        server.model_repository_extension, 0).create_application()
     loop = asyncio.new_event_loop()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=kserve_model_server.app), base_url="http://test")
-    yield {"loop": loop, "client": client, "models": {m.name: m for m in models}}
+    yield {"loop": loop, "client": client, "models": {m.name: m for m in models}, "server": server}
     for m in models:
         loop.run_until_complete(m.close())
     loop.run_until_complete(client.aclose())
@@ -134,6 +137,10 @@ def test_unknown_ids_are_reported_and_integer_ids_accepted(served, golden):
     assert res.status_code == 200
     params = res.json()["parameters"]
     assert params["unknown_count"] == 1 and json.loads(params["unknown_items"]) == ["nope-2"]
+    # The default policy (--unknown_candidates last): after every known candidate, scored 0.0.
+    out = outputs(res)
+    assert out["ranking"]["data"][-1] == "nope-2" and out["scores"]["data"][3] == 0.0
+    assert min(out["scores"]["data"][:3]) > 0.0
     body["inputs"][2] = {"name": "candidates", "datatype": "INT64", "shape": [1, 3], "data": [[1, 2, 3]]}
     res = infer(served, body)
     assert res.status_code == 200 and json.loads(res.json()["parameters"]["unknown_items"]) == ["1", "2", "3"]
@@ -311,8 +318,9 @@ def test_bad_binary_bodies_and_tensor_requests(served, golden):
 
 def test_other_routes_answer_4xx_not_5xx(served):
     assert infer(served, _good(served), model="nope").status_code == 404
-    # KServe's own (versioned) infer route: malformed JSON is a 400 there too, not FastAPI's 422.
-    res = call(served, "POST", f"/v2/models/{NAME}/versions/1/infer", content=b"{oops",
+    # KServe's own v1 route and the FastAPI validation of the stock v2 route: a 400, not FastAPI's 422.
+    version = served["models"][NAME].version
+    res = call(served, "POST", f"/v2/models/{NAME}/versions/{version}/infer", content=b"{oops",
                headers={"content-type": "application/json"})
     assert res.status_code == 400 and "error" in res.json()
     v1 = call(served, "POST", f"/v1/models/{NAME}:predict", json={"instances": [[1, 2]]})
@@ -323,8 +331,9 @@ def test_other_routes_answer_4xx_not_5xx(served):
 def test_a_model_that_fails_to_load_is_not_ready_and_says_why(tmp_path, tiny_bundle):
     broken = ShoprankModel("broken", tmp_path)
     assert broken.load() is False and not broken.ready
-    assert "neither model.tflite nor saved_model" in broken.load_error
-    (tmp_path / "model.tflite").write_bytes(b"not a model")
+    assert "neither towers/ nor saved_model/" in broken.load_error
+    (tmp_path / "towers").mkdir()
+    (tmp_path / "towers" / "request_tower.tflite").write_bytes(b"not a model")
     assert ShoprankModel("broken", tmp_path).load() is False
     assert detect_backend(tiny_bundle["bundle_dir"]) == "tflite"
     broken.start()  # kserve.Model.start() would flip this to ready
@@ -397,3 +406,128 @@ def test_a_bundle_without_a_manifest_reports_no_version(tmp_path, tiny_bundle, g
         loop.close()
     assert isinstance(response, InferResponse) and response.model_version is None
     assert "model_version" not in orjson.loads(encode_response(response)[0])
+
+
+# --- versioned routes, limits, overload ---------------------------------------------------------------------
+def test_the_versioned_routes_serve_the_bundles_version_and_404_any_other(served, golden):
+    version = served["models"][NAME].version
+    assert version
+    base, versioned = f"/v2/models/{NAME}", f"/v2/models/{NAME}/versions/{version}"
+    assert call(served, "GET", versioned).json() == call(served, "GET", base).json()
+    assert call(served, "GET", versioned + "/ready").json() == {"name": NAME, "ready": True}
+    g = golden["requests"][0]
+    body = ranking_body(g["query"], g["user_id"], g["history"], g["candidates"])
+    res = call(served, "POST", versioned + "/infer", content=orjson.dumps(body),
+               headers={"content-type": "application/json"})
+    assert res.json()["model_version"] == version
+    np.testing.assert_allclose(outputs(res)["scores"]["data"], golden["tflite"][g["test_rows"][0]: g["test_rows"][1]],
+                               atol=TOL)
+    for suffix, method in (("", "GET"), ("/ready", "GET"), ("/infer", "POST")):
+        res = call(served, method, f"{base}/versions/v000000000000{suffix}", content=orjson.dumps(body))
+        assert res.status_code == 404 and f"serves version '{version}'" in res.json()["error"], suffix
+    res = call(served, "GET", f"/v2/models/nope/versions/{version}")
+    assert res.status_code == 404  # KServe's own unknown-model answer
+    # A model without a bundle version (no manifest) has no versioned routes.
+    res = call(served, "GET", f"/v2/models/{SAVEDMODEL_NAME}/versions/1")
+    assert res.status_code == (200 if served["models"][SAVEDMODEL_NAME].version == "1" else 404)
+
+
+def test_the_body_limit_holds_on_every_route_and_the_connection_stays_usable(served):
+    from serving.options import DEFAULT_MAX_BODY_BYTES
+
+    version = served["models"][NAME].version
+    big = b'{"inputs": [' + b" " * DEFAULT_MAX_BODY_BYTES + b"]}"
+    routes = [f"/v2/models/{NAME}/infer", f"/v2/models/{NAME}/versions/{version}/infer",
+              f"/v1/models/{NAME}:predict", f"/v2/repository/models/{NAME}/load", "/v2/anything"]
+
+    async def chunked():  # no Content-Length: counted as it is read
+        for i in range(0, len(big), 64 << 10):
+            yield big[i: i + (64 << 10)]
+
+    for route in routes:
+        res = call(served, "POST", route, content=big, headers={"content-type": "application/json"})
+        assert res.status_code == 413 and "exceeds the limit of 1048576 bytes" in res.json()["error"], route
+    for route in routes[:3]:
+        res = call(served, "POST", route, content=chunked(), headers={"content-type": "application/json"})
+        assert res.status_code == 413 and "--max_body_bytes" in res.json()["error"], route
+    assert outputs(infer(served, _good(served)))["scores"]  # and the next request is served
+
+
+def test_overload_is_a_503_with_retry_after_and_the_queue_never_grows_past_its_bound(served, tiny_bundle):
+    name = "shoprank-small-queue"
+    model = ShoprankModel(name, tiny_bundle["bundle_dir"], "tflite", batch=BatchSettings(max_queue_rows=20))
+    assert model.load(), model.load_error
+    served["server"].register_model(model)
+    body = orjson.dumps(ranking_body("red shoe", "u1", [], [f"x{i}" for i in range(10)]))
+
+    async def burst(n: int) -> list[httpx.Response]:
+        client = served["client"]
+        return await asyncio.gather(*(client.post(f"/v2/models/{name}/infer", content=body,
+                                                  headers={"content-type": "application/json"}) for _ in range(n)))
+
+    try:
+        responses = served["loop"].run_until_complete(burst(8))
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200, 200, 503, 503, 503, 503, 503, 503], codes  # 2 x 10 rows queued, then refused
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"] == "1" and "overloaded" in refused.json()["error"]
+        assert model._batcher.queued_rows_peak <= 20 and model._batcher.refused == 6
+        assert infer(served, orjson.loads(body), model=name).status_code == 200  # served again once drained
+        metrics = call(served, "GET", "/metrics").text
+        assert re.search(rf'shoprank_refused_requests_total{{model_name="{name}"}} 6\.0', metrics), metrics[-2000:]
+    finally:
+        served["loop"].run_until_complete(model.close())
+
+
+def test_the_transformer_fails_a_batch_once_when_the_predictor_drops_connections(tiny_bundle):
+    """A real TCP predictor that accepts and closes every connection: the batch of 4 concurrent requests costs
+    one predictor call, not 1 + 4 (the one-by-one retry is for failures that can be one request's fault), and
+    the clients get 503 with Retry-After."""
+    import socket
+    import threading
+
+    from kserve.predictor_config import PredictorConfig
+
+    from serving.errors import PredictorUnavailable
+    from serving.transformer import ShoprankTransformer
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted = []
+
+    def drop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    host = f"127.0.0.1:{listener.getsockname()[1]}"
+    transformer = ShoprankTransformer("t", tiny_bundle["bundle_dir"], PredictorConfig(host, "v2"),
+                                      predictor_model_name=NAME)
+    assert transformer.load(), transformer.load_error
+    request = lambda: InferRequest("t", [InferInput("query", [1], "BYTES", data=["q"]),  # noqa: E731
+                                         InferInput("user_id", [1], "BYTES", data=["u"]),
+                                         InferInput("candidates", [2], "BYTES", data=["a", "b"])])
+
+    async def go():
+        first = asyncio.ensure_future(transformer.predict(request()))
+        await asyncio.sleep(0)
+        results = await asyncio.gather(first, *(transformer.predict(request()) for _ in range(3)),
+                                       return_exceptions=True)
+        await transformer.close()
+        return results
+
+    loop = asyncio.new_event_loop()
+    try:
+        results = loop.run_until_complete(go())
+    finally:
+        loop.close()
+        listener.close()
+    assert all(isinstance(r, PredictorUnavailable) for r in results), results
+    assert "did not answer" in str(results[0]) and results[0].http_status == 503
+    assert 1 <= len(accepted) <= 2, len(accepted)  # one call per batch (the first request may run alone)

@@ -1,5 +1,5 @@
-// Build recipe for the local control plane of the cluster tests (`make cluster-up`): kube-apiserver,
-// kube-controller-manager and kube-scheduler from k8s.io/kubernetes, and etcd from go.etcd.io/etcd/server/v3
+// Build recipe for the local cluster of the cluster tests (`make cluster-up`): kube-apiserver,
+// kube-controller-manager, kube-scheduler and the real node's kubelet from k8s.io/kubernetes, and etcd from go.etcd.io/etcd/server/v3
 // at the version Kubernetes itself requires. As every project that imports k8s.io/kubernetes must, the
 // k8s.io/* staging modules (replaced by relative paths in Kubernetes' own go.mod) are replaced by their
 // published v0.x releases of the same minor and patch. Built by hack/cluster/localcluster.py.
@@ -13,8 +13,10 @@ require (
 	github.com/Azure/go-ansiterm v0.0.0-20230124172434-306776ec8161 // indirect
 	github.com/JeffAshton/win_pdh v0.0.0-20161109143554-76bb4ee9f0ab // indirect
 	github.com/Microsoft/go-winio v0.6.2 // indirect
+	github.com/Microsoft/hnslib v0.1.2 // indirect
 	github.com/NYTimes/gziphandler v1.1.1 // indirect
 	github.com/antlr4-go/antlr/v4 v4.13.0 // indirect
+	github.com/armon/circbuf v0.0.0-20190214190532-5111143e8da2 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/blang/semver/v4 v4.0.0 // indirect
 	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
@@ -108,6 +110,7 @@ require (
 	go.etcd.io/etcd/server/v3 v3.6.5 // indirect
 	go.etcd.io/raft/v3 v3.6.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
+	go.opentelemetry.io/contrib/instrumentation/github.com/emicklei/go-restful/otelrestful v0.44.0 // indirect
 	go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc v0.60.0 // indirect
 	go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp v0.61.0 // indirect
 	go.opentelemetry.io/otel v1.41.0 // indirect

@@ -35,7 +35,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Profile:
-    """What `manifests/overlays/<name>` deploys, as ServingSettings values (tests compare them)."""
+    """What `manifests/overlays/<name>` deploys, as ServingSettings values (tests compare them). The memory of
+    the container that runs the shoprank server is sized from the bundle at promotion, up to `max_memory`; the
+    overlays' memory values are what `make deploy` starts with, before a bundle is promoted."""
 
     settings: Mapping[str, Any]
     autoscaling: bool = True  # False: no HPA (autoscalerClass none), as the kind overlay
@@ -44,20 +46,22 @@ class Profile:
 TRITON_PROFILE = "gpu-triton"
 PROFILES: dict[str, Profile] = {
     "gpu": Profile({"model_format": "shoprank-savedmodel", "backend": "savedmodel", "use_gpu": True,
-                    "gpu_count": 1, "min_replicas": 1, "max_replicas": 4, "scale_metric": "cpu",
-                    "scale_target": 60, "resources": Resources("2", "4Gi", "4", "8Gi")}),
+                    "gpu_count": 1, "min_replicas": 2, "max_replicas": 4, "scale_metric": "cpu",
+                    "scale_target": 60, "resources": Resources("2", "4Gi", "4", "8Gi"),
+                    "max_memory": "16Gi"}),
     "cpu": Profile({"model_format": "shoprank-tflite", "backend": "tflite", "use_gpu": False,
-                    "min_replicas": 1, "max_replicas": 8, "scale_metric": "cpu", "scale_target": 70,
-                    "resources": Resources("1", "1Gi", "2", "2Gi")}),
+                    "min_replicas": 2, "max_replicas": 8, "scale_metric": "cpu", "scale_target": 70,
+                    "resources": Resources("500m", "1Gi", "2", "2Gi"), "max_memory": "8Gi"}),
     # The ONNX export on KServe's Triton runtime (onnxruntime + TensorRT) behind the shoprank transformer;
     # manifests/overlays/gpu-triton. The transformer image is a parameter (serving_transformer_image).
     TRITON_PROFILE: Profile({"model_format": "onnx", "backend": "triton", "runtime": TRITON_RUNTIME,
-                             "use_gpu": True, "gpu_count": 1, "min_replicas": 1, "max_replicas": 4,
+                             "use_gpu": True, "gpu_count": 1, "min_replicas": 2, "max_replicas": 4,
                              "scale_metric": "cpu", "scale_target": 60,
-                             "resources": Resources("2", "4Gi", "4", "8Gi")}),
+                             "resources": Resources("2", "4Gi", "4", "8Gi"), "max_memory": "8Gi"}),
     "kind": Profile({"model_format": "shoprank-tflite", "backend": "tflite", "use_gpu": False,
                      "min_replicas": 1, "max_replicas": 1, "scale_metric": "cpu", "scale_target": 70,
-                     "resources": Resources("100m", "256Mi", "500m", "512Mi")}, autoscaling=False),
+                     "resources": Resources("100m", "256Mi", "500m", "512Mi"), "max_memory": "1Gi"},
+                    autoscaling=False),
 }
 DEFAULT_PROFILE = "gpu"  # the default overlay of `make deploy`
 SMOKE_MODES = ("ranking", "none")

@@ -52,7 +52,15 @@ from shoprank.release.kserve.client import ApplyConflict, InferenceServiceApi, K
 from shoprank.release.kserve.names import DEPLOY_FIELD_MANAGER, FIELD_MANAGER, KNATIVE
 from shoprank.release.kserve.plan import RolloutPlan, plan_rollout, resolve_conflicts
 from shoprank.release.kserve.profiles import PromoteParams, serving_settings
-from shoprank.release.kserve.smoke import SmokeCheck, SmokeContext, no_smoke, ranking_smoke, smoke_url
+from shoprank.release.kserve.sizing import MemoryNeed, memory_need
+from shoprank.release.kserve.smoke import (
+    SmokeCheck,
+    SmokeContext,
+    catalogue_items,
+    no_smoke,
+    ranking_smoke,
+    smoke_url,
+)
 from shoprank.release.kserve.spec import ServingSettings, desired_inference_service
 from shoprank.release.kserve.wait import latest_created_revision, wait_until_ready
 
@@ -64,6 +72,7 @@ __all__ = [
     "decide_after_rollout",
     "promote_to_kserve",
     "run_rollout",
+    "size_memory",
 ]
 
 # Outcomes: promoted (new version serving), unchanged (already serving it), rolled_back (the rollout failed and
@@ -157,7 +166,8 @@ def _pod_problems(api: InferenceServiceApi, namespace: str, name: str) -> list[s
 
 def run_rollout(api: InferenceServiceApi, plan: RolloutPlan, *, namespace: str, name: str, version: str,
                 storage_uri: str, smoke: SmokeCheck, config: RolloutConfig | None = None,
-                smoke_url_override: str = "", clock: Callable[[], float] = time.monotonic,
+                smoke_url_override: str = "", smoke_items: tuple[str, ...] = (),
+                clock: Callable[[], float] = time.monotonic,
                 sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Apply the plan's phases; after each, wait for Ready and smoke-test where the phase says; on the first
     failure apply the rollback bodies and wait for the restored service. Returns the rollout part of the
@@ -197,7 +207,8 @@ def run_rollout(api: InferenceServiceApi, plan: RolloutPlan, *, namespace: str, 
         if waited.ready and phase.smoke:
             url = smoke_url_override or smoke_url(isvc, phase.target)
             remaining = max(0.0, config.ready_timeout_s - waited.seconds)
-            outcome = smoke(SmokeContext(url, name, version, max(config.smoke_timeout_s, remaining), phase.name))
+            outcome = smoke(SmokeContext(url, name, version, max(config.smoke_timeout_s, remaining), phase.name,
+                                         smoke_items))
             smoke_ok = outcome.ok
             record["smoke"] = {"ok": outcome.ok, "detail": outcome.detail, "url": url}
         result["phases"].append(record)
@@ -289,6 +300,18 @@ def _stage_bundle(optimized_dir: str | Path, transform_dir: str | Path, summary_
         return publish_bundle(optimized_dir, transform_dir, summary_path, str(staging_root), model_name)
 
 
+def size_memory(settings: ServingSettings, bundle_dir: str | Path) -> tuple[ServingSettings, MemoryNeed]:
+    """The settings with the memory of the container that runs the shoprank server (the predictor; the
+    transformer in the Triton variant, where Triton is the predictor) sized from the bundle; TooLarge (a
+    ValueError) when it needs more than `settings.max_memory`."""
+    triton = settings.backend == "triton"
+    need = memory_need(bundle_dir, "remote" if triton else settings.backend)
+    need.check(settings.max_memory)
+    key = "transformer_resources" if triton else "resources"
+    sized = replace(getattr(settings, key), memory_request=need.request, memory_limit=need.limit)
+    return replace(settings, **{key: sized}), need
+
+
 def promote_to_kserve(optimized_dir: str | Path, transform_dir: str | Path, summary_path: str | Path, *,
                       model_root: str, model_name: str, params: PromoteParams,
                       api: InferenceServiceApi | None = None, smoke: SmokeCheck | None = None,
@@ -316,6 +339,9 @@ def promote_to_kserve(optimized_dir: str | Path, transform_dir: str | Path, summ
         if settings.backend == "triton" and not staged.get("triton_repository"):
             raise ValueError(f"serving profile {params.profile!r} serves the ONNX export, and this model has none "
                              "(optimize.export_onnx is off): re-run with it on, or promote with profile gpu")
+        settings, need = size_memory(settings, staged["bundle_dir"])  # TooLarge: refused, nothing written
+        notes = (*notes, f"memory sized from the bundle: {need.describe()}")
+        items = catalogue_items(staged["bundle_dir"])  # the smoke request's candidates
         upload = model_store.upload_bundle(staged["bundle_dir"], model_root, model_name, version, store=store,
                                            pvc_mount_path=pvc_mount_path)
     print(f"[promote] bundle {version} {'uploaded to' if upload.uploaded else 'already at'} {storage_uri}",
@@ -340,7 +366,8 @@ def promote_to_kserve(optimized_dir: str | Path, transform_dir: str | Path, summ
     # What the predictor itself loads (the Triton variant: the bundle's triton/ repository).
     predictor_uri = desired["spec"]["predictor"]["model"]["storageUri"]
     rollout = run_rollout(api, plan, namespace=settings.namespace, name=settings.name, version=version,
-                          storage_uri=predictor_uri, smoke=smoke, config=config, smoke_url_override=params.smoke_url)
+                          storage_uri=predictor_uri, smoke=smoke, config=config, smoke_url_override=params.smoke_url,
+                          smoke_items=items)
     if rollout["outcome"] in ("promoted", "unchanged"):
         pointer = model_store.write_latest(model_root, model_name, version, store=store,
                                            pvc_mount_path=pvc_mount_path)

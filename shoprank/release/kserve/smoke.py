@@ -4,6 +4,10 @@ Why on its own: Ready says the pods run, not that they serve the new model (Stan
 rolling update; a model can load and answer garbage). `ranking_smoke` sends the shoprank server's v2 ranking
 request over plain HTTP (urllib, no client library) and checks the answer and the served bundle version; the
 rollout takes any `SmokeCheck` callable, so tests and the cluster tests (`smoke=none`) plug in their own.
+
+The request's item ids come from the bundle being promoted (`catalogue_items`: its catalogue), so the server
+must know every one of them: an answer that reports any as unknown (`unknown_count` > 0) comes from a server
+with another catalogue, and fails the check. (Synthetic ids such as i0000001 meant nothing to a real catalogue.)
 """
 
 from __future__ import annotations
@@ -16,15 +20,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+from shoprank.layout import CATALOGUE_FILE, TRANSFORM_DIR
 from shoprank.release.kserve.wait import predictor_status
 
 __all__ = [
-    "SMOKE_CANDIDATES",
+    "SMOKE_ITEMS",
     "SmokeCheck",
     "SmokeContext",
     "SmokeResult",
+    "catalogue_items",
     "check_ranking_response",
     "no_smoke",
     "ranking_request",
@@ -37,13 +44,15 @@ __all__ = [
 @dataclass(frozen=True)
 class SmokeContext:
     """What a smoke check gets: where to send it (None when the status has no URL), the served model's name,
-    the version that should answer, and how long it may keep retrying."""
+    the version that should answer, how long it may keep retrying, and item ids of that version's catalogue
+    (the candidates of the ranking request)."""
 
     url: str | None
     model_name: str
     version: str
     timeout_s: float
     phase: str
+    items: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,24 @@ class SmokeResult:
 
 SmokeCheck = Callable[[SmokeContext], SmokeResult]
 _BUNDLE_VERSION_RE = re.compile(r"^v[0-9a-f]{12}$")  # shoprank.release.bundle.bundle_version
-SMOKE_CANDIDATES = ("i0000001", "i0000002", "i0000003")
+SMOKE_ITEMS = 3  # candidates in the smoke request
+
+
+def catalogue_items(bundle_dir: str | Path, n: int = SMOKE_ITEMS) -> tuple[str, ...]:
+    """`n` distinct item ids of the bundle's catalogue (transform/catalogue.parquet), spread over its first row
+    group: reads one column of one row group, so a catalogue of millions of items costs milliseconds."""
+    import pyarrow.parquet as pq
+
+    path = Path(bundle_dir) / TRANSFORM_DIR / CATALOGUE_FILE
+    catalogue = pq.ParquetFile(path)
+    if catalogue.metadata.num_rows == 0 or catalogue.metadata.num_row_groups == 0:
+        raise ValueError(f"{path} has no items: nothing to send in the smoke request")
+    ids = catalogue.read_row_group(0, columns=["item_id"]).column(0).to_pylist()
+    distinct = list(dict.fromkeys(str(i) for i in ids if i))
+    if not distinct:
+        raise ValueError(f"{path} has no item ids: nothing to send in the smoke request")
+    step = max(1, len(distinct) // n)
+    return tuple(distinct[::step][:n])
 
 
 def smoke_url(isvc: Mapping[str, Any] | None, target: Literal["latest", "service"]) -> str | None:
@@ -73,8 +99,9 @@ def smoke_url(isvc: Mapping[str, Any] | None, target: Literal["latest", "service
     return next((c for c in candidates if c), None)
 
 
-def ranking_request(candidates: Iterable[str] = SMOKE_CANDIDATES) -> dict[str, Any]:
-    """A v2 ranking request (the shoprank server's BYTES interface); unknown item ids are scored too."""
+def ranking_request(candidates: Iterable[str]) -> dict[str, Any]:
+    """A v2 ranking request (the shoprank server's BYTES interface) over `candidates`, the first one also the
+    history."""
     items = list(candidates)
     return {"inputs": [
         {"name": "query", "datatype": "BYTES", "shape": [1], "data": ["running shoes"]},
@@ -84,8 +111,9 @@ def ranking_request(candidates: Iterable[str] = SMOKE_CANDIDATES) -> dict[str, A
     ]}
 
 
-def check_ranking_response(response: Mapping[str, Any], candidates: Iterable[str] = SMOKE_CANDIDATES) -> str | None:
-    """None when the v2 response is a ranking of the candidates with finite scores; else what is wrong."""
+def check_ranking_response(response: Mapping[str, Any], candidates: Iterable[str]) -> str | None:
+    """None when the v2 response is a ranking of the candidates with finite scores, none of them unknown to the
+    server (they come from the bundle's catalogue); else what is wrong."""
     items = list(candidates)
     outputs = {o.get("name"): o for o in response.get("outputs") or []}
     for name in ("scores", "ranking"):
@@ -96,6 +124,10 @@ def check_ranking_response(response: Mapping[str, Any], candidates: Iterable[str
         return f"'scores' should be {len(items)} finite numbers, got {scores!r:.200}"
     if sorted(ranking) != sorted(items):
         return f"'ranking' should be a permutation of the candidates, got {ranking!r:.200}"
+    unknown = (response.get("parameters") or {}).get("unknown_count", 0)
+    if unknown:
+        return (f"the server does not know {unknown} of the bundle's catalogue items "
+                f"({(response.get('parameters') or {}).get('unknown_items', '?')}): it serves another catalogue")
     return None
 
 
@@ -122,6 +154,8 @@ def ranking_smoke(ctx: SmokeContext, *, clock: Callable[[], float] = time.monoto
     """
     if not ctx.url:
         return SmokeResult(False, "no URL for the smoke request in the InferenceService status (set smoke_url)")
+    if not ctx.items:
+        return SmokeResult(False, "no item ids for the smoke request (the bundle's catalogue gave none)")
     base = ctx.url.rstrip("/") + f"/v2/models/{ctx.model_name}"
     deadline, last = clock() + ctx.timeout_s, "no attempt"
     while True:
@@ -130,7 +164,8 @@ def ranking_smoke(ctx: SmokeContext, *, clock: Callable[[], float] = time.monoto
             if versions and ctx.version not in versions:
                 last = f"answered by version {', '.join(versions)}, waiting for {ctx.version}"
             else:
-                problem = check_ranking_response(_http_json(base + "/infer", ranking_request(), request_timeout_s))
+                answer = _http_json(base + "/infer", ranking_request(ctx.items), request_timeout_s)
+                problem = check_ranking_response(answer, ctx.items)
                 if problem is None:
                     return SmokeResult(True, f"v2 ranking request to {base}/infer answered correctly")
                 return SmokeResult(False, problem)  # a wrong answer is not transient

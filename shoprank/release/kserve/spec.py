@@ -63,6 +63,7 @@ KPA_METRICS = ("concurrency", "rps")
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # KServe's InferenceService name rule (DNS-1035)
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|K|M|G|T)?$")
 
 # --- settings -----------------------------------------------------------------------------------------
 
@@ -93,16 +94,24 @@ class Toleration:
 
 @dataclass(frozen=True)
 class Resources:
-    """CPU/memory requests and limits of the model server container (Kubernetes quantity strings)."""
+    """CPU/memory/ephemeral-storage requests and limits of a serving container (Kubernetes quantity strings).
 
-    cpu_request: str = "1"
+    Ephemeral storage bounds what a replica may write to its node's disk (the bundle the storage initializer
+    downloads, /tmp, logs): without a limit one replica can fill the node and get others evicted; the request
+    lets the scheduler count it."""
+
+    cpu_request: str = "500m"
     memory_request: str = "1Gi"
     cpu_limit: str = "2"
     memory_limit: str = "2Gi"
+    ephemeral_request: str = "256Mi"
+    ephemeral_limit: str = "1Gi"
 
     def to_k8s(self, gpu_count: int = 0) -> dict[str, dict[str, str]]:
-        requests = {"cpu": str(self.cpu_request), "memory": str(self.memory_request)}
-        limits = {"cpu": str(self.cpu_limit), "memory": str(self.memory_limit)}
+        requests = {"cpu": str(self.cpu_request), "memory": str(self.memory_request),
+                    "ephemeral-storage": str(self.ephemeral_request)}
+        limits = {"cpu": str(self.cpu_limit), "memory": str(self.memory_limit),
+                  "ephemeral-storage": str(self.ephemeral_limit)}
         if gpu_count:
             requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(gpu_count)
         return {"requests": requests, "limits": limits}
@@ -128,7 +137,7 @@ class ServingSettings:
     gpu_count: int = 1
     gpu_node_selector: Mapping[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     tolerations: tuple[Toleration, ...] = (Toleration(),)
-    min_replicas: int = 1
+    min_replicas: int = 2  # production overlays start at 2 (with a PodDisruptionBudget): no single replica
     max_replicas: int = 8
     scale_metric: str = "cpu"
     scale_target: int = 70
@@ -142,6 +151,10 @@ class ServingSettings:
     transformer_resources: Resources = field(default_factory=lambda: Resources("500m", "512Mi", "1", "1Gi"))
     transformer_max_replicas: int = 4
     transformer_scale_target: int = 70  # CPU utilisation %: the transformer's work is all on the CPU
+    # The most memory the container that runs the shoprank server may be given (the nodes' size, less what else
+    # runs there): promotion sizes the container's memory from the bundle (shoprank.release.kserve.sizing) and
+    # refuses a bundle that needs more.
+    max_memory: str = "8Gi"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deployment_mode", normalize_deployment_mode(self.deployment_mode))
@@ -189,6 +202,8 @@ class ServingSettings:
             yield f"scale_target is a utilisation percentage for {self.scale_metric}: 1..100"
         if self.scale_target < 1:
             yield "scale_target must be >= 1"
+        if not _QUANTITY_RE.match(str(self.max_memory)):
+            yield f"max_memory {self.max_memory!r} is not a Kubernetes memory quantity (e.g. 8Gi)"
         if self.canary_traffic_percent is not None:
             if not knative:
                 yield (f"canary_traffic_percent needs deployment_mode {KNATIVE}; "

@@ -9,6 +9,7 @@ supplies the readers.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ __all__ = [
     "DeploymentUnreadable",
     "ReadyResult",
     "deployment_rolled_out",
+    "failure_of_another_version",
     "has_failed",
     "is_ready",
     "latest_created_revision",
@@ -144,6 +146,23 @@ class ReadyResult:
     notes: tuple[str, ...] = ()
 
 
+_URI_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^\s\[\]\"',()]+")
+
+
+def failure_of_another_version(detail: str, storage_uri: str | None) -> bool:
+    """Whether KServe's failure report is about pods of another version than `storage_uri`.
+
+    KServe reports the last failed model load of the InferenceService's pods. In Standard mode the pods being
+    replaced keep failing while the new ones start: after `make deploy`, whose placeholder storageUri holds no
+    model, every first promotion would read that failure and give up at once (found on the local cluster's real
+    node). The storage initializer's log in the report names the URI it failed on: a report naming URIs but
+    not this one is the other pods' (waiting goes on, to the new pods' readiness or the timeout)."""
+    if not storage_uri:
+        return False
+    uris = _URI_RE.findall(detail)
+    return bool(uris) and not any(u.rstrip("/.") == storage_uri.rstrip("/") for u in uris)
+
+
 class DeploymentUnreadable(Exception):
     """The predictor Deployment cannot be read (no RBAC, or it does not exist): rely on other evidence.
 
@@ -174,7 +193,12 @@ def wait_until_ready(read: Callable[[], dict[str, Any] | None], *, timeout_s: fl
         else:
             status = isvc.get("status") or {}
             failed, why = has_failed(status)
-            if failed:
+            if failed and failure_of_another_version(why, storage_uri):
+                note = "a failed model load of the pods being replaced is reported; waiting for the new pods"
+                if note not in notes:
+                    notes.append(note)
+                status = {k: v for k, v in status.items() if k != "modelStatus"}
+            elif failed:
                 return ReadyResult(False, False, why, clock() - start, isvc, tuple(notes))
             ok, detail = is_ready(status)
             if ok and expects_new_revision and previous_revision and \

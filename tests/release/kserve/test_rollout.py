@@ -15,9 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from shoprank.release.kserve import rollout
+from shoprank.release.kserve import rollout, sizing
 from shoprank.release.kserve.plan import Conflict, apply_body, plan_rollout
 from shoprank.release.kserve.profiles import PromoteParams
 from shoprank.release.kserve.rollout import decide_after_rollout
@@ -163,7 +165,9 @@ def fake_artefacts(tmp_path: Path) -> tuple[Path, Path, Path]:
     (opt / "model.tflite").write_bytes(b"int8 model")
     tr.mkdir()
     (tr / "transform.json").write_text("{}")
-    (tr / "catalogue.parquet").write_bytes(b"PAR1")
+    ids = [f"sku-{i}" for i in range(50)]
+    pq.write_table(pa.table({"item_id": ids, "title": ["a title"] * 50, "category": ["c"] * 50,
+                             "brand": ["b"] * 50, "price": [9.5] * 50}), tr / "catalogue.parquet")
     summary = tmp_path / "summary.json"
     summary.write_text("{}")
     return opt, tr, summary
@@ -187,6 +191,11 @@ def test_promote_to_kserve_uploads_rolls_out_and_records(tmp_path):
     assert (mount / "ranker" / NAME / "LATEST").read_text() == version + "\n"
     assert api.applies[0][0]["spec"]["predictor"]["model"]["storageUri"] == record["storage_uri"]
     assert json.loads(json.dumps(record)) == record  # fits the component's output metadata
+    # Memory from the bundle (shoprank.release.kserve.sizing), not the profile's fixed 1Gi / 2Gi.
+    need = sizing.memory_need(mount / "ranker" / NAME / version, "tflite")
+    memory = {k: v["memory"] for k, v in api.applies[0][0]["spec"]["predictor"]["model"]["resources"].items()}
+    assert memory == {"requests": need.request, "limits": need.limit} == {"requests": "320Mi", "limits": "448Mi"}
+    assert any("memory sized from the bundle" in n and "50 catalogue items" in n for n in record["notes"])
 
     again = rollout.promote_to_kserve(opt, tr, summary, model_root=root, model_name=NAME, params=params,
                                       api=ScriptedApi(api.get(NS, NAME)), pvc_mount_path=mount)
@@ -224,6 +233,36 @@ def test_promote_to_kserve_gpu_triton_lays_out_the_model_repository_and_adds_the
     assert spec["transformer"]["storageUris"] == [{"uri": record["storage_uri"], "mountPath": "/mnt/models"}]
     assert spec["transformer"]["containers"][0]["image"] == "reg/serving:1"
     assert record["outcome"] == "promoted"
+
+
+def test_promote_to_kserve_refuses_a_bundle_too_large_for_the_profile_with_the_number_it_needs(tmp_path,
+                                                                                               monkeypatch):
+    opt, tr, summary = fake_artefacts(tmp_path)
+    mount = tmp_path / "pvc"
+    mount.mkdir()
+    monkeypatch.setattr(sizing, "ITEM_BYTES", 100 << 20)  # 50 items of 100 MiB each: ~5 GiB
+    with pytest.raises(sizing.TooLarge, match=r"needs a memory limit of \d+Mi .* above the profile's max_memory 1Gi"):
+        rollout.promote_to_kserve(opt, tr, summary, model_root="pvc://m", model_name=NAME,
+                                  params=PromoteParams(profile="kind", smoke="none"), api=ScriptedApi(None),
+                                  pvc_mount_path=mount)
+    assert list(mount.iterdir()) == []  # refused before the upload
+
+
+def test_promote_to_kserve_sends_the_smoke_request_with_the_bundles_catalogue_ids(tmp_path):
+    opt, tr, summary = fake_artefacts(tmp_path)
+    mount = tmp_path / "pvc"
+    mount.mkdir()
+    seen = []
+
+    def smoke(ctx):
+        seen.append(ctx.items)
+        return FakeSmoke(True)(ctx)
+
+    record = rollout.promote_to_kserve(opt, tr, summary, model_root="pvc://m", model_name=NAME,
+                                       params=PromoteParams(profile="cpu", ready_timeout_s=30),
+                                       api=ScriptedApi(None), smoke=smoke, pvc_mount_path=mount)
+    assert record["outcome"] == "promoted", record["reason"]
+    assert seen and all(len(items) == 3 and all(i.startswith("sku-") for i in items) for items in seen)
 
 
 def test_promote_to_kserve_refuses_a_local_root_and_bad_settings_before_writing(tmp_path):

@@ -22,7 +22,7 @@ def test_build_cpu_standard_defaults():
     assert annotations == {DEPLOYMENT_MODE_ANNOTATION: "Standard", AUTOSCALER_CLASS_ANNOTATION: "hpa"}
     predictor = isvc["spec"]["predictor"]
     assert predictor["serviceAccountName"] == "shoprank-model-reader"
-    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 8)
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 8)
     [metric] = predictor["autoScaling"]["metrics"]
     assert metric["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
     assert "scaleMetric" not in predictor and "canaryTrafficPercent" not in predictor
@@ -32,6 +32,7 @@ def test_build_cpu_standard_defaults():
     assert model["runtime"] == "shoprank-ranker" and model["storageUri"] == V1
     assert model["args"] == ["--backend=tflite"]
     assert GPU_RESOURCE not in str(model["resources"])
+    assert model["resources"]["limits"]["ephemeral-storage"] == "1Gi"
     ctx = model["securityContext"]
     assert ctx["runAsNonRoot"] and ctx["readOnlyRootFilesystem"] and not ctx["allowPrivilegeEscalation"]
     assert ctx["capabilities"] == {"drop": ["ALL"]} and ctx["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -148,3 +148,16 @@ def test_pod_problems_say_why_pods_are_not_ready():
     problems = pod_problems([unschedulable, dict(unschedulable, metadata={"name": "p2"}), crashing, leaving])
     assert problems == ["2 predictor pods Pending, Unschedulable: 0/4 nodes are available: 2 Insufficient "
                         "nvidia.com/gpu.", "1 predictor pod container kserve-container CrashLoopBackOff:"]
+
+
+def test_a_failure_of_the_pods_being_replaced_is_not_the_new_versions():
+    from shoprank.release.kserve.wait import failure_of_another_version
+
+    placeholder = ("model BlockedByFailedLoad (ModelLoadFailed: ... Initializing, args: src_uri "
+                   "[s3://shoprank-models/shoprank-ranker/latest] dest_path [/mnt/models] ... No model found)")
+    new = "s3://shoprank-models/shoprank-ranker/v0123456789ab"
+    assert failure_of_another_version(placeholder, new)
+    own = placeholder.replace("shoprank-ranker/latest", "shoprank-ranker/v0123456789ab")
+    assert not failure_of_another_version(own, new)
+    assert not failure_of_another_version("model BlockedByFailedLoad (ModelLoadFailed)", new)  # cannot tell: fail
+    assert not failure_of_another_version(placeholder, None)
