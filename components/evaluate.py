@@ -22,7 +22,9 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
         model: The trained model.
         features: The model tensors of each split (the test split is scored).
         metrics: The headline test-set metrics (AUC, log loss, MRR, NDCG@k, ...), and the LambdaMART reference's
-            (tie-aware) metrics, its cost and the bootstrap interval of baseline - reference.
+            (tie-aware) metrics, its cost and the bootstrap interval of baseline - reference; the counterfactual
+            estimate of expected clicks per request with its 95% interval (and, on synthetic data, the truth) and
+            the true-relevance NDCG@k.
         roc: The ROC curve and confusion matrix for the UI.
         report: The HTML evaluation report.
         evaluation: evaluation.json (metrics, curves, slices, the reference) and the report, for the blessing
@@ -36,6 +38,7 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
     from pathlib import Path
 
     from shoprank.config import resolve_config
+    from shoprank.evaluation.counterfactual import kfp_metrics as cf_metrics
     from shoprank.evaluation.evaluate import evaluate_model
     from shoprank.evaluation.reference import kfp_metrics
 
@@ -51,6 +54,9 @@ def evaluate(preset: str, overrides: str, model: Input[Model], features: Input[D
         metrics.log_metric("oracle_auc", round(m["oracle"]["auc"], 5))
         metrics.log_metric("oracle_auc_share", round(m["oracle_auc_share"], 5))
     for key, value in kfp_metrics(m.get("reference", {}), config.evaluation.top_k).items():
+        metrics.log_metric(key, value)
+    true_ndcg = {"baseline": m.get(f"true_ndcg_at_{config.evaluation.top_k}")}
+    for key, value in cf_metrics(m["counterfactual"], true_ndcg).items():
         metrics.log_metric(key, value)
     roc.log_roc_curve(c["roc"]["fpr"], c["roc"]["tpr"], c["roc"]["threshold"])
     roc.log_confusion_matrix(c["confusion"]["labels"], c["confusion"]["matrix"])

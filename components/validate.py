@@ -32,7 +32,9 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
         summary: The run summary (JSON), published with the bundle and returned by the pipeline.
         report: The HTML gate report.
         gate_metrics: Blessed (0/1) and the int8 model's AUC drop, size and speed ratios; the tie-aware metrics
-            of baseline, int8 and reference and the bootstrap interval of int8 - reference.
+            of baseline, int8 and reference and the bootstrap interval of int8 - reference; the counterfactual
+            estimates of expected clicks per request with their 95% intervals (synthetic: the truth) and the
+            true-relevance NDCG@k of each model.
     """
     from shoprank.telemetry import quiet_native_logs, stage
 
@@ -42,6 +44,7 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
     from pathlib import Path
 
     from shoprank.config import resolve_config
+    from shoprank.evaluation.counterfactual import kfp_metrics as cf_metrics
     from shoprank.evaluation.gate import validate as run
     from shoprank.evaluation.reference import kfp_metrics
 
@@ -59,5 +62,8 @@ def validate(preset: str, overrides: str, features: Input[Dataset], transform: I
     gate_metrics.log_metric("int8_gzip_smaller_x", round(result["ratios"]["int8_gzip_smaller_x"], 2))
     gate_metrics.log_metric("int8_b256_faster_x", round(result["ratios"]["int8_b256_faster_x"], 2))
     for key, value in kfp_metrics(result.get("reference") or {}, config.evaluation.top_k).items():
+        gate_metrics.log_metric(key, value)
+    true_ndcg = result.get(f"true_ndcg_at_{config.evaluation.top_k}")
+    for key, value in cf_metrics(result["counterfactual"], true_ndcg).items():
         gate_metrics.log_metric(key, value)
     return bool(result["blessed"])

@@ -33,6 +33,25 @@ SUMMARY_ROWS = (
 )
 
 
+def counterfactual_lines(summary: dict) -> list[str]:
+    """True-relevance NDCG (synthetic data) and the estimated clicks per request with their intervals."""
+    lines = []
+    ndcg = summary.get("true_ndcg_at_10") or {}
+    if ndcg.get("baseline") is not None:
+        lines.append(f"{'true-relevance NDCG@10':<24}{ndcg['baseline']:>14.4f}{ndcg['optimized']:>16.4f}"
+                     f"{'1.0000':>10}" + (f"   previous {ndcg['previous']:.4f}" if ndcg.get("previous") else ""))
+    cf = summary.get("counterfactual") or {}
+    if "skipped" in cf:
+        lines.append(f"counterfactual: {cf['skipped']}")
+    for name, e in cf.get("models", {}).items():
+        truth = f", truth {e['truth']:.4f} ({e['relative_error']:+.2%})" if "truth" in e else ""
+        lines.append(f"estimated clicks/request {name:<20}{e['estimate']:.4f} [{e['low']:.4f}, {e['high']:.4f}]{truth}")
+    if "models" in cf:
+        lines.append(f"  ({cf['estimator']}, propensities from {cf['propensities']['source']}; logged clicks/request "
+                     f"{cf['logged_clicks_per_request']:.4f}; {cf.get('previous_model', {}).get('why', '')})")
+    return lines
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024:
@@ -105,6 +124,7 @@ def summary_table(summary: dict) -> str:
     if "oracle_auc_share" in summary:
         s = summary["oracle_auc_share"]
         lines.append(f"{'(AUC-.5)/(oracle-.5)':<24}{s['baseline']:>14.3f}{s['optimized']:>16.3f}")
+    lines += counterfactual_lines(summary)
     lines += _reference_lines(summary)
     lines.append("")
     lines.append(f"{'artefact':<24}{'bytes':>14}{'gzip':>16}{'ms @1':>10}{'ms @256':>10}")
@@ -132,6 +152,16 @@ def _stages(telemetry: Path) -> list[dict]:
     return [json.loads(line) for line in telemetry.read_text().splitlines()] if telemetry.exists() else []
 
 
+def promoted_bundle(runs_dir: Path, model_name: str = "shoprank-ranker") -> Path | None:
+    """The bundle most recently promoted by a run under `runs_dir` (what `make serve` serves after it), or None."""
+    pointers = [p for p in runs_dir.glob(f"*/promoted/{model_name}/LATEST") if p.is_file()]
+    if not pointers:
+        return None
+    latest = max(pointers, key=lambda p: p.stat().st_mtime)
+    bundle = (latest.parent / latest.read_text().strip()).resolve()
+    return bundle if bundle.is_dir() else None
+
+
 def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | None = None,
         runner: str = "subprocess", component_image: str = "", container_tool: str = "", *,
         train_workers: int = 1, tune_trials: int = 0) -> dict:
@@ -154,13 +184,21 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
     telemetry = run_dir / "stages.jsonl"
     telemetry.unlink(missing_ok=True)
     os.environ["SHOPRANK_TELEMETRY"] = str(telemetry)  # inherited by every task subprocess
+    # The model in service here: the validate step estimates its clicks beside the new model's (the gate's
+    # counterfactual check; shoprank.evaluation.counterfactual.PREVIOUS_MODEL_ENV).
+    previous = promoted_bundle(runs_dir)
+    if previous is not None:
+        os.environ["SHOPRANK_PREVIOUS_MODEL"] = str(previous)
+    else:
+        os.environ.pop("SHOPRANK_PREVIOUS_MODEL", None)
     with contextlib.ExitStack() as stack:
         if runner == "container":
             image = components.COMPONENT_IMAGE
             if component_image and image != component_image:
                 raise RuntimeError(f"the components were defined with image {image!r} before --component-image "
                                    f"{component_image!r} was set: run in a fresh process")
-            task_runner = stack.enter_context(_container_runner(image, run_dir, telemetry, container_tool))
+            task_runner = stack.enter_context(_container_runner(image, run_dir, telemetry, container_tool,
+                                                                previous))
         else:
             task_runner = local.SubprocessRunner(use_venv=False)
         local.init(runner=task_runner, pipeline_root=str(run_dir / "artifacts"))
@@ -212,10 +250,12 @@ def run(preset: str, overrides: str, data: str, runs_dir: Path, run_id: str | No
 
 
 @contextlib.contextmanager
-def _container_runner(image: str, run_dir: Path, telemetry: Path, tool: str) -> Iterator[object]:
+def _container_runner(image: str, run_dir: Path, telemetry: Path, tool: str,
+                      previous: Path | None = None) -> Iterator[object]:
     """kfp.local's DockerRunner for `image`, with a Docker API for its lifetime (podman's, started here, when
     there is no Docker engine). The run directory is mounted at its own path (kfp.local mounts only the
-    pipeline root; the promote step writes to run_dir/promoted) and made writable for the image's user."""
+    pipeline root; the promote step writes to run_dir/promoted) and made writable for the image's user;
+    `previous`, the bundle in service (the gate's counterfactual check), read-only at its own path."""
     import docker
     from docker.types import Mount
     from kfp import local
@@ -246,12 +286,16 @@ def _container_runner(image: str, run_dir: Path, telemetry: Path, tool: str) -> 
                 elif os.geteuid() != int(uid):  # rootless engines map the image's user elsewhere: let it write
                     path.chmod(0o777)
             env = {"SHOPRANK_TELEMETRY": str(telemetry)}
+            mounts = [Mount(str(run_dir), str(run_dir), type="bind")]
+            if previous is not None:
+                env["SHOPRANK_PREVIOUS_MODEL"] = str(previous)
+                mounts.append(Mount(str(previous), str(previous), type="bind", read_only=True))
             if os.environ.get("PYTHONHASHSEED"):
                 env["PYTHONHASHSEED"] = os.environ["PYTHONHASHSEED"]
             original = docker_task_handler.run_docker_container
             docker_task_handler.run_docker_container = _run_container
             try:
-                yield local.DockerRunner(mounts=[Mount(str(run_dir), str(run_dir), type="bind")], environment=env,
+                yield local.DockerRunner(mounts=mounts, environment=env,
                                          network_mode="host")
             finally:
                 docker_task_handler.run_docker_container = original

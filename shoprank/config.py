@@ -23,7 +23,9 @@ __all__ = [
     "PRESETS",
     "TRITON_PRECISIONS",
     "BlessingConfig",
+    "CounterfactualConfig",
     "DataConfig",
+    "DebiasConfig",
     "EvaluationConfig",
     "FeatureConfig",
     "ModelConfig",
@@ -359,6 +361,52 @@ class BlessingConfig(_Section):
     reference_check: Literal["fail", "warn", "off"] = "warn"
 
 
+class DebiasConfig(_Section):
+    """Learning from position-biased clicks (shoprank.modeling.debias; README, "Position bias").
+
+    `method`: "pal" trains through a position tower that is dropped at serving (Guo et al. 2019); "ipw" weights
+    the clicks by inverse examination propensities re-estimated by regression EM after every epoch (Joachims et
+    al. 2017, Wang et al. 2018); "none" learns from the clicks as they are; "unbiased_labels" trains on labels
+    drawn from the generator's true relevance without position bias -- the unbiased-label bound, synthetic data
+    only. Data without positions train as "none" whatever the method (the train step says so). The default is
+    the method that measured best on the synthetic shop's true relevance (README, "Position bias": there the
+    logging policy ranks by relevance, so the position bias does not reorder a click model's ranking, and the
+    debiasing methods lose more information than bias).
+    """
+
+    method: Literal["pal", "ipw", "none", "unbiased_labels"] = "none"
+    # pal's tower: "examination" multiplies the model's probability by the position's (PAL, a position-based
+    # model); "logit" adds the position's logit to the model's (YouTube's shallow tower).
+    tower: Literal["examination", "logit"] = "examination"
+    position_dropout: Share = 0.0  # pal: share of training rows whose position the tower does not see
+    max_positions: Annotated[int, Field(ge=2)] = 50  # propensities per position; deeper positions share the last
+    propensity_floor: OpenShare = 0.05  # ipw: examination probabilities below this are raised to it (bounded weights)
+    em_rows: PositiveInt = 200_000  # ipw: training rows the M-step re-estimates the propensities on, per epoch
+    label_seed: NonNegativeInt = 23  # unbiased_labels: the draw of the labels from the true relevance
+
+
+class CounterfactualConfig(_Section):
+    """Counterfactual evaluation: a ranker's expected clicks per request, estimated from logged clicks and
+    positions before it serves (shoprank.evaluation.counterfactual), and the gate's check against the model it
+    would replace."""
+
+    estimator: Literal["ips", "clipped_ips", "dr"] = "ips"  # the estimate the gate and the summary use
+    # The examination curve the estimates use: "power" fits (1 + k)^-eta to regression EM's estimates of the top
+    # `power_fit_positions` positions (less confounded) and extends it; "em" uses EM's estimate per position.
+    propensity_curve: Literal["power", "em"] = "power"
+    power_fit_positions: Annotated[int, Field(ge=2)] = 6
+    clip: Annotated[float, Field(ge=1.0)] = 10.0  # clipped_ips / dr: largest examination ratio counted
+    bootstrap: Annotated[int, Field(ge=20)] = 400  # resamples of the test requests for the interval
+    confidence: OpenShare = 0.95
+    seed: NonNegativeInt = 29
+    # The gate: the new model's estimated clicks per request may fall below the replaced model's by at most this
+    # share (relative), else it is not blessed.
+    max_click_drop: Share = 0.01
+    # The bundle (or model root holding LATEST, or <root>/<model name>) of the model being replaced; "" means the
+    # one `make run` names in SHOPRANK_PREVIOUS_MODEL (the bundle runs/latest promoted), else none.
+    previous_model: str = ""
+
+
 class ShoprankConfig(_Section):
     preset: str = "default"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -375,6 +423,8 @@ class ShoprankConfig(_Section):
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     blessing: BlessingConfig = Field(default_factory=BlessingConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    debias: DebiasConfig = Field(default_factory=DebiasConfig)
+    counterfactual: CounterfactualConfig = Field(default_factory=CounterfactualConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -397,6 +447,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # A 2,000-row test set is noisy: wider budgets, so tests check the mechanics, not luck.
         "blessing": {"min_auc": 0.55, "max_auc_drop": 0.02, "max_ndcg_drop": 0.03},
         "tune": {"sample_share": 1.0, "validation_rows": 5_000},
+        "debias": {"em_rows": 5_000},
+        "counterfactual": {"bootstrap": 50, "max_click_drop": 0.1},
     },
     # A quick look: about a minute end to end.
     "small": {

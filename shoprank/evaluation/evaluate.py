@@ -16,7 +16,7 @@ from shoprank.evaluation.metrics import (
 )
 from shoprank.features.dataset import SplitData
 
-__all__ = ["curves", "evaluate_model", "evaluate_scores"]
+__all__ = ["curves", "evaluate_model", "evaluate_scores", "true_ndcg"]
 
 
 def _core(labels: np.ndarray, gains: np.ndarray, groups: np.ndarray, scores: np.ndarray,
@@ -31,6 +31,15 @@ def _core(labels: np.ndarray, gains: np.ndarray, groups: np.ndarray, scores: np.
     return out
 
 
+def true_ndcg(split: SplitData, scores: np.ndarray, config: ShoprankConfig) -> float | None:
+    """NDCG@k with the generator's true relevance (the oracle) as the gain: None on data without an oracle."""
+    oracle = np.asarray(split.column("oracle"), dtype=np.float64)
+    if not np.isfinite(oracle).all():
+        return None
+    groups = np.asarray(split.column("request"))
+    return ranking_metrics(groups, oracle, np.asarray(scores), config.evaluation.top_k)["ndcg_at_k"]
+
+
 def evaluate_scores(split: SplitData, scores: np.ndarray, config: ShoprankConfig) -> dict:
     """Metrics of `scores` on `split`, the oracle's metrics when the data carry an oracle, and slices."""
     labels = np.asarray(split.column(config.train.label))
@@ -42,6 +51,8 @@ def evaluate_scores(split: SplitData, scores: np.ndarray, config: ShoprankConfig
         metrics["oracle"] = _core(labels, gains, groups, oracle, config)
         gap = metrics["oracle"]["auc"] - 0.5
         metrics["oracle_auc_share"] = (metrics["auc"] - 0.5) / gap if gap > 0 else float("nan")
+        # The ranking judged by what users want, not by what they clicked under position bias.
+        metrics[f"true_ndcg_at_{config.evaluation.top_k}"] = true_ndcg(split, scores, config)
     tops = np.asarray(split.column("top_category"))
     names = split.meta["top_categories"]
     slices = {}
@@ -84,6 +95,7 @@ def evaluate_model(model_path, features_dir, out_dir, config: ShoprankConfig, na
     from pathlib import Path
 
     from shoprank.evaluation import reference as lambdamart
+    from shoprank.evaluation.counterfactual import counterfactual_table, interval_figure
     from shoprank.evaluation.report import (
         calibration_figure,
         histogram_figure,
@@ -108,6 +120,7 @@ def evaluate_model(model_path, features_dir, out_dir, config: ShoprankConfig, na
     metrics = evaluate_scores(split, scores, config)
     if reference is not None:
         metrics["reference"] = lambdamart.evaluation_section(split, scores, reference, config, name)
+    metrics["counterfactual"] = _counterfactual(split, scores, Path(model_path).parent, name, config, progress)
     curve = {name: curves(split, scores, config)}
     oracle = np.asarray(split.column("oracle"))
     if np.isfinite(oracle).all():
@@ -121,15 +134,20 @@ def evaluate_model(model_path, features_dir, out_dir, config: ShoprankConfig, na
             for m in ("auc", "log_loss", f"ndcg_at_{k}", "mrr", f"recall_at_{k}", "accuracy", "precision",
                       "recall", "f1")]
     slices = [(s, v["rows"], f"{v['auc']:.4f}", f"{v['positive_rate']:.3f}") for s, v in metrics["slices"].items()]
+    if metrics.get(f"true_ndcg_at_{k}") is not None:
+        rows.append((f"true-relevance NDCG@{k}", f"{metrics[f'true_ndcg_at_{k}']:.4f}", "1.0000"))
+    cf = metrics["counterfactual"]
+    cf_section = [("Counterfactual expected clicks per request", counterfactual_table(cf))]
+    cf_figures = [interval_figure(cf)] if cf.get("models") else []
     ref_sections, ref_figures = (lambdamart.report_parts(metrics["reference"], k) if reference is not None
                                  else ([], []))
     html_page = render(
         f"shoprank evaluation: {name}",
-        [("Test metrics", table_html(rows, ["metric", name, "oracle"])),
+        [("Test metrics", table_html(rows, ["metric", name, "oracle"])), *cf_section,
          ("Slices by top-level category", table_html(slices, ["category", "rows", "AUC", "click rate"])),
          *ref_sections],
         [roc_figure(curve), pr_figure(curve), calibration_figure(curve), histogram_figure(curve[name], name),
-         *ref_figures],
+         *cf_figures, *ref_figures],
         metrics)
     (out / "report.html").write_text(html_page)
     progress(f"[evaluate] {name}: AUC {metrics['auc']:.4f}, NDCG@{k} {metrics[f'ndcg_at_{k}']:.4f}"
@@ -141,3 +159,28 @@ def evaluate_model(model_path, features_dir, out_dir, config: ShoprankConfig, na
                  f"NDCG@{k} (tie-aware) {b['b']:.4f}; {name} - reference {b['diff']:+.4f} "
                  f"[{b['low']:+.4f}, {b['high']:+.4f}]")
     return {"metrics": metrics, "curves": curve}
+
+
+def _counterfactual(split: SplitData, scores: np.ndarray, model_dir, name: str, config: ShoprankConfig,
+                    progress) -> dict:
+    """The counterfactual estimate of the model's clicks (shoprank.evaluation.counterfactual), with the
+    propensities it uses; on data without positions, a report that says so."""
+    from shoprank.evaluation.counterfactual import counterfactual_report, logged_lists, propensities_for
+    from shoprank.modeling.propensity import Propensities
+
+    log = logged_lists(split)
+    theta = None if log is None else propensities_for(log, scores[log.keep], config.debias.max_positions,
+                                                      config.counterfactual)
+    report = counterfactual_report(log, {name: scores}, theta, config.counterfactual)
+    trained = Propensities.load(model_dir)
+    if trained is not None and "skipped" not in report:  # what training learnt, beside what the estimate uses
+        report["training_propensities"] = {"source": trained.source, "theta": list(trained.theta)}
+    if "skipped" in report:
+        progress(f"[evaluate] counterfactual: {report['skipped']}")
+    else:
+        e = report["models"][name]
+        progress(f"[evaluate] counterfactual ({e['estimator']}, propensities: {theta.source}): {name} "
+                 f"{e['estimate']:.4f} clicks/request [{e['low']:.4f}, {e['high']:.4f}]"
+                 + (f", truth {e['truth']:.4f}" if "truth" in e else "")
+                 + f"; logged {report['logged_clicks_per_request']:.4f}")
+    return report

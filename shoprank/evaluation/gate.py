@@ -11,6 +11,7 @@ import numpy as np
 
 from shoprank.config import ShoprankConfig
 from shoprank.evaluation.blessing import Blessing, bless
+from shoprank.evaluation.counterfactual import counterfactual_table, gate_counterfactual, interval_figure
 from shoprank.evaluation.evaluate import curves
 from shoprank.evaluation.reference import gate_section, report_parts
 from shoprank.evaluation.report import bar_figure, calibration_figure, pr_figure, render, roc_figure, table_html
@@ -150,10 +151,15 @@ def validate(features_dir: str | Path, transform_dir: str | Path, optimized_dir:
     reference = gate_section(test, optimized_dir, evaluation_dir, baseline_eval, config)
     blessing = bless(artefacts, golden, config.blessing, f"ndcg_at_{config.evaluation.top_k}", reference,
                      test_split_max_diff=served)
+    # Estimated clicks of the new model vs the one it would replace (shoprank.evaluation.counterfactual).
+    cf = gate_counterfactual(features_dir, optimized_dir, baseline_eval, config, progress, out)
+    blessing = Blessing(blessing.blessed and cf["check"].passed, [*blessing.checks, cf["check"]])
     report_path = Path(features_dir) / "report.json"
     pre = json.loads(report_path.read_text()) if report_path.exists() else None
     summary = summarize(config, baseline_eval, artefacts, blessing, golden, pre, reference)
     summary["test_split_max_abs_diff"] = served
+    summary["counterfactual"] = cf["report"] | {"previous_model": cf["previous"]}
+    summary[f"true_ndcg_at_{config.evaluation.top_k}"] = cf["true_ndcg"]
     (out / "blessing.json").write_text(json.dumps(blessing.to_dict(), indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
@@ -170,8 +176,11 @@ def validate(features_dir: str | Path, transform_dir: str | Path, optimized_dir:
     page = render(
         f"shoprank validation: {verdict}",
         [("Artefacts", table_html(rows, ["artefact", "AUC", k, "bytes", "gzip bytes", "ms @1", "ms @256"])),
-         ("Blessing checks", table_html(checks, ["check", "result", "detail"])), *ref_sections],
-        [roc_figure(curve), pr_figure(curve), calibration_figure(curve),
+         ("Blessing checks", table_html(checks, ["check", "result", "detail"])),
+         ("Counterfactual expected clicks per request", counterfactual_table(cf["report"], cf["true_ndcg"])),
+         *ref_sections],
+        [*([interval_figure(cf["report"])] if cf["report"].get("models") else []),
+         roc_figure(curve), pr_figure(curve), calibration_figure(curve),
          bar_figure({n: {"bytes": a["bytes"], "gzip bytes": a["gzip_bytes"]} for n, a in artefacts.items()},
                     "Size", "bytes", log=True),
          bar_figure({n: {"batch 1": a["latency_ms"]["1"], "batch 256": a["latency_ms"]["256"]}

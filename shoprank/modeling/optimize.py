@@ -15,9 +15,11 @@ from shoprank.config import ShoprankConfig
 from shoprank.features.dataset import load_split
 from shoprank.layout import MODEL_FILE, ONNX_DIR, SAVED_MODEL_DIR, SCORE, TOWERS_DIR
 from shoprank.modeling._tf import keras
+from shoprank.modeling.debias import plan_training
 from shoprank.modeling.model import load_keras_model, save_model_bundle
+from shoprank.modeling.propensity import Propensities
 from shoprank.modeling.towers import export_towers, representative_batches
-from shoprank.modeling.train import ProgressLogger, compile_model, make_dataset
+from shoprank.modeling.train import ProgressLogger, compile_model
 
 __all__ = [
     "PRUNABLE",
@@ -80,12 +82,16 @@ def prune(model_dir: str | Path, features_dir: str | Path, config: ShoprankConfi
         return layer
 
     pruned = keras.models.clone_model(base, clone_function=wrap)
-    compile_model(pruned, oc.finetune_learning_rate)
+    # Fine-tuning learns from the same debiased objective as training (shoprank.modeling.debias), continuing
+    # the trained model's propensities: on raw clicks it would learn the position bias back.
+    trained = Propensities.load(model_dir)
+    plan = plan_training(pruned, train_split, val_split, config, tc.batch_size, compile_model, progress,
+                         initial_theta=None if trained is None else trained.absolute(),
+                         learning_rate=oc.finetune_learning_rate, seed=tc.seed + 1)
     progress(f"[optimize] pruning to {oc.target_sparsity:.0%} sparsity over {steps} fine-tuning steps")
     logger = ProgressLogger(progress, train_split.rows, tc.batch_size, stage="optimize")
-    pruned.fit(make_dataset(train_split, tc.label, tc.batch_size, True, tc.seed + 1, config.features),
-               validation_data=make_dataset(val_split, tc.label, tc.batch_size, False, tc.seed, config.features),
-               epochs=oc.finetune_epochs, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), logger], verbose=0)
+    plan.fit_model.fit(plan.train_data, validation_data=plan.val_data, epochs=oc.finetune_epochs,
+                       callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), logger, *plan.callbacks], verbose=0)
     return tfmot.sparsity.keras.strip_pruning(pruned)
 
 

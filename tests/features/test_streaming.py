@@ -49,7 +49,8 @@ def test_streaming_preprocess_matches_the_in_memory_reference(fresh_features, ti
     features, _ = fresh_features
     ref = reference_preprocess(tiny_raw, tiny_config, NOW)
     got = _arrays(features)
-    assert all(len(ref[split]) == len(INPUTS) + 7 for split in SPLITS)  # + labels, gain, oracle, request, top_category
+    # + labels, gain, oracle, position, request, top_category
+    assert all(len(ref[split]) == len(INPUTS) + 8 for split in SPLITS)
     _assert_same_arrays(got, ref)
 
 

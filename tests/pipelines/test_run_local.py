@@ -59,6 +59,17 @@ def test_local_pipeline_run_produces_summary_and_promoted_bundle(tmp_path, capfd
         assert ranked.unknown_items == ["not-an-item"]
     else:
         pytest.fail(f"tiny run not blessed: {summary['blessing_reasons']}")
+    # Position bias: true-relevance NDCG and counterfactual estimates; no model in service yet, so the gate's
+    # comparison with it is skipped, saying so.
+    assert set(summary["true_ndcg_at_10"]) == {"baseline", "optimized"}
+    cf = summary["counterfactual"]
+    assert set(cf["models"]) == {"baseline", "optimized"} and cf["propensities"]["theta"][0] == 1.0
+    for e in cf["models"].values():
+        assert e["low"] <= e["estimate"] <= e["high"] and e["truth"] > 0
+    check = next(c for c in json.loads(next((tmp_path / "it").rglob("blessing.json")).read_text())["checks"]
+                 if c["name"] == "counterfactual_clicks_vs_previous")
+    assert check["passed"] and check["message"].startswith("skipped: no previous model")
+    assert "estimated clicks/request" in summary_table(summary)
 
 
 def test_local_run_with_two_training_workers_and_a_tune_step(tmp_path):
@@ -108,3 +119,20 @@ def test_local_pipeline_run_on_an_opensearch_ubi_export(tmp_path):
     assert summary["data"]["task"] == "search" and "oracle" not in summary
     assert 0.0 < summary["baseline"]["auc"] <= 1.0 and isinstance(summary["blessed"], bool)
     assert summary["blessing_reasons"] and "blessed:" in summary_table(summary)
+
+
+def test_second_run_is_compared_with_the_promoted_model(tmp_path):
+    """The gate estimates the clicks of the model in service (the first run's promoted bundle, found by `make
+    run` and scored from the raw test requests through its own transform) beside the new one's."""
+    first = run("tiny", "{}", "synthetic", tmp_path, run_id="one")
+    assert first["blessed"]
+    second = run("tiny", "{}", "synthetic", tmp_path, run_id="two")
+    cf = second["counterfactual"]
+    assert cf["previous_model"]["bundle"] == str(first["bundle_dir"])
+    assert set(cf["models"]) == {"baseline", "optimized", "previous"}
+    assert "change" in cf["change_vs_previous"] and second["true_ndcg_at_10"]["previous"] is not None
+    # Same data and seeds: the model in service and the new one rank alike.
+    assert abs(cf["change_vs_previous"]["change"]) < 0.05
+    check = next(c for c in json.loads(next((tmp_path / "two").rglob("blessing.json")).read_text())["checks"]
+                 if c["name"] == "counterfactual_clicks_vs_previous")
+    assert check["passed"] and not check["message"].startswith("skipped")

@@ -91,6 +91,7 @@ def reference_preprocess(raw_dir: str | Path, config: ShoprankConfig, now: int) 
         arrays |= {c: sub[c].to_numpy(np.int8) for c in LABELS}
         arrays |= {"gain": sub[list(LABELS)].sum(axis=1).to_numpy(np.int8),
                    "oracle": sub["oracle"].to_numpy(np.float32), "request": batch.row_request.astype(np.int32),
+                   "position": sub["position"].fillna(-1).to_numpy(np.int16),
                    "top_category": top_code[crow].astype(np.int16)}
         out[name] = arrays
     return out

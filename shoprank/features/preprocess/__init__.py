@@ -37,7 +37,7 @@ The stages, one module each, pass frozen dataclasses to each other (`driver.prep
 
 Layout of the features directory (one folder per split):
     <split>/<input>.npy    model inputs (int32), one row per impression, rows of a request contiguous
-    <split>/<column>.npy   clicked, carted, purchased, gain, oracle, request, top_category
+    <split>/<column>.npy   clicked, carted, purchased, gain, oracle, position, request, top_category
     <split>/rows.parquet   request_id and item_id of every row
     <split>/meta.json      row count, top-category names
     quarantine.parquet     every rejected row with its reason

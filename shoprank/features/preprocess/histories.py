@@ -32,7 +32,8 @@ __all__ = ["REQ_OUT", "ROW_OUT", "OrderedBuckets", "history_rows", "sample_negat
 REQ_OUT = pa.schema([("order", pa.int64()), ("request_id", pa.string()), ("user_id", pa.string()),
                      ("query", pa.string()), ("hist_len", pa.int32())])
 ROW_OUT = pa.schema([("order", pa.int64()), ("item", pa.int32()), ("clicked", pa.int8()), ("carted", pa.int8()),
-                     ("purchased", pa.int8()), ("gain", pa.int8()), ("oracle", pa.float32())])
+                     ("purchased", pa.int8()), ("gain", pa.int8()), ("oracle", pa.float32()),
+                     ("position", pa.int32())])  # where the row was shown (0 = top); -1 unknown
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ def _search_rows(path: Path, requests: OrderedRequests, p: int, out: Path, n_buc
     take = pa.array(srt)
     table = pa.table({"order": pa.array(rorder[srt]), "item": t["item"].take(take)}
                      | {c: pa.array(v) for c, v in labels.items()}
-                     | {"gain": pa.array(gain), "oracle": t["oracle"].take(take).fill_null(np.nan)}, schema=ROW_OUT)
+                     | {"gain": pa.array(gain), "oracle": t["oracle"].take(take).fill_null(np.nan),
+                        "position": t["position"].take(take).fill_null(-1)}, schema=ROW_OUT)
     write_bucketed(out, table, bucket_of(requests.edges, rorder[srt]), n_buckets)
 
 
@@ -228,6 +230,7 @@ def _recommend_rows(target_rows: np.ndarray, tgt: pa.Table, r_order: np.ndarray,
     table = pa.table({"order": pa.array(row_order[s]), "item": pa.array(cand.reshape(-1)[s].astype(np.int32))}
                      | {k: pa.array(v[s]) for k, v in labels.items()}
                      | {"gain": pa.array(sum(labels.values())[s].astype(np.int8)),
-                        "oracle": pa.array(np.full(row_order.size, np.nan, np.float32))}, schema=ROW_OUT)
+                        "oracle": pa.array(np.full(row_order.size, np.nan, np.float32)),
+                        "position": pa.array(np.full(row_order.size, -1, np.int32))}, schema=ROW_OUT)
     write_bucketed(out, table, bucket_of(edges, row_order[s]), n_buckets)
 

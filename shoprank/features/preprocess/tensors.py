@@ -29,9 +29,12 @@ from shoprank.features.preprocess.histories import ROW_OUT, OrderedBuckets
 from shoprank.features.preprocess.splits import OrderedRequests
 from shoprank.features.transform import INPUTS, FeatureTransform, RawBatch
 
-__all__ = ["HISTORY_INPUTS", "WrittenSplits", "query_tensors", "write_tensors"]
+__all__ = ["HISTORY_INPUTS", "TEST_REQUESTS", "WrittenSplits", "query_tensors", "write_tensors"]
 
 HISTORY_INPUTS = {"history_items": "item_id", "history_categories": "category", "history_brands": "brand"}
+# test/requests.parquet: one row per test request, in the split's order (the `request` column's codes).
+TEST_REQUESTS = pa.schema([("request_id", pa.string()), ("query", pa.string()),
+                           ("history", pa.list_(pa.string()))])
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ def write_tensors(ctx: RunContext, cat: CatalogueData, requests: OrderedRequests
         w = {k: NpyWriter(d / f"{k}.npy", np.int32, n, tails.get(k, ())) for k in INPUTS}
         w |= {k: NpyWriter(d / f"{k}.npy", np.int8, n) for k in (*LABEL_COLUMNS, "gain")}
         w |= {"oracle": NpyWriter(d / "oracle.npy", np.float32, n),
+              "position": NpyWriter(d / "position.npy", np.int16, n),
               "request": NpyWriter(d / "request.npy", np.int32, n),
               "top_category": NpyWriter(d / "top_category.npy", np.int16, n)}
         writers[name] = w
@@ -67,6 +71,9 @@ def write_tensors(ctx: RunContext, cat: CatalogueData, requests: OrderedRequests
             [("request_id", pa.string()), ("item_id", pa.string())]))
         stats[name] = {"clicks": 0, "positives": 0, "empty": 0, "seconds": 0.0, "checked": False}
     golden: list[dict] = []
+    # The test requests raw (ids and text): what another model's own transform needs to score the test split
+    # (the counterfactual comparison with the promoted model, which may have other vocabularies).
+    test_requests = pq.ParquetWriter(str(out / SPLITS[2] / "requests.parquet"), TEST_REQUESTS)
     for b in range(requests.n_buckets):
         tb = time.perf_counter()
         lo, hi = int(requests.edges[b]), int(requests.edges[b + 1])
@@ -91,6 +98,7 @@ def write_tensors(ctx: RunContext, cat: CatalogueData, requests: OrderedRequests
         for c in (*LABEL_COLUMNS, "gain"):
             w[c].write(rw[c].to_numpy(zero_copy_only=False))
         w["oracle"].write(rw["oracle"].to_numpy(zero_copy_only=False))
+        w["position"].write(np.clip(rw["position"].to_numpy(zero_copy_only=False), -1, np.iinfo(np.int16).max))
         split_row0 = w["request"].written
         w["request"].write(rr + lo - requests.split_start[s])
         w["top_category"].write(fitted.top_code[item])
@@ -104,10 +112,13 @@ def write_tensors(ctx: RunContext, cat: CatalogueData, requests: OrderedRequests
         if not st["checked"]:
             _check_assembly(transform, cat, rq, hist, rr, item, tensors, cat_ids)
             st["checked"] = True
+        if s == 2:
+            test_requests.write_table(_raw_requests(rq, hist, cat_ids))
         if s == 2 and len(golden) < fc.golden_requests:
             golden += _golden(rq, hist, rr, item, cat_ids, req_ids, split_row0, fc.golden_requests - len(golden))
         st["seconds"] += time.perf_counter() - tb
         del rq, rw, tensors, hist, item, rr, req_ids  # before the next bucket is read
+    test_requests.close()
     splits = {}
     for s, name in enumerate(SPLITS):
         for w in writers[name].values():
@@ -152,6 +163,14 @@ def _gather(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
     safe = np.clip(rows, 0, max(len(table) - 1, 0))
     out = table[safe] if len(table) else np.zeros(rows.shape + table.shape[1:], np.int32)
     return np.where(rows >= 0, out, 0) if out.ndim == rows.ndim else np.where((rows >= 0)[..., None], out, 0)
+
+
+def _raw_requests(rq: pa.Table, hist: np.ndarray, cat_ids: np.ndarray) -> pa.Table:
+    """The bucket's requests as ids and text: request id, query, history item ids (oldest first)."""
+    histories = [cat_ids[h[h >= 0]].tolist() for h in hist]
+    return pa.table({"request_id": pa.array(strings(rq["request_id"]), pa.string()),
+                     "query": pa.array(strings(rq["query"]), pa.string()),
+                     "history": pa.array(histories, pa.list_(pa.string()))}, schema=TEST_REQUESTS)
 
 
 def _golden(rq: pa.Table, hist: np.ndarray, rr: np.ndarray, item: np.ndarray, cat_ids: np.ndarray,
