@@ -18,15 +18,20 @@ test_real_node.py.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import io
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from deploy import cli
+from shoprank.release.bundle import publish_bundle
 from shoprank.release.kserve import names, plan, profiles, rollout, spec, wait
 from shoprank.release.kserve.client import KServeApi
 from shoprank.release.kserve.profiles import PromoteParams
@@ -86,6 +91,10 @@ def undeploy(cluster: Cluster, overlay: str, namespace: str) -> None:
     proc = cluster.make("undeploy", f"OVERLAY={overlay}", f"NAMESPACE={namespace}", "KFP_UPLOAD=0")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _deployed.discard((overlay, namespace))
+    # The tests create the namespace before deploy (the storage secret KServe's webhook needs goes in first), as a
+    # platform engineer would: undeploy then keeps it, saying so, and the test removes it itself.
+    assert f"namespace {namespace} was not created by deploy: kept" in proc.stdout, proc.stdout
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
     def gone():
         got = cluster.kubectl("get", "namespace", namespace, "-o", "json", check=False)
@@ -148,7 +157,8 @@ def artefacts(base: Path, content: bytes) -> tuple[Path, Path, Path]:
     (opt / "onnx" / "config.pbtxt").write_text('backend: "onnxruntime"\n')
     tr.mkdir()
     (tr / "transform.json").write_text("{}")
-    (tr / "catalogue.parquet").write_bytes(b"PAR1")
+    # A real (tiny) catalogue: the promote step sizes the predictor's memory from the bundle's tables.
+    pq.write_table(pa.table({"item_id": ["i1", "i2", "i3"], "title": ["a", "b", "c"]}), tr / "catalogue.parquet")
     summary = base / "summary.json"
     summary.write_text("{}")
     return opt, tr, summary
@@ -384,6 +394,11 @@ def test_rerun_with_the_same_version_changes_nothing(cluster: Cluster, promote_n
     # Server-side apply of the very same configuration is a no-op for the API server too.
     settings, autoscaling, _ = profiles.serving_settings(PromoteParams(namespace=promote_ns, **PROMOTE_DEFAULTS),
                                                          record["storage_uri"], E2E)
+    # Memory as promote sizes it from the bundle (the same bundle, built again in a scratch folder).
+    scratch = tmp / f"resize-{time.monotonic_ns()}"
+    with contextlib.redirect_stdout(io.StringIO()):
+        staged = publish_bundle(*artefacts(scratch, b"v2"), str(scratch / "root"), E2E)
+    settings, _ = rollout.size_memory(settings, staged["bundle_dir"])
     desired = spec.desired_inference_service(settings, autoscaling=autoscaling)
     KServeApi(cluster.api_client).apply(plan.apply_body(desired), field_manager=names.FIELD_MANAGER)
     after = isvc(cluster, promote_ns, E2E)

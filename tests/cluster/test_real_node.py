@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 import yaml
 
+from shoprank.layout import REQUEST_TOWER_FILE, TOWERS_DIR
 from shoprank.release.kserve import names, rollout
 from shoprank.release.kserve.client import KServeApi
 from shoprank.release.kserve.profiles import PromoteParams
@@ -65,8 +66,8 @@ class Artefacts:
 @pytest.fixture(scope="module")
 def artefacts(tiny_bundle, tiny_features, tmp_path_factory) -> dict[str, Artefacts]:
     """Three versions from the session's tiny model: v1 as trained; v2 the same model with its transform file
-    rewritten (other bytes, same content: a new version that scores the same); broken, whose int8 model is not
-    a model (the server starts, fails to load it, and stays not ready)."""
+    rewritten (other bytes, same content: a new version that scores the same); broken, whose int8 request
+    tower is not a model (the server starts, fails to load it, and stays not ready)."""
     base = tmp_path_factory.mktemp("real-node-artefacts")
     optimized, transform = tiny_bundle["optimized_dir"], tiny_features[1]
     summary = tiny_bundle["bundle_dir"] / "summary.json"
@@ -76,7 +77,7 @@ def artefacts(tiny_bundle, tiny_features, tmp_path_factory) -> dict[str, Artefac
     (v2_transform / "transform.json").write_text(json.dumps(payload, indent=1, sort_keys=True))
     broken = base / "broken-optimized"
     shutil.copytree(optimized, broken)
-    (broken / "model.tflite").write_bytes(b"not a flatbuffer")
+    (broken / TOWERS_DIR / REQUEST_TOWER_FILE).write_bytes(b"not a flatbuffer")  # what the int8 backend loads
     return {"v1": Artefacts(optimized, transform, summary), "v2": Artefacts(optimized, v2_transform, summary),
             "broken": Artefacts(broken, transform, summary)}
 

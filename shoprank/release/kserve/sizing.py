@@ -82,8 +82,11 @@ def parse_quantity(text: str) -> int:
 
 
 def quantity(n_bytes: int) -> str:
-    """Bytes as a Kubernetes quantity in Mi, rounded up to 64 Mi."""
-    return f"{math.ceil(n_bytes / _ROUND) * _ROUND // MIB}Mi"
+    """Bytes rounded up to 64 Mi, as a Kubernetes quantity in the API server's canonical form (the largest binary
+    unit that divides it: "1Gi", not "1024Mi"). KServe's webhook rewrites quantities to that form, so "1024Mi"
+    read back as "1Gi" and every later promotion saw a resource change (found by the cluster tests)."""
+    mib = math.ceil(n_bytes / _ROUND) * _ROUND // MIB
+    return f"{mib // 1024}Gi" if mib % 1024 == 0 else f"{mib}Mi"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ def test_quantities():
     assert parse_quantity("2Gi") == 2 << 30 and parse_quantity("512Mi") == 512 << 20
     assert parse_quantity("1G") == 10**9 and parse_quantity("1000") == 1000 and parse_quantity("1.5Gi") == 3 << 29
     assert quantity(1) == "64Mi" and quantity(64 * MIB) == "64Mi" and quantity(64 * MIB + 1) == "128Mi"
+    # The API server's canonical form, as KServe's webhook writes it back: no diff on the next promotion.
+    assert quantity(1024 * MIB) == "1Gi" and quantity(2048 * MIB - 1) == "2Gi" and quantity(1536 * MIB) == "1536Mi"
 
 
 def test_the_estimate_adds_runtime_catalogue_model_and_transform(tmp_path):
