@@ -30,7 +30,7 @@ IMAGE_UID = 1000
 # Summary fields that differ between any two runs: wall-clock measurements and host paths.
 VOLATILE = {"latency_ms", "stages", "wall_seconds", "run_id", "bundle_dir", "model_dir", "tflite_path", "seconds",
             "int8_b256_faster_x", "peak_rss_mib", "peak_rss_mib_at_start", "seconds_by_part", "comparison_seconds",
-            "gate_comparison_seconds", "total_seconds", "share_of_run_wall_time"}
+            "gate_comparison_seconds", "total_seconds", "share_of_run_wall_time", "samples_per_second"}
 # Keys of the steps' JSON reports that hold measurements of the machine, not results.
 MEASUREMENTS = {"timings", "peak_rss_mib"}
 # Files of a bundle whose bytes differ between any two runs (see the module docstring).
