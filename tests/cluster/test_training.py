@@ -171,7 +171,10 @@ def test_the_wait_follows_the_real_job_to_success(operator: Cluster):
     lines: list[str] = []
 
     def workers_finish() -> None:
-        operator.wait_for("the job Running", lambda: trainjob.job_state(api.get(NS, name))[0] == "Running",
+        # Until the wait has reported Running: finishing the pods as soon as the job is Running raced with the
+        # wait's 1 s poll, which then went from Created to Succeeded (seen once in CI).
+        operator.wait_for("the wait to report the job Running",
+                          lambda: any(line.startswith("[train-job] Running: Worker: 2 active") for line in lines),
                           timeout=60)
         # The other worker first: the operator calls the job Succeeded as soon as worker 0 (the chief) succeeds,
         # and then deletes the pods still running (cleanPodPolicy Running).
