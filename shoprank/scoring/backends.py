@@ -37,41 +37,10 @@ class Scorer(Protocol):
     def score(self, features: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
-class TFLiteScorer:
-    """LiteRT interpreter over the int8 model. Not thread-safe: callers serialise calls per instance.
-
-    Picklable (the interpreter is a native handle): a worker process reloads it from `path`.
-    """
-
-    backend = "tflite"
-
-    def __init__(self, path: str | Path, num_threads: int | None = None):
-        self.path = Path(path)
-        self.num_threads = num_threads
-        self._load()
-
-    def _load(self) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        threads = self.num_threads or min(4, os.cpu_count() or 1)
-        self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-        self._runner = self._interpreter.get_signature_runner(SIGNATURE)
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path, "num_threads": self.num_threads}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._load()
-
-    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        out = self._runner(**{k: np.ascontiguousarray(features[k], dtype=np.int32) for k in INPUTS})
-        return np.asarray(out[SCORE], dtype=np.float32).reshape(-1)
-
-
 class TFLiteTower:
     """LiteRT interpreter over one tower of the served composition (shoprank.modeling.towers): named int32 inputs in,
-    named float32 vectors out. Not thread-safe, like TFLiteScorer; picklable the same way."""
+    named float32 vectors out. Not thread-safe: callers serialise calls per instance. Picklable
+    (the interpreter is a native handle): a worker process reloads it from `path`."""
 
     def __init__(self, path: str | Path, num_threads: int | None = None):
         self.path = Path(path)
@@ -95,6 +64,18 @@ class TFLiteTower:
 
     def __call__(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._runner(**{k: np.ascontiguousarray(features[k], dtype=np.int32) for k in self.inputs})
+
+
+class TFLiteScorer(TFLiteTower):
+    """LiteRT interpreter over the int8 whole-graph model: the model's input tensors in, a float32 score per row out.
+    Not thread-safe: callers serialise calls per instance. Picklable (the interpreter is a native handle): a
+    worker process reloads it from `path`."""
+
+    backend = "tflite"
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        out = self._runner(**{k: np.ascontiguousarray(features[k], dtype=np.int32) for k in INPUTS})
+        return np.asarray(out[SCORE], dtype=np.float32).reshape(-1)
 
 
 class OnnxScorer:
