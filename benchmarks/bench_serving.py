@@ -203,8 +203,8 @@ class Server:
 
 
 def loadgen(binary: Path, url: str, bodies: Path, n: int, c: int, warmup: int, selftest: bool = False,
-            schedule: str = "") -> dict:
-    cmd = [str(binary), "-n", str(n), "-c", str(c), "-warmup", str(warmup)]
+            schedule: str = "", preconnect: int = 0) -> dict:
+    cmd = [str(binary), "-n", str(n), "-c", str(c), "-warmup", str(warmup), "-preconnect", str(preconnect)]
     cmd += ["-selftest"] if selftest else ["-url", url, "-bodies", str(bodies)]
     if schedule:  # open loop: RATE:SECONDS,...
         cmd += ["-schedule", schedule]
@@ -369,11 +369,14 @@ def soak(server: Server, args, bodies: Path, capacity: float) -> dict:
 
 
 def burst(server: Server, args, bodies: Path, capacity: float) -> dict:
-    """3x capacity for --burst-seconds, then 50% for 5 s: 503s, other errors, deaths, recovery time."""
+    """3x capacity for --burst-seconds, then 50% for 5 s: 503s, other errors, deaths, recovery time. The
+    generator's 2048 connections are dialled before the burst (a client fleet's warm pools): dialled in the
+    burst's first 100 ms they overflowed the listen queue and stalled in the kernel's SYN retries (loadgen's
+    -preconnect says more)."""
     pids0 = set(server_rss(server))
     hi, lo, after_s = 3 * capacity, 0.5 * capacity, 5.0
     r = loadgen(args.loadgen, server.url, bodies, 1, 2048, 0,
-                schedule=f"{hi:.0f}:{args.burst_seconds},{lo:.0f}:{after_s}")
+                schedule=f"{hi:.0f}:{args.burst_seconds},{lo:.0f}:{after_s}", preconnect=2048)
     pids1 = set(server_rss(server))
     timeline = r["timeline"]
     during = [b for b in timeline if b["t"] < args.burst_seconds]

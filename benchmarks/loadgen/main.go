@@ -11,17 +11,24 @@
 // counted as not sent), and the result adds a timeline: per bucket of -bucket-ms (by the time a request was
 // started) how many were sent, answered 200, refused with 503, or failed otherwise, and the 200s' latency.
 // `-schedule R1:S1,R2:S2,...` runs several rates back to back in one timeline (a burst, then normal load).
+// `-preconnect K` dials K TCP connections before the first request and hands them to the HTTP client as it
+// needs new ones: a client fleet with warm connection pools. Without it an open-loop burst opens hundreds of
+// connections in the same instant, the listen queue overflows and the dropped handshakes are retried by the
+// kernel 1, 3, 7 and 15 s later (measured: p99 15.5 s, 110,478 of 134,000 requests never sent, and the
+// server never saw the overload): a connection storm, not the request overload the burst cell is about.
 package main
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"sort"
 	"strings"
@@ -314,6 +321,35 @@ func openLoop(client *http.Client, url string, bodies [][]byte, headers http.Hea
 	return r
 }
 
+// dialAhead opens k TCP connections to the host of rawURL, 64 at a time (no burst of handshakes).
+func dialAhead(rawURL string, k int) (chan net.Conn, error) {
+	u, err := neturl.Parse(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	pool := make(chan net.Conn, k)
+	for done := 0; done < k; {
+		wave := min(64, k-done)
+		errs := make(chan error, wave)
+		for j := 0; j < wave; j++ {
+			go func() {
+				conn, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
+				if err == nil {
+					pool <- conn
+				}
+				errs <- err
+			}()
+		}
+		for j := 0; j < wave; j++ {
+			if err := <-errs; err != nil {
+				return nil, fmt.Errorf("preconnect: %w", err)
+			}
+		}
+		done += wave
+	}
+	return pool, nil
+}
+
 func main() {
 	url := flag.String("url", "", "POST target")
 	bodiesPath := flag.String("bodies", "", "file with one request body per line")
@@ -325,6 +361,7 @@ func main() {
 	duration := flag.Float64("duration", 10, "open loop: seconds")
 	bucketMs := flag.Int("bucket-ms", 100, "open loop: timeline bucket width")
 	schedule := flag.String("schedule", "", "open loop: RATE:SECONDS,... run back to back (instead of -rate/-duration)")
+	preconnect := flag.Int("preconnect", 0, "TCP connections dialled before the first request, used before new dials")
 	var hdrs headerList
 	flag.Var(&hdrs, "H", "request header 'Name: value' (repeatable)")
 	flag.Parse()
@@ -364,10 +401,24 @@ func main() {
 		}
 		headers.Set(strings.TrimSpace(k), strings.TrimSpace(v))
 	}
-	client := &http.Client{
-		Timeout:   60 * time.Second,
-		Transport: &http.Transport{MaxIdleConns: *c * 2, MaxIdleConnsPerHost: *c * 2, DisableCompression: true},
+	transport := &http.Transport{MaxIdleConns: *c * 2, MaxIdleConnsPerHost: *c * 2, DisableCompression: true}
+	if *preconnect > 0 {
+		pool, err := dialAhead(*url, *preconnect)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		var dialer net.Dialer
+		transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			select {
+			case conn := <-pool:
+				return conn, nil
+			default:
+				return dialer.DialContext(ctx, network, addr)
+			}
+		}
 	}
+	client := &http.Client{Timeout: 60 * time.Second, Transport: transport}
 	if *warmup > 0 {
 		run(client, *url, bodies, headers, *warmup, *c)
 	}
