@@ -34,7 +34,10 @@ requests, batched as the server batches them at c=32 (16 requests per call, one 
 the int8 model alone (LiteRT invoke, 1 thread, as the server runs it) and the ranking path around it
 (Ranker.features + split_ranked). With F the floor's CPU per request at c=32 (server + generator: they share
 the cores), the best ratio the ranker can reach against the floor on this machine is about F / (F + model +
-transform); it is reported beside the measured ratio.
+transform); it is reported beside the measured ratio. It is optimistic: in the server a model call holds fewer
+requests (6.9 on average at c=16 on one worker) and runs between HTTP work that evicts its caches; py-spy measured
+the ranking work there at ~0.2 ms of the event loop per request, about 3x this in-process figure (README,
+"Benchmarks").
 
 All servers are started first and stay up (idle ones cost nothing); then each round measures every cell in
 turn, config after config, and the report gives per cell the median over the rounds (default 3). Interleaving
