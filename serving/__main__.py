@@ -16,6 +16,7 @@ if __name__ == "__main__":  # before anything imports prometheus_client (KServe 
 
 import sys  # noqa: E402
 
+from serving.batcher import CPU_MAX_BATCH_ROWS  # noqa: E402
 from serving.logs import configure_logging  # noqa: E402
 from serving.model import ShoprankModel  # noqa: E402
 from serving.options import as_bool, batch_settings, build_parser, limits, server_kwargs  # noqa: E402
@@ -26,6 +27,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser("shoprank model server (KServe v2)")
+    parser.set_defaults(max_batch_size=CPU_MAX_BATCH_ROWS)  # serving/batcher.py says why, with measurements
     parser.add_argument("--backend", choices=["auto", "tflite", "savedmodel", "onnx"], default="auto",
                         help="auto: the int8 composition when the bundle has towers/ (int8 request tower, item "
                              "vectors from items/, float pair head), else the SavedModel (the whole graph); "

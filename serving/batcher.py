@@ -36,8 +36,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from serving.errors import Overloaded, ServiceUnavailable, ShuttingDown
 
-__all__ = ["BATCH_REQUESTS", "BATCH_ROWS", "REFUSED", "WORKER_REQUESTS", "T", "BatchSettings", "MicroBatcher",
-           "retry_singly"]
+__all__ = ["BATCH_REQUESTS", "BATCH_ROWS", "CPU_MAX_BATCH_ROWS", "REFUSED", "WORKER_REQUESTS", "T", "BatchSettings",
+           "MicroBatcher", "retry_singly"]
 
 T = TypeVar("T")
 
@@ -53,11 +53,20 @@ REFUSED = Counter("shoprank_refused_requests", "Requests refused by admission (q
                   ["model_name"])
 
 
+# The CPU model server's largest batch (`python -m serving`; the transformer keeps BatchSettings' 8,192, which a
+# GPU predictor wants). Measured (2 workers, 100 candidates per request, `make bench-serve`'s bodies): at c=32 the
+# same throughput as 8,192 (4,609-4,682 against 4,616-4,633 req/s; batches hold ~7-16 requests there anyway);
+# under a 3x open-loop burst, 8,192-row calls (82 requests) cost the most per row and left a standing queue: p50
+# 300-430 ms for 5 s after the burst, against 4 ms from 0.5 s after it with 1,600 (800: the same recovery, 3% less
+# at c=32). In process, 32 requests per call cost 1.4x more per request than 8 (cache).
+CPU_MAX_BATCH_ROWS = 1600
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     max_batch_rows: int = 8192
     max_wait_ms: float = 0.0
-    # Candidate rows waiting, at most: two full batches (~160 requests of 100 candidates): the memory bound.
+    # Candidate rows waiting, at most (~160 requests of 100 candidates): the memory bound.
     max_queue_rows: int = 16384
     # The longest wait the queue may mean (0: no time bound). Well above a normal queue (32 connections of 100
     # candidates are ~10 ms of model time per worker here), well below a client's timeout.

@@ -22,7 +22,7 @@ from kserve.logging import logger
 from kserve.protocol.infer_type import InferRequest, InferResponse
 from prometheus_client import Gauge
 
-from serving.batcher import BatchSettings, MicroBatcher, retry_singly
+from serving.batcher import CPU_MAX_BATCH_ROWS, BatchSettings, MicroBatcher, retry_singly
 from serving.codec import (
     SCORE,
     Limits,
@@ -70,7 +70,7 @@ class ShoprankModel(Model):
         super().__init__(name)
         self.model_dir = str(model_dir)
         self.backend = backend
-        self.batch_settings = batch or BatchSettings()
+        self.batch_settings = batch or BatchSettings(max_batch_rows=CPU_MAX_BATCH_ROWS)
         self.limits = limits or Limits()
         self.num_threads = num_threads
         # None: decided by the backend at load time. LiteRT calls are short and the transform holds the GIL,
