@@ -67,15 +67,13 @@ class TFLiteTower:
 
 
 class TFLiteScorer(TFLiteTower):
-    """LiteRT interpreter over the int8 whole-graph model: the model's input tensors in, a float32 score per row out.
-    Not thread-safe: callers serialise calls per instance. Picklable (the interpreter is a native handle): a
-    worker process reloads it from `path`."""
+    """The int8 whole-graph model as a tower whose one output is the score (its signature's inputs are the
+    transform's INPUTS): a float32 score per row. Threading and pickling as TFLiteTower."""
 
     backend = "tflite"
 
     def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        out = self._runner(**{k: np.ascontiguousarray(features[k], dtype=np.int32) for k in INPUTS})
-        return np.asarray(out[SCORE], dtype=np.float32).reshape(-1)
+        return np.asarray(self(features)[SCORE], dtype=np.float32).reshape(-1)
 
 
 class OnnxScorer:
