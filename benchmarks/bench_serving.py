@@ -301,8 +301,10 @@ def compute_bound(ranker, requests: list[dict], n: int, k: int = 16) -> dict:
         unknown = ~ranker.items.known(rows)
         request = ranker.request_inputs(q, h)
         rr = np.repeat(np.arange(len(c)), [len(x) for x in c])
+        affinity = ranker.affinity(request["query_tokens"], rows, rr)
         t1 = time.process_time()
-        scores = ranker.scorer.score_pairs(ranker.scorer.request_vectors(request), rr, ranker.items.item_vectors(rows))
+        scores = ranker.scorer.score_pairs(ranker.scorer.request_vectors(request), rr, ranker.items.item_vectors(rows),
+                                           affinity)
         t2 = time.process_time()
         split_ranked(scores, unknown, c, ranker.unknown_candidates)
         t3 = time.process_time()

@@ -65,7 +65,8 @@ INT_DTYPES = {"INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np
 # call on an index past an embedding table, which would fail every request in the batch.
 _VOCAB_OF = {"query_tokens": "token", "title_tokens": "token", "history_items": "item", "item_id": "item",
              "history_categories": "category", "category": "category", "history_brands": "brand",
-             "brand": "brand", "price_bucket": "price"}
+             "brand": "brand", "price_bucket": "price", "item_popularity": "popularity",
+             "category_price": "category_price", "query_affinity": "affinity"}
 
 
 @dataclass(frozen=True)

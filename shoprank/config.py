@@ -110,6 +110,15 @@ class FeatureConfig(_Section):
     train_share: OpenShare = 0.8
     validation_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     golden_requests: NonNegativeInt = 16
+    # Query -> category/brand affinity (shoprank.features.affinity): quantile buckets per column, the smoothing in
+    # pseudo-clicks towards the target's share of all clicks, and the folds of the training rows' out-of-fold values.
+    affinity_buckets: Annotated[int, Field(ge=2, le=1024)] = 32
+    affinity_smoothing: NonNegativeFloat = 2.0
+    affinity_folds: Annotated[int, Field(ge=2)] = 5
+    # Item inputs from the training period's catalogue and traffic (label-free): quantile buckets of an item's
+    # log popularity, and of its price among the items of its category.
+    popularity_buckets: Annotated[int, Field(ge=2, le=1024)] = 16
+    category_price_buckets: Annotated[int, Field(ge=2, le=1024)] = 8
 
     @model_validator(mode="after")
     def _shares_leave_a_test_split(self) -> FeatureConfig:

@@ -45,9 +45,11 @@ def _item_precision(scorer, columns: dict[str, np.ndarray], scores: np.ndarray, 
 def _served_latency(scorer, optimized_dir: Path, test, config: ShoprankConfig) -> dict[str, float] | None:
     """Median ms of the composition as the server runs it on the first 1 and 256 test rows: the request tower once
     per request among them, their item vectors gathered from the item tables by id, the head. None without tables
-    (then the tensor path's latency stands: both towers on every row)."""
+    (then the tensor path's latency stands: both towers on every row). The rows' affinity ids are the test split's:
+    counting them from the query and the tables is transform work, in the serving benchmark's transform share."""
     import pyarrow.parquet as pq
 
+    from shoprank.features.affinity import AFFINITY_INPUT
     from shoprank.features.transform import REQUEST_INPUTS
     from shoprank.layout import ITEMS_DIR
     from shoprank.scoring.item_tables import ItemTables
@@ -64,9 +66,10 @@ def _served_latency(scorer, optimized_dir: Path, test, config: ShoprankConfig) -
         request = {k: np.asarray(test.column(k)[first]) for k in REQUEST_INPUTS}
         rr = np.repeat(np.arange(first.size), np.diff(np.concatenate([first, [b]])))
         rows = tables.rows(ids[:b])
+        affinity = np.asarray(test.column(AFFINITY_INPUT)[:b])
 
-        def run(request=request, rr=rr, rows=rows):
-            scorer.score_pairs(scorer.request_vectors(request), rr, tables.item_vectors(rows))
+        def run(request=request, rr=rr, rows=rows, affinity=affinity):
+            scorer.score_pairs(scorer.request_vectors(request), rr, tables.item_vectors(rows), affinity)
 
         for _ in range(3):
             run()

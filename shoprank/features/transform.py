@@ -25,10 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shoprank.config import FeatureConfig
+from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_WIDTH, QueryAffinity
 
 __all__ = [
     "INPUTS",
     "ITEM_INPUTS",
+    "PAIR_INPUTS",
     "TOKEN_CACHE_BYTES",
     "TOKEN_CACHE_ENTRY_OVERHEAD",
     "REQUEST_INPUTS",
@@ -45,10 +47,12 @@ __all__ = [
 TOKEN_RE = re.compile(r"[a-z0-9]+")
 # Model input names, in signature order. The serving signature takes exactly these.
 INPUTS = ("query_tokens", "title_tokens", "history_items", "history_categories", "history_brands",
-          "item_id", "category", "brand", "price_bucket")
-# Inputs that depend only on the candidate item, and those that depend only on the request.
-ITEM_INPUTS = ("title_tokens", "item_id", "category", "brand", "price_bucket")
-REQUEST_INPUTS = tuple(name for name in INPUTS if name not in ITEM_INPUTS)
+          "item_id", "category", "brand", "price_bucket", "item_popularity", "category_price", AFFINITY_INPUT)
+# Inputs that depend only on the candidate item, those that depend on the (request, candidate) pair (the query's
+# affinity to the candidate's category and brand: shoprank.features.affinity), and those of the request only.
+ITEM_INPUTS = ("title_tokens", "item_id", "category", "brand", "price_bucket", "item_popularity", "category_price")
+PAIR_INPUTS = (AFFINITY_INPUT,)
+REQUEST_INPUTS = tuple(name for name in INPUTS if name not in ITEM_INPUTS and name not in PAIR_INPUTS)
 # The token cache is bounded in bytes, not entries: a serving worker caches client-chosen text, and an entry
 # bound (500,000 entries of queries up to 1,024 characters was ~650 MB) says nothing about memory. An entry costs
 # sys.getsizeof(text) + the ids' nbytes + TOKEN_CACHE_ENTRY_OVERHEAD: the key tuple (56 B), the ndarray object
@@ -79,6 +83,9 @@ def input_shapes(features: FeatureConfig) -> dict[str, tuple[int, ...]]:
         "category": (),
         "brand": (),
         "price_bucket": (),
+        "item_popularity": (),
+        "category_price": (),
+        AFFINITY_INPUT: (AFFINITY_WIDTH,),
     }
 
 
@@ -146,11 +153,28 @@ class RawBatch:
 
 
 class FeatureTransform:
+    """Vocabularies, price buckets, two item statistics of the training period and the query affinity tables.
+
+    The item statistics (label-free, issue 14): `popularity`, per item index, the quantile bucket of the item's
+    log occurrences in the training period (0: none, or unknown); `category_price_edges`, per category index, the
+    price quantiles of its training-period items (an item's `category_price` is its bucket among them: cheap or
+    dear for its category, which the price bucket alone cannot say). The affinity tables are None until
+    preprocessing has counted the training clicks: `query_affinity` is then bucket 0, "nothing to go on", in
+    every column."""
+
     def __init__(self, vocabs: dict[str, Vocabulary], price_edges: np.ndarray, config: FeatureConfig,
-                 token_cache_bytes: int = TOKEN_CACHE_BYTES):
+                 token_cache_bytes: int = TOKEN_CACHE_BYTES, affinity: QueryAffinity | None = None,
+                 popularity: np.ndarray | None = None, category_price_edges: np.ndarray | None = None):
         self.vocabs = vocabs
         self.price_edges = np.asarray(price_edges, dtype=np.float64)
         self.config = config
+        self.affinity = affinity
+        n_items, n_cats = vocabs["item"].size, vocabs["category"].size
+        self.popularity = (np.zeros(n_items, np.int32) if popularity is None
+                           else np.asarray(popularity, np.int32))
+        self.category_price_edges = (np.full((n_cats, config.category_price_buckets - 1), np.inf)
+                                     if category_price_edges is None
+                                     else np.asarray(category_price_edges, np.float64).reshape(n_cats, -1))
         self.token_cache_bytes = token_cache_bytes  # 0 turns the cache off
         self._token_cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._token_cache_used = 0  # accounted bytes of the entries held (see TOKEN_CACHE_ENTRY_OVERHEAD)
@@ -158,9 +182,12 @@ class FeatureTransform:
     # --- fitting and persistence -------------------------------------------------------------
     @classmethod
     def fit(cls, queries: Iterable[str], titles: Iterable[str], item_ids: Iterable[str],
-            categories: Iterable[str], brands: Iterable[str], prices: np.ndarray, config: FeatureConfig
-            ) -> FeatureTransform:
-        """Vocabularies and price buckets from training data only (no look into the future)."""
+            categories: Iterable[str], brands: Iterable[str], prices: np.ndarray, config: FeatureConfig,
+            item_counts: np.ndarray | None = None) -> FeatureTransform:
+        """Vocabularies, price buckets and item statistics from training data only (no look into the future).
+        `item_counts`: each item's occurrences in the training period (events and impressions), for the
+        popularity buckets; None leaves every item at 0 ("no count")."""
+        item_ids, categories = list(item_ids), list(categories)
         tokens = (t for text in [*queries, *titles] for t in tokenize(text))
         oov = config.oov_buckets
         vocabs = {
@@ -169,11 +196,25 @@ class FeatureTransform:
             "category": Vocabulary.fit(categories, oov),
             "brand": Vocabulary.fit(brands, oov),
         }
-        p = np.asarray(prices, dtype=np.float64)
-        p = p[np.isfinite(p)]
+        raw_prices = np.asarray(prices, dtype=np.float64)
+        p = raw_prices[np.isfinite(raw_prices)]
         qs = np.linspace(0, 1, config.price_buckets + 1)[1:-1]
         edges = np.unique(np.quantile(p, qs)) if p.size else np.array([])
-        return cls(vocabs, edges, config)
+        popularity = None
+        if item_counts is not None:
+            counts = np.asarray(item_counts, np.float64)
+            index = np.fromiter((vocabs["item"].lookup(v) if vocabs["item"].known(v) else 0 for v in item_ids),
+                                np.int64, len(item_ids))
+            seen = (counts > 0) & (index > 0)
+            log_n = np.log1p(counts[seen])
+            pq_ = np.linspace(0, 1, config.popularity_buckets + 1)[1:-1]
+            pop_edges = np.unique(np.quantile(log_n, pq_)) if log_n.size else np.array([])
+            popularity = np.zeros(vocabs["item"].size, np.int32)
+            popularity[index[seen]] = np.searchsorted(pop_edges, log_n, side="right") + 1
+        cat_index = np.fromiter((vocabs["category"].lookup(v) for v in categories), np.int64, len(categories))
+        return cls(vocabs, edges, config, popularity=popularity,
+                   category_price_edges=_category_price_edges(cat_index, raw_prices, vocabs["category"].size,
+                                                              config.category_price_buckets))
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
@@ -183,6 +224,10 @@ class FeatureTransform:
             "price_edges": self.price_edges.tolist(),
             "oov_buckets": {k: v.oov_buckets for k, v in self.vocabs.items()},
             "vocabularies": {k: v.values for k, v in self.vocabs.items()},
+            "affinity": self.affinity.to_json() if self.affinity is not None else None,
+            "popularity": self.popularity.tolist(),
+            # +inf pads a category with fewer distinct prices than buckets (json writes it as Infinity)
+            "category_price_edges": self.category_price_edges.tolist(),
         }
         (d / "transform.json").write_text(json.dumps(payload))
 
@@ -195,12 +240,18 @@ class FeatureTransform:
         oov = payload["oov_buckets"]
         vocabs = {k: UnindexedVocabulary(k, 1 + oov[k] + len(v), oov[k]) if k in unindexed else Vocabulary(v, oov[k])
                   for k, v in payload["vocabularies"].items()}
+        affinity = payload.get("affinity")
         return cls(vocabs, np.array(payload["price_edges"]), FeatureConfig(**payload["config"]),
-                   token_cache_bytes=token_cache_bytes)
+                   token_cache_bytes=token_cache_bytes,
+                   affinity=QueryAffinity.from_json(affinity) if affinity else None,
+                   popularity=payload.get("popularity"), category_price_edges=payload.get("category_price_edges"))
 
     @property
     def sizes(self) -> dict[str, int]:
-        return {k: v.size for k, v in self.vocabs.items()} | {"price": len(self.price_edges) + 2}
+        """Embedding sizes: vocabularies, price buckets, and the affinity input's one table (fitted or not)."""
+        return {k: v.size for k, v in self.vocabs.items()} | {
+            "price": len(self.price_edges) + 2, "affinity": QueryAffinity.size_for(self.config.affinity_buckets),
+            "popularity": self.config.popularity_buckets + 1, "category_price": self.config.category_price_buckets + 1}
 
     # --- the transform ------------------------------------------------------------------------
     def tokens(self, text: str, length: int) -> np.ndarray:
@@ -243,6 +294,26 @@ class FeatureTransform:
         bucket = np.searchsorted(self.price_edges, np.nan_to_num(p, nan=0.0), side="right") + 1
         return np.where(np.isfinite(p) & (p >= 0), bucket, 0).astype(np.int32)
 
+    def category_price(self, category: np.ndarray, price: np.ndarray) -> np.ndarray:
+        """An item's price bucket among its category's training-period items (1 = cheapest; 0: no price or no
+        category), from category indices and prices."""
+        c = np.asarray(category, np.int64)
+        p = np.asarray(price, np.float64)
+        ok = np.isfinite(p) & (p >= 0) & (c > 0) & (c < len(self.category_price_edges))
+        e = self.category_price_edges[np.where(ok, c, 0)]
+        bucket = (np.nan_to_num(p, nan=0.0)[:, None] >= e).sum(axis=1) + 1
+        return np.where(ok, bucket, 0).astype(np.int32)
+
+    def query_affinity(self, query_tokens: np.ndarray, targets: dict[str, np.ndarray],
+                       row_request: np.ndarray | None = None) -> np.ndarray:
+        """The pair input `query_affinity` [N, AFFINITY_WIDTH] from ids: query token ids [N, Q] (or [R, Q] with
+        `row_request`) and each target's ids [N] (AFFINITY_TARGETS: the candidates' category and brand indices).
+        What `transform` and the model server's id path (shoprank.scoring.ranker) both call."""
+        if self.affinity is None:
+            n = len(next(iter(targets.values())))
+            return QueryAffinity.empty(n, self.config.affinity_buckets + 1)
+        return self.affinity.inputs(query_tokens, targets, row_request)
+
     def transform(self, batch: RawBatch) -> dict[str, np.ndarray]:
         """Model tensors for every candidate row of `batch` (the one function, see module doc)."""
         rr = np.asarray(batch.row_request, dtype=np.int64)
@@ -253,17 +324,38 @@ class FeatureTransform:
         hist_brand = self._sequence(batch.history_brands, self.vocabs["brand"])
         titles = [self.tokens(s, self.config.title_len) for s in batch.title]
         items, cats, brands = self.vocabs["item"], self.vocabs["category"], self.vocabs["brand"]
+        category = np.fromiter((cats.lookup(v) for v in batch.category), np.int32, len(rr))
+        brand = np.fromiter((brands.lookup(v) for v in batch.brand), np.int32, len(rr))
+        item_index = np.fromiter((items.lookup(v) for v in batch.item_id), np.int32, len(rr))
         return {
             "query_tokens": q[rr],
             "title_tokens": np.stack(titles) if titles else np.zeros((0, self.config.title_len), np.int32),
             "history_items": hist[rr],
             "history_categories": hist_cat[rr],
             "history_brands": hist_brand[rr],
-            "item_id": np.fromiter((items.lookup(v) for v in batch.item_id), np.int32, len(rr)),
-            "category": np.fromiter((cats.lookup(v) for v in batch.category), np.int32, len(rr)),
-            "brand": np.fromiter((brands.lookup(v) for v in batch.brand), np.int32, len(rr)),
+            "item_id": item_index,
+            "category": category,
+            "brand": brand,
             "price_bucket": self.price_bucket(batch.price),
+            "item_popularity": self.popularity[item_index],
+            "category_price": self.category_price(category, batch.price),
+            AFFINITY_INPUT: self.query_affinity(q, {"category": category, "brand": brand}, rr),
         }
+
+
+def _category_price_edges(category: np.ndarray, price: np.ndarray, n_categories: int, buckets: int) -> np.ndarray:
+    """[n_categories, buckets - 1] price quantiles of each category's items, +inf padded (unique edges only)."""
+    out = np.full((n_categories, buckets - 1), np.inf)
+    ok = np.isfinite(price) & (price >= 0) & (category > 0)
+    qs = np.linspace(0, 1, buckets + 1)[1:-1]
+    order = np.argsort(category[ok], kind="stable")
+    cats, prices = category[ok][order], price[ok][order]
+    bounds = np.flatnonzero(np.diff(cats)) + 1
+    for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(cats)]):
+        if hi > lo:
+            e = np.unique(np.quantile(prices[lo:hi], qs))
+            out[cats[lo], : len(e)] = e
+    return out
 
 
 class Catalogue:

@@ -4,8 +4,10 @@ The model (`shoprank.modeling.model`) is written as request tower -> pair head <
 it at those seams without a second definition of any layer:
 
     request tower   query tokens + behaviour history -> query, history (F each), request_hidden (H)
-    item tower      title tokens, item id, category, brand, price bucket -> title, candidate (F each), item_hidden (H)
-    pair head       relu(request_hidden + item_hidden + (query . title) w_qt + (history . candidate) w_hi) . w + b
+    item tower      title tokens, item id, category, brand, price bucket, popularity, category price
+                    -> title, candidate (F each), item_hidden (H)
+    pair head       relu(request_hidden + item_hidden + (query . title) w_qt + (history . candidate) w_hi
+                         + mean of A[query_affinity]) . w + b
 
 Each side's share of the hidden layer is the sum of its branches' projections (plus the bias, on the request
 side), so what is left for a (request, candidate) pair is two dot products of F numbers, two scaled adds of H
@@ -18,8 +20,10 @@ What is written to `<optimised model>/towers/`:
     item_tower.tflite     float32. It runs once per catalogue item when the tables are made and, on the server,
                           only for tensor requests; int8 there would cost accuracy and save nothing per request.
     head.npz              the pair head's float32 weights (w_query_title, w_history_item [H]; w_score [H];
-                          b_score []). The head stays float: it is ~3H multiply-adds per pair, so int8 saves
-                          nothing measurable while its 256-level output was what tied the int8 scores (issue 11).
+                          b_score []; affinity_hidden [affinity size, H], pre-divided by the input's width so
+                          that the head sums the looked-up rows). The head stays float: it is ~4H multiply-adds
+                          per pair, so int8 saves nothing measurable while its 256-level output was what tied the
+                          int8 scores (issue 11).
     towers.json           the vector layout (names and widths) and the files.
 """
 
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from shoprank.config import FeatureConfig, ShoprankConfig
+from shoprank.features.affinity import AFFINITY_WIDTH
 from shoprank.features.dataset import SplitData
 from shoprank.features.transform import INPUTS, ITEM_INPUTS, REQUEST_INPUTS, input_shapes
 from shoprank.layout import (
@@ -78,6 +83,8 @@ def head_weights(model: keras.Model) -> dict[str, np.ndarray]:
     return {"w_query_title": layers["hidden_query_title"].get_weights()[0].reshape(-1).astype(np.float32),
             "w_history_item": layers["hidden_history_item"].get_weights()[0].reshape(-1).astype(np.float32),
             "w_score": w_score.reshape(-1).astype(np.float32),
+            # The graph averages the input's columns' rows (GlobalAveragePooling1D); the head sums them.
+            "affinity_hidden": (layers["affinity_hidden"].get_weights()[0] / AFFINITY_WIDTH).astype(np.float32),
             "b_score": np.float32(b_score.reshape(())).reshape(())}
 
 

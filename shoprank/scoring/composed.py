@@ -5,7 +5,8 @@ tower (float) and a pair head (float weights). Scoring N candidates of R request
 
     request_vectors = request tower(query tokens, history)            R rows, int8 body, dequantised outputs
     item_vectors    = tables[candidate rows]  (or the item tower)     N rows, stored at `item_dtype` (float16)
-    scores          = PairHead(request_vectors[row_request], item_vectors)   N rows, float32
+    affinity        = transform.query_affinity(query tokens, candidates' category and brand)   N rows
+    scores          = PairHead(request_vectors[row_request], item_vectors, affinity)   N rows, float32
 
 `ComposedScorer.score` takes the model's whole input tensors (INPUTS: a tensor request, or the evaluator's test
 split) and runs the item tower on them, rounding its output through `item_dtype` as the tables store it, so the
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shoprank.features.affinity import AFFINITY_INPUT
 from shoprank.features.transform import INPUTS, ITEM_INPUTS, REQUEST_INPUTS
 from shoprank.layout import HEAD_FILE, ITEM_TOWER_FILE, REQUEST_TOWER_FILE, TOWERS_META
 from shoprank.scoring.backends import TFLiteTower
@@ -33,8 +35,9 @@ __all__ = ["ComposedScorer", "PairHead"]
 
 
 class PairHead:
-    """The pair head in numpy float32: relu(request_hidden + item_hidden + d @ W) . w_score + b_score, where d holds
-    each row's two dot products (query . title, history . candidate) and W their projections [2, H].
+    """The pair head in numpy float32: relu(request_hidden + item_hidden + d @ W + sum_j A[a_j]) . w_score + b_score,
+    where d holds each row's two dot products (query . title, history . candidate), W their projections [2, H], a
+    the row's affinity input (ids into A, the affinity rows of the hidden layer over the input's width).
 
     Request vectors are [R, F], [R, F], [R, H] (query, history, request_hidden); item vectors one [N, 2F + H]
     matrix (title | candidate | item_hidden), the tables' layout."""
@@ -45,6 +48,7 @@ class PairHead:
                                            dtype=np.float32)  # [2, H]
         self.w_score = np.ascontiguousarray(weights["w_score"], dtype=np.float32)  # [H]
         self.b_score = np.float32(weights["b_score"])
+        self.affinity = np.ascontiguousarray(weights["affinity_hidden"], dtype=np.float32)  # [size, H]
         self.hidden = int(self.w_score.size)
 
     @classmethod
@@ -52,10 +56,10 @@ class PairHead:
         with np.load(path) as z:
             return cls({k: z[k] for k in z.files}, f)
 
-    def logits(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray
-               ) -> np.ndarray:
+    def logits(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
+               affinity: np.ndarray) -> np.ndarray:
         """row_request: each item row's request (index into the request vectors); None when there is one request
-        (its vectors are broadcast, no gather)."""
+        (its vectors are broadcast, no gather). affinity: [N, width] ids, the rows' `query_affinity` input."""
         f = self.f
         n = items.shape[0]
         qh = np.concatenate([request["query"], request["history"]], axis=1)  # [R, 2F]
@@ -69,12 +73,13 @@ class PairHead:
             x += items[:, 2 * f:]
         d = pair.reshape(n, 2, f).sum(axis=2)  # [N, 2]: query . title, history . candidate
         x += d @ self.w_pair
+        x += np.take(self.affinity, affinity, axis=0).sum(axis=1)
         np.maximum(x, 0, out=x)
         return x @ self.w_score + self.b_score
 
-    def scores(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray
-               ) -> np.ndarray:
-        z = self.logits(request, row_request, items)
+    def scores(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
+               affinity: np.ndarray) -> np.ndarray:
+        z = self.logits(request, row_request, items, affinity)
         with np.errstate(over="ignore"):  # exp of a large negative logit: inf, and the score 0
             return (1.0 / (1.0 + np.exp(-z))).astype(np.float32, copy=False)
 
@@ -121,10 +126,12 @@ class ComposedScorer:
         vectors = np.concatenate([out[k] for k in self.meta["item_vectors"]], axis=1)
         return vectors.astype(self.item_dtype).astype(np.float32, copy=False)
 
-    def score_pairs(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray
-                    ) -> np.ndarray:
-        """Scores of N item rows against R requests' vectors; row_request maps rows to requests (None: R is 1)."""
-        return self.head.scores(request, None if row_request is None else np.asarray(row_request, np.intp), items)
+    def score_pairs(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
+                    affinity: np.ndarray) -> np.ndarray:
+        """Scores of N item rows against R requests' vectors; row_request maps rows to requests (None: R is 1);
+        affinity: the rows' pair input ([N, width] ids, `FeatureTransform.query_affinity`)."""
+        return self.head.scores(request, None if row_request is None else np.asarray(row_request, np.intp), items,
+                                np.asarray(affinity, np.intp))
 
     def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Scores of N rows of the model's whole input tensors (INPUTS): the request tower and the item tower on
@@ -132,4 +139,5 @@ class ComposedScorer:
         n = len(features[INPUTS[0]])
         if n == 0:
             return np.zeros(0, np.float32)
-        return self.score_pairs(self.request_vectors(features), np.arange(n), self.item_vectors(features))
+        return self.score_pairs(self.request_vectors(features), np.arange(n), self.item_vectors(features),
+                                features[AFFINITY_INPUT])

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_TARGETS
 from shoprank.features.transform import REQUEST_INPUTS, FeatureTransform
 from shoprank.layout import (
     ITEMS_DIR,
@@ -132,6 +133,14 @@ class Ranker:
                     hist[i, req, place] = np.take(col, history_rows)
         return {"query_tokens": q, "history_items": hist[0], "history_categories": hist[1], "history_brands": hist[2]}
 
+    def affinity(self, query_tokens: np.ndarray, rows: np.ndarray, row_request: np.ndarray | None) -> np.ndarray:
+        """The pair input of candidate rows (table rows `rows`) against their requests' query tokens [R, Q]
+        (row_request None: one request), from the candidates' category and brand indices in the tables: the same
+        `FeatureTransform.query_affinity` that preprocessing ran."""
+        targets = {t: np.take(self.items.inputs[t], rows) for t in AFFINITY_TARGETS}
+        rr = np.zeros(len(rows), np.intp) if row_request is None else row_request
+        return self.transform.query_affinity(query_tokens, targets, rr)
+
     def _recent(self, histories: Sequence[Sequence[str]]) -> list[str]:
         length = self.transform.config.history_len
         return [x for h in histories for x in h[-length:]]
@@ -154,6 +163,7 @@ class Ranker:
         req = self.request_inputs(queries, histories, history_rows)
         rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
         tensors = {k: np.take(req[k], rr, axis=0) for k in REQUEST_INPUTS} | self.items.item_inputs(rows)
+        tensors[AFFINITY_INPUT] = self.affinity(req["query_tokens"], rows, rr)
         return tensors, ~self.items.known(rows)
 
     def score(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
@@ -169,20 +179,22 @@ class Ranker:
         if not len(rows):
             return np.zeros(0, np.float32), unknown
         rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates]) if len(candidates) > 1 else None
-        vectors = self.scorer.request_vectors(self.request_inputs(queries, histories, history_rows))
-        return self.scorer.score_pairs(vectors, rr, self.items.item_vectors(rows)), unknown
+        req = self.request_inputs(queries, histories, history_rows)
+        vectors = self.scorer.request_vectors(req)
+        affinity = self.affinity(req["query_tokens"], rows, rr)
+        return self.scorer.score_pairs(vectors, rr, self.items.item_vectors(rows), affinity), unknown
 
     def score_rows(self, request_tensors: dict[str, np.ndarray], row_request: np.ndarray,
                    item_ids: Sequence[str]) -> np.ndarray:
         """Scores of rows given as model request tensors (R rows, REQUEST_INPUTS), each row's request and its
         item id: the served composition below the text transform (the gate scores the whole test split with it)."""
-        if not self.composed:
-            rows = self.items.rows(list(item_ids))
-            tensors = {k: np.take(request_tensors[k], row_request, axis=0) for k in REQUEST_INPUTS}
-            return self.scorer.score(tensors | self.items.item_inputs(rows))
         rows = self.items.rows(list(item_ids))
+        affinity = self.affinity(request_tensors["query_tokens"], rows, np.asarray(row_request, np.intp))
+        if not self.composed:
+            tensors = {k: np.take(request_tensors[k], row_request, axis=0) for k in REQUEST_INPUTS}
+            return self.scorer.score(tensors | self.items.item_inputs(rows) | {AFFINITY_INPUT: affinity})
         vectors = self.scorer.request_vectors(request_tensors)
-        return self.scorer.score_pairs(vectors, row_request, self.items.item_vectors(rows))
+        return self.scorer.score_pairs(vectors, row_request, self.items.item_vectors(rows), affinity)
 
     def rank(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
              candidates: Sequence[Sequence[str]]) -> list[RankedList]:

@@ -55,3 +55,34 @@ def test_price_buckets_are_monotone():
     t = _transform()
     b = t.price_bucket(np.array([0.0, 10.0, 15.0, 25.0, 1e6, np.nan, -1.0]))
     assert list(b[:5]) == sorted(b[:5]) and b[5] == 0 and b[6] == 0 and b[4] == len(t.price_edges) + 1
+
+
+def _stats_transform():
+    ids = [f"i{k}" for k in range(8)]
+    cats = ["shoes"] * 4 + ["hats"] * 4
+    prices = np.array([10.0, 20.0, 30.0, 40.0, 100.0, 200.0, 300.0, 400.0])
+    fc = FeatureConfig(query_len=2, title_len=2, history_len=2, oov_buckets=2, min_token_count=1, price_buckets=4,
+                       popularity_buckets=4, category_price_buckets=2)
+    counts = np.array([1, 10, 100, 1000, 0, 1, 1, 1])
+    return FeatureTransform.fit([], [""] * 8, ids, cats, ["b"] * 8, prices, fc, item_counts=counts), ids, cats
+
+
+def test_item_popularity_follows_training_counts_and_unknown_items_get_none():
+    t, ids, cats = _stats_transform()
+    batch = Catalogue(ids, [""] * 8, cats, ["b"] * 8, np.arange(8.0)).batch([""], [[]], [[*ids, "new"]])[0]
+    pop = t.transform(batch)["item_popularity"]
+    assert list(pop[:4]) == sorted(pop[:4]) and pop[3] > pop[0] > 0
+    assert pop[4] == 0  # never seen in the training period: not in the vocabulary either
+    assert pop[8] == 0  # unknown id (an OOV bucket)
+    assert pop.max() < t.sizes["popularity"]
+
+
+def test_category_price_is_the_price_among_the_category_s_items():
+    """A 40 pair of shoes is the dear end of shoes, a 100 hat the cheap end of hats, although the hat costs more:
+    what the global price bucket cannot say."""
+    t, _, _ = _stats_transform()
+    cat = t.vocabs["category"]
+    c = np.array([cat.lookup("shoes"), cat.lookup("hats"), cat.lookup("shoes"), cat.lookup("hats"), 0])
+    b = t.category_price(c, np.array([40.0, 100.0, np.nan, 350.0, 10.0]))
+    assert b.tolist() == [2, 1, 0, 2, 0]
+    assert t.price_bucket(np.array([40.0]))[0] < t.price_bucket(np.array([100.0]))[0]

@@ -61,7 +61,7 @@ def test_composition_of_the_towers_equals_the_whole_graph(tiny_model, tiny_featu
     it = item({k: batch[k] for k in ITEM_INPUTS}, training=False)
     vectors = np.concatenate([it[k].numpy() for k in ("title", "candidate", "item_hidden")], axis=1)
     head = PairHead(head_weights(model), req["query"].shape[1])
-    np.testing.assert_allclose(head.scores(req, np.arange(700), vectors), whole, atol=2e-6)
+    np.testing.assert_allclose(head.scores(req, np.arange(700), vectors, batch["query_affinity"]), whole, atol=2e-6)
 
 
 def test_int8_composition_tracks_the_float_model_at_full_resolution(optimized, tiny_features):

@@ -3,6 +3,7 @@ implementation must match array for array on data that fits in memory (see test_
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 
 from shoprank.config import ShoprankConfig
 from shoprank.data.validation import timestamp_window, validate_table
+from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_TARGETS, AFFINITY_WIDTH, request_folds
 from shoprank.features.transform import Catalogue, FeatureTransform, RawBatch
 from shoprank.schema import CATALOGUE, EVENTS, IMPRESSIONS, INTEREST_EVENTS, top_category
 
@@ -63,9 +65,13 @@ def reference_preprocess(raw_dir: str | Path, config: ShoprankConfig, now: int) 
     past_items = pd.unique(np.concatenate([imps.loc[imps["timestamp"] < t1, "item_id"].to_numpy(),
                                            events.loc[events["timestamp"] < t1, "item_id"].to_numpy()]))
     past_cat = catalogue.set_index("item_id").loc[past_items].reset_index()
+    # Training-period occurrences per item (impressions and events before t1): the popularity buckets' counts.
+    occurrences = pd.concat([imps.loc[imps["timestamp"] < t1, "item_id"],
+                             events.loc[events["timestamp"] < t1, "item_id"]]).value_counts()
     transform = FeatureTransform.fit(requests.loc[requests["split"] == 0, "query"].to_numpy(), past_cat["title"],
                                      past_cat["item_id"], past_cat["category"], past_cat["brand"],
-                                     past_cat["price"].to_numpy(), fc)
+                                     past_cat["price"].to_numpy(), fc,
+                                     item_counts=occurrences.reindex(past_cat["item_id"]).to_numpy())
     cat = Catalogue(catalogue["item_id"], catalogue["title"], catalogue["category"], catalogue["brand"],
                     catalogue["price"].to_numpy())
     hist_items, _ = build_histories(events, requests["user_id"].to_numpy(object),
@@ -94,4 +100,63 @@ def reference_preprocess(raw_dir: str | Path, config: ShoprankConfig, now: int) 
                    "position": sub["position"].fillna(-1).to_numpy(np.int16),
                    "top_category": top_code[crow].astype(np.int16)}
         out[name] = arrays
+    affinity = reference_affinity(out, config, transform.sizes)
+    for name in SPLITS:
+        out[name][AFFINITY_INPUT] = affinity[name]
     return out
+
+
+def reference_affinity(out: dict, config: ShoprankConfig, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """The query affinity input of every split, counted with dicts row by row (shoprank.features.affinity's
+    definition, written independently): training rows out of fold, other splits from all training rows."""
+    fc = config.features
+    train = out[SPLITS[0]]
+    label = train[config.train.label]
+    fold = request_folds(train["request"], fc.affinity_folds, config.train.seed)
+    alpha = fc.affinity_smoothing
+    columns = {name: [] for name in SPLITS}
+    for target in AFFINITY_TARGETS:
+        n_targets = sizes[target]
+
+        def counts(rows):
+            pair, tok, tgt = Counter(), Counter(), Counter()
+            for r in rows:
+                c = int(train[target][r])
+                if label[r] <= 0 or c <= 0:
+                    continue
+                tgt[c] += 1
+                for t in {int(x) for x in train["query_tokens"][r]} - {0}:
+                    pair[t, c] += 1
+                    tok[t] += 1
+            total = sum(tgt.values()) or 1
+            return pair, tok, {c: v / total for c, v in tgt.items()}
+
+        def shares(tokens, targets, tables):
+            pair, tok, prior = tables
+            vals = np.full((len(targets), 2), np.nan)
+            for i, (q, c) in enumerate(zip(tokens, targets)):
+                toks = sorted({int(x) for x in q} - {0})
+                c = int(c)
+                if not toks or c <= 0 or c >= n_targets:
+                    continue
+                v = [(pair[t, c] + alpha * prior.get(c, 0.0)) / (tok[t] + alpha) for t in toks]
+                vals[i] = max(v), sum(v) / len(v)
+            return vals
+
+        raw = {name: np.full((len(out[name][target]), 2), np.nan) for name in SPLITS}
+        for f in range(fc.affinity_folds):
+            rows = np.flatnonzero(fold == f)
+            raw[SPLITS[0]][rows] = shares(train["query_tokens"][rows], train[target][rows],
+                                          counts(np.flatnonzero(fold != f)))
+        everything = counts(range(len(label)))
+        for name in SPLITS[1:]:
+            raw[name] = shares(out[name]["query_tokens"], out[name][target], everything)
+        tmax = raw[SPLITS[0]][:, 0]
+        qs = np.linspace(0, 1, fc.affinity_buckets + 1)[1:-1]
+        edges = np.unique(np.quantile(tmax[np.isfinite(tmax)], qs)) if np.isfinite(tmax).any() else np.zeros(0)
+        for name in SPLITS:
+            b = np.searchsorted(edges, np.nan_to_num(raw[name], nan=0.0), side="right") + 1
+            columns[name].append(np.where(np.isfinite(raw[name]), b, 0))
+    size = fc.affinity_buckets + 1
+    return {name: (np.concatenate(cols, axis=1) + np.arange(AFFINITY_WIDTH) * size).astype(np.int32)
+            for name, cols in columns.items()}

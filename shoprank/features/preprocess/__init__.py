@@ -33,6 +33,8 @@ The stages, one module each, pass frozen dataclasses to each other (`driver.prep
     fit.fit_transform                 -> FittedTransform   vocabularies of the training period, item tensors
     histories.write_ordered_buckets   -> OrderedBuckets    histories; requests and rows in order, bucketed
     tensors.write_tensors             -> WrittenSplits     model tensors per split, golden requests
+    affinity.write_affinity           -> AffinitySummary   query -> category/brand tables from the training
+                                                           labels; the pair input of every split
     report.write_report               -> dict              golden_requests.json, report.json
 
 Layout of the features directory (one folder per split):

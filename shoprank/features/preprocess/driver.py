@@ -12,6 +12,7 @@ from shoprank.config import ShoprankConfig
 from shoprank.data.sources import read_source_info
 from shoprank.data.streaming import clear_directory
 from shoprank.data.validation import QUARANTINE_SCHEMA, timestamp_window
+from shoprank.features.preprocess.affinity import write_affinity
 from shoprank.features.preprocess.catalogue import read_catalogue
 from shoprank.features.preprocess.context import Progress, RunContext, StageTimer
 from shoprank.features.preprocess.fit import fit_transform
@@ -55,8 +56,10 @@ def preprocess(raw_dir: str | Path, features_dir: str | Path, transform_dir: str
         buckets = write_ordered_buckets(ctx, rows, clean, requests, len(catalogue.items), fitted.train_item_counts)
         # 6. One bucket at a time: model tensors appended to each split's files.
         written = write_tensors(ctx, catalogue.items, requests, fitted, buckets)
-        # 7. golden_requests.json and report.json.
-        return write_report(ctx, catalogue, rows, clean, requests, fitted, written)
+        # 7. The query affinity tables from the training split's labels; its input for every split.
+        affinity = write_affinity(ctx, fitted)
+        # 8. golden_requests.json and report.json.
+        return write_report(ctx, catalogue, rows, clean, requests, fitted, written, affinity)
     finally:
         quarantine.close()
         clear_directory(work)

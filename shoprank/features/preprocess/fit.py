@@ -23,12 +23,12 @@ from shoprank.features.preprocess.catalogue import CatalogueData
 from shoprank.features.preprocess.context import RunContext, read_ipc, strings
 from shoprank.features.preprocess.requests import CleanPartitions
 from shoprank.features.preprocess.splits import OrderedRequests
-from shoprank.features.transform import FeatureTransform, RawBatch
+from shoprank.features.transform import ITEM_INPUTS, FeatureTransform, RawBatch
 from shoprank.schema import top_category
 
 __all__ = ["NO_CATEGORY", "ROW_INPUTS", "FittedTransform", "fit_transform", "item_tensors"]
 
-ROW_INPUTS = ("title_tokens", "item_id", "category", "brand", "price_bucket")  # depend on the item only
+ROW_INPUTS = ITEM_INPUTS  # depend on the item only
 NO_CATEGORY = "(no category)"
 
 
@@ -72,7 +72,7 @@ def fit_transform(ctx: RunContext, cat: CatalogueData, clean: CleanPartitions, r
     train_queries = (q for q, c in query_counts.items() for _ in range(c))
     ids = strings(cat.ids)
     transform = FeatureTransform.fit(train_queries, cat.title[past], ids[past], cat.category[past],
-                                     cat.brand[past], cat.price[past], fc)
+                                     cat.brand[past], cat.price[past], fc, item_counts=counts[past])
     transform.save(ctx.transform_dir)
     pq.write_table(pa.table({"item_id": ids, "title": cat.title, "category": cat.category, "brand": cat.brand,
                              "price": cat.price}), ctx.transform_dir / "catalogue.parquet")

@@ -1,4 +1,4 @@
-"""Stage 7, the report: golden_requests.json and report.json (validation counts, split sizes, vocabulary
+"""Stage 8, the report: golden_requests.json and report.json (validation counts, split sizes, vocabulary
 sizes, partition and bucket counts, seconds and peak RSS per stage); the report is also returned."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+from shoprank.features.preprocess.affinity import AffinitySummary
 from shoprank.features.preprocess.catalogue import CheckedCatalogue
 from shoprank.features.preprocess.context import RunContext
 from shoprank.features.preprocess.fit import FittedTransform
@@ -18,7 +19,8 @@ __all__ = ["write_report"]
 
 
 def write_report(ctx: RunContext, catalogue: CheckedCatalogue, rows: PartitionedRows, clean: CleanPartitions,
-                 requests: OrderedRequests, fitted: FittedTransform, written: WrittenSplits) -> dict:
+                 requests: OrderedRequests, fitted: FittedTransform, written: WrittenSplits,
+                 affinity: AffinitySummary) -> dict:
     """Write golden_requests.json and report.json; returns the report."""
     (ctx.out / "golden_requests.json").write_text(json.dumps(list(written.golden), indent=1))
     timer = ctx.timer
@@ -29,6 +31,7 @@ def write_report(ctx: RunContext, catalogue: CheckedCatalogue, rows: Partitioned
               "task": rows.task, "split_mode": requests.mode, "validation": clean.validation,
               "quarantined_rows": int(clean.quarantined), "splits": written.splits,
               "split_times": requests.split_times, "vocabulary_sizes": fitted.transform.sizes,
+              "query_affinity_pairs": affinity.pairs,
               "rows_in": {"events": rows.n_events, "impressions": rows.n_impressions,
                           "catalogue": catalogue.report.rows_in},
               "partitions": {"events": rows.events.parts,

@@ -27,11 +27,13 @@ from shoprank.features.preprocess.context import RunContext, strings
 from shoprank.features.preprocess.fit import ROW_INPUTS, FittedTransform
 from shoprank.features.preprocess.histories import ROW_OUT, OrderedBuckets
 from shoprank.features.preprocess.splits import OrderedRequests
-from shoprank.features.transform import INPUTS, FeatureTransform, RawBatch
+from shoprank.features.transform import INPUTS, PAIR_INPUTS, FeatureTransform, RawBatch
 
-__all__ = ["HISTORY_INPUTS", "TEST_REQUESTS", "WrittenSplits", "query_tensors", "write_tensors"]
+__all__ = ["HISTORY_INPUTS", "STREAMED_INPUTS", "TEST_REQUESTS", "WrittenSplits", "query_tensors", "write_tensors"]
 
 HISTORY_INPUTS = {"history_items": "item_id", "history_categories": "category", "history_brands": "brand"}
+# The inputs written here: all but the pair inputs, which the affinity stage writes once the training labels are in.
+STREAMED_INPUTS = tuple(k for k in INPUTS if k not in PAIR_INPUTS)
 # test/requests.parquet: one row per test request, in the split's order (the `request` column's codes).
 TEST_REQUESTS = pa.schema([("request_id", pa.string()), ("query", pa.string()),
                            ("history", pa.list_(pa.string()))])
@@ -60,7 +62,7 @@ def write_tensors(ctx: RunContext, cat: CatalogueData, requests: OrderedRequests
         n = requests.split_rows[s]
         tails = {"query_tokens": (fc.query_len,), "title_tokens": (fc.title_len,)} | {
             k: (hist_len,) for k in HISTORY_INPUTS}
-        w = {k: NpyWriter(d / f"{k}.npy", np.int32, n, tails.get(k, ())) for k in INPUTS}
+        w = {k: NpyWriter(d / f"{k}.npy", np.int32, n, tails.get(k, ())) for k in STREAMED_INPUTS}
         w |= {k: NpyWriter(d / f"{k}.npy", np.int8, n) for k in (*LABEL_COLUMNS, "gain")}
         w |= {"oracle": NpyWriter(d / "oracle.npy", np.float32, n),
               "position": NpyWriter(d / "position.npy", np.int16, n),
@@ -93,7 +95,7 @@ def write_tensors(ctx: RunContext, cat: CatalogueData, requests: OrderedRequests
         tensors |= {k: _gather(items[src], hist)[rr] for k, src in HISTORY_INPUTS.items()}
         tensors |= {k: items[k][item] for k in ROW_INPUTS}
         w = writers[name]
-        for k in INPUTS:
+        for k in STREAMED_INPUTS:
             w[k].write(tensors[k])
         for c in (*LABEL_COLUMNS, "gain"):
             w[c].write(rw[c].to_numpy(zero_copy_only=False))
@@ -206,6 +208,6 @@ def _check_assembly(transform: FeatureTransform, cat: CatalogueData, rq: pa.Tabl
                      item_id=cat_ids[item[rows]], title=cat.title[item[rows]], category=cat.category[item[rows]],
                      brand=cat.brand[item[rows]], price=cat.price[item[rows]])
     direct = transform.transform(batch)
-    for key in INPUTS:
+    for key in STREAMED_INPUTS:
         if not np.array_equal(direct[key], tensors[key][rows]):
             raise RuntimeError(f"preprocess: assembled '{key}' differs from FeatureTransform.transform")

@@ -1,0 +1,64 @@
+"""Stage 7, the query affinity (shoprank.features.affinity): counted from the written training split's labels,
+after the tensors, because it needs every training row's query tokens, category, brand and label.
+
+The tables go into the transform (saved again, so serving computes the input from the same tables); the input
+is written beside the other model inputs: training rows out of fold, validation and test rows (and serving)
+from the tables of the whole training split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shoprank.data.streaming import NpyWriter, iter_slices
+from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_TARGETS, AFFINITY_WIDTH, QueryAffinity
+from shoprank.features.dataset import SPLITS, load_split
+from shoprank.features.preprocess.context import RunContext
+from shoprank.features.preprocess.fit import FittedTransform
+
+__all__ = ["AffinitySummary", "write_affinity"]
+
+
+@dataclass(frozen=True)
+class AffinitySummary:
+    """What the report says of the stage: table sizes (pairs with a click) and the seconds it took."""
+
+    pairs: dict[str, int]
+    seconds: float
+
+
+def write_affinity(ctx: RunContext, fitted: FittedTransform, chunk_rows: int = 500_000) -> AffinitySummary:
+    """Fit the tables on the training split, write `<split>/query_affinity.npy` for every split and save the
+    transform with its tables."""
+    config, transform = ctx.config, fitted.transform
+    fc = config.features
+    train = load_split(ctx.out, SPLITS[0])
+    sizes = transform.sizes
+    targets = {name: np.asarray(train.column(name)) for name in AFFINITY_TARGETS}
+    affinity, train_inputs = QueryAffinity.fit(
+        np.asarray(train.column("query_tokens")), targets, np.asarray(train.column(config.train.label)),
+        np.asarray(train.column("request")), sizes["token"], {name: sizes[name] for name in AFFINITY_TARGETS},
+        fc.affinity_buckets, fc.affinity_smoothing, fc.affinity_folds, config.train.seed)
+    del targets
+    transform.affinity = affinity
+    for name in SPLITS:
+        split = load_split(ctx.out, name)
+        n = split.rows
+        writer = NpyWriter(split.directory / f"{AFFINITY_INPUT}.npy", np.int32, n, (AFFINITY_WIDTH,))
+        if name == SPLITS[0]:
+            writer.write(train_inputs)
+        else:
+            tokens = split.column("query_tokens")
+            cols = {t: split.column(t) for t in AFFINITY_TARGETS}
+            for s in iter_slices(n, chunk_rows):
+                writer.write(transform.query_affinity(np.asarray(tokens[s]),
+                                                      {t: np.asarray(c[s]) for t, c in cols.items()}))
+        writer.close()
+    transform.save(ctx.transform_dir)
+    secs = ctx.timer.mark("query_affinity")
+    pairs = {name: int(t.keys.size) for name, t in affinity.tables.items()}
+    ctx.progress(f"[preprocess] query affinity: token x target pairs with a '{config.train.label}' {pairs}, "
+                 f"{fc.affinity_folds} folds for the training rows ({secs:.1f}s)")
+    return AffinitySummary(pairs, round(secs, 2))

@@ -1,0 +1,133 @@
+"""The query -> category/brand affinity (shoprank.features.affinity): its counts against a hand computation, the
+out-of-fold values of training rows, the raw-text path against the id path (what serving runs), persistence,
+and the unfitted transform. The whole preprocessing output is compared with an independent dict-based count in
+tests/features/test_streaming.py (tests/support/reference_preprocess.py)."""
+
+import numpy as np
+import pytest
+
+from shoprank.config import FeatureConfig
+from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_WIDTH, QueryAffinity, TokenShareTable
+from shoprank.features.dataset import load_split
+from shoprank.features.transform import Catalogue, FeatureTransform
+
+# Rows: query tokens (0 = padding), target id, clicked, request.
+TOKENS = np.array([[5, 6, 0], [5, 0, 0], [6, 6, 0], [5, 6, 0], [7, 0, 0], [0, 0, 0]])
+TARGET = np.array([1, 2, 1, 1, 2, 1])
+CLICKED = np.array([1, 1, 1, 0, 1, 1])
+REQUEST = np.arange(6)
+
+
+def _fit(folds=2, smoothing=1.0, buckets=4):
+    return TokenShareTable.fit(TOKENS, TARGET, CLICKED, REQUEST, n_tokens=8, n_targets=3, buckets=buckets,
+                               smoothing=smoothing, folds=folds, seed=0)
+
+
+def test_shares_match_a_hand_count():
+    table, _ = _fit(smoothing=1.0)
+    # Clicked rows with a target: targets 1, 2, 1, 2, 1 -> prior(1) = 3/5, prior(2) = 2/5. Token 5: clicked rows 0
+    # (target 1) and 1 (target 2); token 6: rows 0 and 2, once per row although row 2 repeats it; token 7: row 4.
+    s = table.shares(np.array([[5, 6, 0], [7, 0, 0], [0, 0, 0], [5, 0, 0]]), np.array([1, 1, 1, 0]))
+    share_5 = (1 + 0.6) / (2 + 1)
+    share_6 = (2 + 0.6) / (2 + 1)
+    share_7 = (0 + 0.6) / (1 + 1)
+    np.testing.assert_allclose(s[0], [share_6, (share_5 + share_6) / 2])
+    np.testing.assert_allclose(s[1], [share_7, share_7])
+    assert np.isnan(s[2]).all() and np.isnan(s[3]).all()  # no query token; no target
+
+
+def test_training_rows_get_out_of_fold_values():
+    """A row's own click is not inside its value: with one row per fold (6 folds over 6 requests), row 4's token 7
+    occurs nowhere else, so its share is the prior alone; the table of all rows counts its click."""
+    table, own = TokenShareTable.fit(TOKENS, TARGET, CLICKED, REQUEST, n_tokens=8, n_targets=3, buckets=4,
+                                     smoothing=1.0, folds=6, seed=0)
+    assert table.shares(TOKENS[4:5], TARGET[4:5])[0, 0] == pytest.approx((1 + 0.4) / (1 + 1))
+    from shoprank.features.affinity import request_folds
+
+    fold = request_folds(REQUEST, 6, 0)
+    if len(set(fold.tolist())) == 6:  # the hash spreads the six requests over six folds: exact expectation
+        others = np.flatnonzero(fold != fold[4])
+        part, _ = TokenShareTable.fit(TOKENS[others], TARGET[others], CLICKED[others], REQUEST[others], 8, 3, 4, 1.0,
+                                      1, 0)
+        assert table.bucketise(part.shares(TOKENS[4:5], TARGET[4:5]))[0].tolist() == own[4].tolist()
+    assert own.shape == (6, 2) and own.dtype == np.int32
+    assert own[5].tolist() == [0, 0]  # no query token: nothing to go on
+
+
+def test_buckets_are_quantiles_of_the_training_max_and_nan_is_zero():
+    table, own = _fit(buckets=4)
+    assert len(table.edges) <= 3 and np.all(np.diff(table.edges) > 0)
+    b = table.bucketise(np.array([[np.nan, np.nan], [-1.0, -1.0], [2.0, 2.0]]))
+    assert b[0].tolist() == [0, 0] and b[1].tolist() == [1, 1] and b[2].tolist() == [len(table.edges) + 1] * 2
+    assert own.max() <= 4
+
+
+def _catalogue():
+    return Catalogue(["a", "b", "c", "d"], ["red shoe", "blue shoe", "green hat", "wool hat"],
+                     ["wear/shoes", "wear/shoes", "wear/hats", "wear/hats"], ["nike", "puma", "kangol", "nike"],
+                     np.array([10.0, 20.0, 30.0, 40.0]))
+
+
+def _fitted_transform():
+    fc = FeatureConfig(query_len=4, title_len=4, history_len=3, oov_buckets=2, min_token_count=1, price_buckets=2,
+                       affinity_buckets=4, affinity_folds=2)
+    cat = _catalogue()
+    t = FeatureTransform.fit(["red shoe", "hat", "shoe"], cat.title, cat.item_id, cat.category, cat.brand,
+                             cat.price, fc)
+    batch, _ = cat.batch(["red shoe", "hat", "shoe", "wool hat"], [[], [], [], []],
+                         [["a", "b", "c"], ["c", "d"], ["b", "a"], ["d", "c", "a"]])
+    x = t.transform(batch)
+    clicked = np.array([1, 0, 0, 1, 0, 1, 0, 0, 1, 0])
+    sizes = t.sizes
+    t.affinity, _ = QueryAffinity.fit(x["query_tokens"], {"category": x["category"], "brand": x["brand"]}, clicked,
+                                      batch.row_request, sizes["token"],
+                                      {"category": sizes["category"], "brand": sizes["brand"]}, 4, 1.0, 2, 0)
+    return t, cat
+
+
+def test_raw_text_path_equals_the_id_path_serving_runs():
+    """The transform on raw fields and `query_affinity` on ids (request tokens once per request, the candidates'
+    category and brand indices: what shoprank.scoring.ranker computes) give the same input."""
+    t, cat = _fitted_transform()
+    batch, _ = cat.batch(["red hat", "", "nike shoe"], [[], ["a"], []], [["a", "c", "zz"], ["b"], ["d", "a"]])
+    x = t.transform(batch)
+    q = np.stack([t.tokens(s, t.config.query_len) for s in batch.queries])
+    ids = t.query_affinity(q, {"category": x["category"], "brand": x["brand"]}, batch.row_request)
+    np.testing.assert_array_equal(x[AFFINITY_INPUT], ids)
+    assert x[AFFINITY_INPUT].shape == (6, AFFINITY_WIDTH)
+    size = t.config.affinity_buckets + 1
+    cols = x[AFFINITY_INPUT] - np.arange(AFFINITY_WIDTH) * size
+    assert ((cols >= 0) & (cols < size)).all() and (x[AFFINITY_INPUT] < t.sizes["affinity"]).all()
+    assert (cols[2] == 0).all()  # unknown candidate: no category, no brand
+    assert (cols[3] == 0).all()  # empty query
+    assert (cols[0] > 0).all()
+
+
+def test_tables_survive_save_and_load(tmp_path):
+    t, cat = _fitted_transform()
+    t.save(tmp_path)
+    loaded = FeatureTransform.load(tmp_path)
+    batch, _ = cat.batch(["red shoe hat"], [[]], [["a", "b", "c", "d"]])
+    np.testing.assert_array_equal(loaded.transform(batch)[AFFINITY_INPUT], t.transform(batch)[AFFINITY_INPUT])
+
+
+def test_unfitted_transform_says_nothing_to_go_on():
+    fc = FeatureConfig(affinity_buckets=8)
+    cat = _catalogue()
+    t = FeatureTransform.fit(["shoe"], cat.title, cat.item_id, cat.category, cat.brand, cat.price, fc)
+    batch, _ = cat.batch(["shoe"], [[]], [["a", "b"]])
+    assert t.transform(batch)[AFFINITY_INPUT].tolist() == [[0, 9, 18, 27]] * 2
+    assert t.sizes["affinity"] == 36
+
+
+def test_preprocessed_affinity_tracks_clicks(tiny_features, tiny_config):
+    """On the tiny shop: validation rows in higher category-share buckets are clicked more often (the signal the
+    reference led by), and every value is inside the embedding table."""
+    split = load_split(tiny_features[0], "validation")
+    x = np.asarray(split.column(AFFINITY_INPUT))
+    clicked = np.asarray(split.column("clicked")).astype(float)
+    top = x[:, 0]  # the category max: column 0, no offset
+    known = top > 0
+    low, high = np.quantile(top[known], [0.25, 0.75])
+    assert clicked[known & (top >= high)].mean() > 1.5 * clicked[known & (top <= low)].mean()
+    assert x.max() < FeatureTransform.load(tiny_features[1]).sizes["affinity"]
