@@ -5,19 +5,25 @@ held t that went to items of category c, smoothed towards c's share of all click
 
     share(t, c) = (clicks(t, c) + smoothing * prior(c)) / (clicks(t) + smoothing),
 
-and for a (request, candidate) row the max and the mean of share(t, candidate's category) over the query's
-distinct tokens, each cut into `buckets` quantile buckets of the training rows' values (0 = no query token or no
-category). The same for the candidate's brand. Together one int32 model input, `query_affinity` [N, 4] (see
-`QueryAffinity`): a pair input, computed per (request, candidate) row.
+and the click rate of the pair when shown, smoothed towards the overall click rate,
+
+    rate(t, c) = (clicks(t, c) + rate_smoothing * click rate) / (impressions(t, c) + rate_smoothing).
+
+For a (request, candidate) row: the max and the mean of share(t, candidate's category) and the mean of rate(t,
+candidate's category) over the query's distinct tokens, each cut into `buckets` quantile buckets of the training
+rows' values (0 = no query token or no category). The same for the candidate's brand. Together one int32 model
+input, `query_affinity` [N, 6] (see `QueryAffinity`): a pair input, computed per (request, candidate) row.
 
 Why: LightGBM's lead over the network (issue 14) was 77% this one statistic (`tok_cat_click_share_max` and
-`_mean` of the reference's gain). The network's query . title dot product has to learn the same thing from 800k
-rows through a token embedding, and does it poorly; a table counted from the training clicks does it exactly.
+`_mean` of the reference's gain; token x category/brand click rates were most of the rest). The network's
+query . title dot product has to learn the same thing from 800k rows through a token embedding, and does it
+poorly; a table counted from the training clicks does it exactly.
 
 Why a table of ids: it is keyed by the transform's own token and category ids, so the one `FeatureTransform`
 computes it from a raw request at serving time and from the stored arrays at preprocessing, and the model server
 can compute it from a request's token ids and its candidates' category ids without strings. Stored sparse (only
-pairs with a click; unseen pairs are the prior alone): a real catalogue has 10^5 tokens x 10^3 categories.
+pairs shown in the training period; unseen pairs get the priors alone): a real catalogue has 10^5 tokens x 10^3
+categories. Not tested at that size: transform.json holds the pairs as JSON lists (tens of MB at 10^6 pairs).
 
 No leakage: the table is counted on the training split only, and a training row's own value comes from the
 other folds (`fit(..., folds=)`: by request, so a request's rows share a fold). Without that a row's own click is
@@ -35,8 +41,9 @@ __all__ = ["AFFINITY_INPUT", "AFFINITY_TARGETS", "AFFINITY_WIDTH", "QueryAffinit
 
 AFFINITY_INPUT = "query_affinity"
 AFFINITY_TARGETS = ("category", "brand")  # the candidate fields a query's words are matched to
-# Per target: [bucket of the max over the query's tokens, bucket of the mean].
-AFFINITY_WIDTH = 2 * len(AFFINITY_TARGETS)
+# Per target: buckets of [max share, mean share, mean click rate] over the query's tokens.
+COLUMNS_PER_TARGET = 3
+AFFINITY_WIDTH = COLUMNS_PER_TARGET * len(AFFINITY_TARGETS)
 
 
 def request_folds(request: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -59,63 +66,72 @@ def _distinct(tokens: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TokenShareTable:
-    """One target's fitted table (sparse: sorted `keys` = token * n_targets + target id, their `clicks`), the
-    per-token click totals, the target prior and the bucket edges. Serialised as plain lists (transform.json)."""
+    """One target's fitted table (sparse: sorted `keys` = token * n_targets + target id of every pair that was
+    shown in the training period, with its `clicks` and `impressions`), the per-token click totals, the target
+    prior, the overall click rate and the bucket edges. Serialised as plain lists (transform.json)."""
 
     n_targets: int
     keys: np.ndarray  # int64, sorted
     clicks: np.ndarray  # float64 per key
+    impressions: np.ndarray  # float64 per key
     token_clicks: np.ndarray  # float64 per token id (length: the token vocabulary's size)
     prior: np.ndarray  # float64 per target id: its share of all clicks
-    edges: np.ndarray  # float64 bucket edges of the share (len = buckets - 1)
-    smoothing: float
+    click_rate: float  # clicks per impression over every row with a target
+    edges: np.ndarray  # float64 bucket edges of the share (len <= buckets - 1)
+    rate_edges: np.ndarray  # float64 bucket edges of the click rate
+    smoothing: float  # pseudo-clicks of the share
+    rate_smoothing: float  # pseudo-impressions of the click rate
 
     # --- fitting ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _counts(tokens: np.ndarray, target: np.ndarray, clicked: np.ndarray, n_tokens: int, n_targets: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(keys, clicks per key, clicks per token, clicks per target id) of the clicked rows."""
-        hit = np.asarray(clicked) > 0
-        t = _distinct(np.asarray(tokens)[hit])
-        c = np.asarray(target, np.int64)[hit]
+    @classmethod
+    def _count(cls, tokens: np.ndarray, target: np.ndarray, clicked: np.ndarray, n_tokens: int, n_targets: int,
+               smoothing: float, rate_smoothing: float) -> TokenShareTable:
+        """The table of these rows (edges left empty)."""
+        t = _distinct(np.asarray(tokens))
+        c = np.asarray(target, np.int64)
+        y = (np.asarray(clicked) > 0).astype(np.float64)
         valid = (t >= 0) & (c[:, None] > 0)
         flat = (t * n_targets + c[:, None])[valid]
-        keys, counts = np.unique(flat, return_counts=True)
-        per_token = np.bincount(t[valid], minlength=n_tokens)[:n_tokens].astype(np.float64)
-        per_target = np.bincount(c[c > 0], minlength=n_targets)[:n_targets].astype(np.float64)
-        return keys, counts.astype(np.float64), per_token, per_target
+        yy = np.broadcast_to(y[:, None], t.shape)[valid]
+        keys, inverse = np.unique(flat, return_inverse=True)
+        impressions = np.bincount(inverse, minlength=keys.size).astype(np.float64)
+        clicks = np.bincount(inverse, yy, minlength=keys.size)
+        per_token = np.bincount(t[valid], yy, minlength=n_tokens)[:n_tokens].astype(np.float64)
+        has = c > 0
+        per_target = np.bincount(c[has], y[has], minlength=n_targets)[:n_targets]
+        rate = float(y[has].mean()) if has.any() else 0.0
+        return cls(n_targets, keys, clicks, impressions, per_token, per_target / max(per_target.sum(), 1.0), rate,
+                   np.zeros(0), np.zeros(0), float(smoothing), float(rate_smoothing))
 
     @classmethod
     def fit(cls, tokens: np.ndarray, target: np.ndarray, clicked: np.ndarray, request: np.ndarray,
-            n_tokens: int, n_targets: int, buckets: int, smoothing: float, folds: int, seed: int
-            ) -> tuple[TokenShareTable, np.ndarray]:
-        """The table over all training rows, and the training rows' own inputs ([N, 2] int32) out of fold."""
-        keys, clicks, per_token, per_target = cls._counts(tokens, target, clicked, n_tokens, n_targets)
-        prior = per_target / max(per_target.sum(), 1.0)
-        table = cls(n_targets, keys, clicks, per_token, prior, np.zeros(0), float(smoothing))
+            n_tokens: int, n_targets: int, buckets: int, smoothing: float, rate_smoothing: float, folds: int,
+            seed: int) -> tuple[TokenShareTable, np.ndarray]:
+        """The table over all training rows, and the training rows' own columns ([N, 3] int32) out of fold."""
+        tokens, target, clicked = np.asarray(tokens), np.asarray(target), np.asarray(clicked)
+        table = cls._count(tokens, target, clicked, n_tokens, n_targets, smoothing, rate_smoothing)
         fold = request_folds(request, folds, seed)
-        raw = np.zeros((len(fold), 2), np.float64)
+        raw = np.zeros((len(fold), 3), np.float64)
         for f in range(max(folds, 1)):
             rows = np.flatnonzero(fold == f)
-            if folds > 1:
-                out = fold != f
-                k, cl, pt, pc = cls._counts(np.asarray(tokens)[out], np.asarray(target)[out],
-                                            np.asarray(clicked)[out], n_tokens, n_targets)
-                part = cls(n_targets, k, cl, pt, pc / max(pc.sum(), 1.0), np.zeros(0), float(smoothing))
-            else:
-                part = table
-            raw[rows] = part.shares(np.asarray(tokens)[rows], np.asarray(target)[rows])
-        has = np.isfinite(raw[:, 0])
+            out = fold != f
+            part = cls._count(tokens[out], target[out], clicked[out], n_tokens, n_targets, smoothing,
+                              rate_smoothing) if folds > 1 else table
+            raw[rows] = part.values(tokens[rows], target[rows])
         qs = np.linspace(0, 1, buckets + 1)[1:-1]
-        # Edges from the training rows' max share; the mean uses the same edges (same scale, and one set to keep).
-        table.edges = np.unique(np.quantile(raw[has, 0], qs)) if has.any() else np.zeros(0)
+
+        def edges(v: np.ndarray) -> np.ndarray:
+            v = v[np.isfinite(v)]
+            return np.unique(np.quantile(v, qs)) if v.size else np.zeros(0)
+
+        # The share's max and mean share one set of edges (the max's: one scale); the click rate has its own.
+        table.edges, table.rate_edges = edges(raw[:, 0]), edges(raw[:, 2])
         return table, table.bucketise(raw)
 
     # --- applying ---------------------------------------------------------------------------------------
-    def shares(self, tokens: np.ndarray, target: np.ndarray, row_request: np.ndarray | None = None
-               ) -> np.ndarray:
-        """[N, 2] float64: max and mean share over each row's distinct tokens (NaN: no token or no target).
-        `tokens` is [N, Q], or [R, Q] with `row_request` mapping the N rows to their request."""
+    def values(self, tokens: np.ndarray, target: np.ndarray, row_request: np.ndarray | None = None) -> np.ndarray:
+        """[N, 3] float64 over each row's distinct tokens: max share, mean share, mean click rate (NaN: no token
+        or no target). `tokens` is [N, Q], or [R, Q] with `row_request` mapping the N rows to their request."""
         t = _distinct(tokens)
         if row_request is not None:
             t = t[np.asarray(row_request, np.int64)]
@@ -126,48 +142,59 @@ class TokenShareTable:
         key = np.where(valid, t * self.n_targets + cc[:, None], -1)
         if self.keys.size:
             pos = np.clip(np.searchsorted(self.keys, key), 0, self.keys.size - 1)
-            pair = np.where(valid & (self.keys[pos] == key), self.clicks[pos], 0.0)
+            found = valid & (self.keys[pos] == key)
+            pair_clicks = np.where(found, self.clicks[pos], 0.0)
+            pair_imps = np.where(found, self.impressions[pos], 0.0)
         else:
-            pair = np.zeros(key.shape)
+            pair_clicks = pair_imps = np.zeros(key.shape)
         tok = np.where(valid, self.token_clicks[np.clip(t, 0, n_tok - 1)] * (t < n_tok), 0.0)
-        prior = self.prior[cc][:, None]
-        share = (pair + self.smoothing * prior) / (tok + self.smoothing)
+        share = (pair_clicks + self.smoothing * self.prior[cc][:, None]) / (tok + self.smoothing)
+        rate = (pair_clicks + self.rate_smoothing * self.click_rate) / (pair_imps + self.rate_smoothing)
         n = valid.sum(axis=1)
+        some = n > 0
         with np.errstate(invalid="ignore"):
-            mx = np.where(n > 0, np.where(valid, share, -np.inf).max(axis=1, initial=-np.inf), np.nan)
-            mean = np.where(n > 0, np.where(valid, share, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
-        return np.stack([mx, mean], axis=1)
+            mx = np.where(some, np.where(valid, share, -np.inf).max(axis=1, initial=-np.inf), np.nan)
+            mean = np.where(some, np.where(valid, share, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+            rate_mean = np.where(some, np.where(valid, rate, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+        return np.stack([mx, mean, rate_mean], axis=1)
 
-    def bucketise(self, shares: np.ndarray) -> np.ndarray:
-        """[N, 2] int32 buckets: 0 for NaN (nothing to go on), else 1 + the quantile bucket."""
-        s = np.asarray(shares, np.float64)
-        b = np.searchsorted(self.edges, np.nan_to_num(s, nan=0.0), side="right") + 1
-        return np.where(np.isfinite(s), b, 0).astype(np.int32)
+    def bucketise(self, values: np.ndarray) -> np.ndarray:
+        """[N, 3] int32 buckets: 0 for NaN (nothing to go on), else 1 + the quantile bucket."""
+        v = np.asarray(values, np.float64)
+        filled = np.nan_to_num(v, nan=0.0)
+        b = np.stack([np.searchsorted(self.edges, filled[:, 0], side="right"),
+                      np.searchsorted(self.edges, filled[:, 1], side="right"),
+                      np.searchsorted(self.rate_edges, filled[:, 2], side="right")], axis=1) + 1
+        return np.where(np.isfinite(v), b, 0).astype(np.int32)
 
     def inputs(self, tokens: np.ndarray, target: np.ndarray, row_request: np.ndarray | None = None
                ) -> np.ndarray:
-        """This table's two columns ([N, 2] int32, before the offsets) of rows given by ids (see `shares`)."""
-        return self.bucketise(self.shares(tokens, target, row_request))
+        """This table's three columns ([N, 3] int32, before the offsets) of rows given by ids (see `values`)."""
+        return self.bucketise(self.values(tokens, target, row_request))
 
     # --- persistence -----------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {"n_targets": self.n_targets, "keys": self.keys.tolist(), "clicks": self.clicks.tolist(),
-                "token_clicks": self.token_clicks.tolist(), "prior": self.prior.tolist(),
-                "edges": self.edges.tolist(), "smoothing": self.smoothing}
+                "impressions": self.impressions.tolist(), "token_clicks": self.token_clicks.tolist(),
+                "prior": self.prior.tolist(), "click_rate": self.click_rate, "edges": self.edges.tolist(),
+                "rate_edges": self.rate_edges.tolist(), "smoothing": self.smoothing,
+                "rate_smoothing": self.rate_smoothing}
 
     @classmethod
     def from_json(cls, d: dict) -> TokenShareTable:
-        return cls(int(d["n_targets"]), np.asarray(d["keys"], np.int64), np.asarray(d["clicks"], np.float64),
-                   np.asarray(d["token_clicks"], np.float64), np.asarray(d["prior"], np.float64),
-                   np.asarray(d["edges"], np.float64), float(d["smoothing"]))
+        f = np.float64
+        return cls(int(d["n_targets"]), np.asarray(d["keys"], np.int64), np.asarray(d["clicks"], f),
+                   np.asarray(d["impressions"], f), np.asarray(d["token_clicks"], f), np.asarray(d["prior"], f),
+                   float(d["click_rate"]), np.asarray(d["edges"], f), np.asarray(d["rate_edges"], f),
+                   float(d["smoothing"]), float(d["rate_smoothing"]))
 
 
 @dataclass
 class QueryAffinity:
     """The tables of every target (AFFINITY_TARGETS) and the model input they make together: [N, AFFINITY_WIDTH]
-    int32, column 2j / 2j+1 the max / mean bucket of target j, offset by j * 2 * `column_size` + (0 or
-    `column_size`) so that the model looks every column up in one embedding table of `input_size` rows (one
-    table, no slicing layers in the graph; the pair head averages the looked-up rows)."""
+    int32, columns 3j, 3j+1, 3j+2 the max share, mean share and mean click rate buckets of target j, column k
+    offset by k * `column_size` so that the model looks every column up in one embedding table of `input_size`
+    rows (one table, no slicing layers in the graph; the pair head averages the looked-up rows)."""
 
     tables: dict[str, TokenShareTable]
     column_size: int  # buckets + 1: values 0 (nothing to go on) .. buckets of one column
@@ -189,13 +216,14 @@ class QueryAffinity:
 
     @classmethod
     def fit(cls, tokens: np.ndarray, targets: dict[str, np.ndarray], clicked: np.ndarray, request: np.ndarray,
-            n_tokens: int, n_targets: dict[str, int], buckets: int, smoothing: float, folds: int, seed: int
-            ) -> tuple[QueryAffinity, np.ndarray]:
+            n_tokens: int, n_targets: dict[str, int], buckets: int, smoothing: float, rate_smoothing: float,
+            folds: int, seed: int) -> tuple[QueryAffinity, np.ndarray]:
         """Every target's table from the training rows, and the training rows' input out of fold."""
         tables, parts = {}, []
         for name in AFFINITY_TARGETS:
             tables[name], part = TokenShareTable.fit(tokens, targets[name], clicked, request, n_tokens,
-                                                     n_targets[name], buckets, smoothing, folds, seed)
+                                                     n_targets[name], buckets, smoothing, rate_smoothing, folds,
+                                                     seed)
             parts.append(part)
         self = cls(tables, buckets + 1)
         return self, self._offset(parts)
@@ -209,6 +237,20 @@ class QueryAffinity:
         """The model input of N rows: `tokens` [N, Q] (or [R, Q] with `row_request`), each target's ids [N]."""
         return self._offset([self.tables[name].inputs(tokens, targets[name], row_request)
                              for name in AFFINITY_TARGETS])
+
+    def per_target(self, tokens: np.ndarray) -> tuple[np.ndarray, ...]:
+        """For one query's token ids [Q]: per target (AFFINITY_TARGETS order), its columns of the input for every
+        target id ([n_targets, 3] int32, offsets applied), i.e. `inputs` evaluated on every id at once. A request's
+        rows are then gathers from these (the model server caches them per query: shoprank.features.transform)."""
+        q = np.asarray(tokens).reshape(1, -1)
+        out = []
+        for j, name in enumerate(AFFINITY_TARGETS):
+            table = self.tables[name]
+            ids = np.arange(table.n_targets)
+            cols = table.inputs(q, ids, np.zeros(table.n_targets, np.intp))
+            offset = np.arange(j * COLUMNS_PER_TARGET, (j + 1) * COLUMNS_PER_TARGET, dtype=np.int32)
+            out.append((cols + offset * self.column_size).astype(np.int32))
+        return tuple(out)
 
     def to_json(self) -> dict:
         return {"column_size": self.column_size, "tables": {k: v.to_json() for k, v in self.tables.items()}}

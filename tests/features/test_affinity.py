@@ -18,47 +18,49 @@ CLICKED = np.array([1, 1, 1, 0, 1, 1])
 REQUEST = np.arange(6)
 
 
-def _fit(folds=2, smoothing=1.0, buckets=4):
+def _fit(folds=2, smoothing=1.0, rate_smoothing=2.0, buckets=4):
     return TokenShareTable.fit(TOKENS, TARGET, CLICKED, REQUEST, n_tokens=8, n_targets=3, buckets=buckets,
-                               smoothing=smoothing, folds=folds, seed=0)
+                               smoothing=smoothing, rate_smoothing=rate_smoothing, folds=folds, seed=0)
 
 
-def test_shares_match_a_hand_count():
-    table, _ = _fit(smoothing=1.0)
-    # Clicked rows with a target: targets 1, 2, 1, 2, 1 -> prior(1) = 3/5, prior(2) = 2/5. Token 5: clicked rows 0
-    # (target 1) and 1 (target 2); token 6: rows 0 and 2, once per row although row 2 repeats it; token 7: row 4.
-    s = table.shares(np.array([[5, 6, 0], [7, 0, 0], [0, 0, 0], [5, 0, 0]]), np.array([1, 1, 1, 0]))
-    share_5 = (1 + 0.6) / (2 + 1)
-    share_6 = (2 + 0.6) / (2 + 1)
-    share_7 = (0 + 0.6) / (1 + 1)
-    np.testing.assert_allclose(s[0], [share_6, (share_5 + share_6) / 2])
-    np.testing.assert_allclose(s[1], [share_7, share_7])
-    assert np.isnan(s[2]).all() and np.isnan(s[3]).all()  # no query token; no target
+def test_shares_and_rates_match_a_hand_count():
+    table, _ = _fit(smoothing=1.0, rate_smoothing=2.0)
+    # Clicked rows with a target: targets 1, 2, 1, 2, 1 -> prior(1) = 3/5, prior(2) = 2/5; click rate 5/6. Token 5:
+    # shown in rows 0 (target 1, clicked), 1 (2, clicked), 3 (1, not clicked); token 6: rows 0, 2 (once, although
+    # row 2 repeats it), 3; token 7: row 4 (target 2).
+    v = table.values(np.array([[5, 6, 0], [7, 0, 0], [0, 0, 0], [5, 0, 0]]), np.array([1, 1, 1, 0]))
+    share_5, share_6, share_7 = (1 + 0.6) / (2 + 1), (2 + 0.6) / (2 + 1), (0 + 0.6) / (1 + 1)
+    rate0 = 5 / 6
+    rate_5, rate_6, rate_7 = (1 + 2 * rate0) / (2 + 2), (2 + 2 * rate0) / (3 + 2), (0 + 2 * rate0) / (0 + 2)
+    np.testing.assert_allclose(v[0], [share_6, (share_5 + share_6) / 2, (rate_5 + rate_6) / 2])
+    np.testing.assert_allclose(v[1], [share_7, share_7, rate_7])
+    assert np.isnan(v[2]).all() and np.isnan(v[3]).all()  # no query token; no target
 
 
 def test_training_rows_get_out_of_fold_values():
     """A row's own click is not inside its value: with one row per fold (6 folds over 6 requests), row 4's token 7
     occurs nowhere else, so its share is the prior alone; the table of all rows counts its click."""
     table, own = TokenShareTable.fit(TOKENS, TARGET, CLICKED, REQUEST, n_tokens=8, n_targets=3, buckets=4,
-                                     smoothing=1.0, folds=6, seed=0)
-    assert table.shares(TOKENS[4:5], TARGET[4:5])[0, 0] == pytest.approx((1 + 0.4) / (1 + 1))
+                                     smoothing=1.0, rate_smoothing=2.0, folds=6, seed=0)
+    assert table.values(TOKENS[4:5], TARGET[4:5])[0, 0] == pytest.approx((1 + 0.4) / (1 + 1))
     from shoprank.features.affinity import request_folds
 
     fold = request_folds(REQUEST, 6, 0)
     if len(set(fold.tolist())) == 6:  # the hash spreads the six requests over six folds: exact expectation
         others = np.flatnonzero(fold != fold[4])
         part, _ = TokenShareTable.fit(TOKENS[others], TARGET[others], CLICKED[others], REQUEST[others], 8, 3, 4, 1.0,
-                                      1, 0)
-        assert table.bucketise(part.shares(TOKENS[4:5], TARGET[4:5]))[0].tolist() == own[4].tolist()
-    assert own.shape == (6, 2) and own.dtype == np.int32
-    assert own[5].tolist() == [0, 0]  # no query token: nothing to go on
+                                      2.0, 1, 0)
+        assert table.bucketise(part.values(TOKENS[4:5], TARGET[4:5]))[0].tolist() == own[4].tolist()
+    assert own.shape == (6, 3) and own.dtype == np.int32
+    assert own[5].tolist() == [0, 0, 0]  # no query token: nothing to go on
 
 
 def test_buckets_are_quantiles_of_the_training_max_and_nan_is_zero():
     table, own = _fit(buckets=4)
     assert len(table.edges) <= 3 and np.all(np.diff(table.edges) > 0)
-    b = table.bucketise(np.array([[np.nan, np.nan], [-1.0, -1.0], [2.0, 2.0]]))
-    assert b[0].tolist() == [0, 0] and b[1].tolist() == [1, 1] and b[2].tolist() == [len(table.edges) + 1] * 2
+    b = table.bucketise(np.array([[np.nan] * 3, [-1.0] * 3, [2.0] * 3]))
+    assert b[0].tolist() == [0, 0, 0] and b[1].tolist() == [1, 1, 1]
+    assert b[2].tolist() == [len(table.edges) + 1] * 2 + [len(table.rate_edges) + 1]
     assert own.max() <= 4
 
 
@@ -81,7 +83,7 @@ def _fitted_transform():
     sizes = t.sizes
     t.affinity, _ = QueryAffinity.fit(x["query_tokens"], {"category": x["category"], "brand": x["brand"]}, clicked,
                                       batch.row_request, sizes["token"],
-                                      {"category": sizes["category"], "brand": sizes["brand"]}, 4, 1.0, 2, 0)
+                                      {"category": sizes["category"], "brand": sizes["brand"]}, 4, 1.0, 2.0, 2, 0)
     return t, cat
 
 
@@ -116,8 +118,8 @@ def test_unfitted_transform_says_nothing_to_go_on():
     cat = _catalogue()
     t = FeatureTransform.fit(["shoe"], cat.title, cat.item_id, cat.category, cat.brand, cat.price, fc)
     batch, _ = cat.batch(["shoe"], [[]], [["a", "b"]])
-    assert t.transform(batch)[AFFINITY_INPUT].tolist() == [[0, 9, 18, 27]] * 2
-    assert t.sizes["affinity"] == 36
+    assert t.transform(batch)[AFFINITY_INPUT].tolist() == [[0, 9, 18, 27, 36, 45]] * 2
+    assert t.sizes["affinity"] == 54
 
 
 def test_preprocessed_affinity_tracks_clicks(tiny_features, tiny_config):
@@ -131,3 +133,28 @@ def test_preprocessed_affinity_tracks_clicks(tiny_features, tiny_config):
     low, high = np.quantile(top[known], [0.25, 0.75])
     assert clicked[known & (top >= high)].mean() > 1.5 * clicked[known & (top <= low)].mean()
     assert x.max() < FeatureTransform.load(tiny_features[1]).sizes["affinity"]
+
+
+def test_per_query_cache_gives_the_vectorised_numbers(tiny_features):
+    """The server's path (every target id's columns per query, cached, then gathered) equals the vectorised path
+    preprocessing runs, row for row, on test requests of the tiny shop, with odd target ids (out of range: none)."""
+    transform = FeatureTransform.load(tiny_features[1])
+    split = load_split(tiny_features[0], "test")
+    n = min(split.rows, 3000)
+    q = np.asarray(split.column("query_tokens")[:n])
+    request = np.asarray(split.column("request")[:n])
+    first = np.concatenate([[0], np.flatnonzero(np.diff(request)) + 1])
+    rr = np.repeat(np.arange(first.size), np.diff(np.concatenate([first, [n]])))
+    targets = {"category": np.asarray(split.column("category")[:n]).copy(),
+               "brand": np.asarray(split.column("brand")[:n]).copy()}
+    targets["category"][:3] = [-1, 10**6, 0]
+    vectorised = transform.affinity.inputs(q[first], targets, rr)
+    cached = transform.query_affinity(q[first], targets, rr)
+    np.testing.assert_array_equal(cached, vectorised)
+    np.testing.assert_array_equal(transform.query_affinity(q[first], targets, rr), vectorised)  # from the cache
+    one = rr == 0
+    np.testing.assert_array_equal(transform.query_affinity(q[:1], {k: v[one] for k, v in targets.items()},
+                                                           np.zeros(one.sum(), np.intp)), vectorised[one])
+    assert (cached[:3, 0] == 0).all()
+    stored = np.asarray(split.column(AFFINITY_INPUT)[3:n])  # what preprocessing wrote, where the ids are real
+    np.testing.assert_array_equal(cached[3:], stored)

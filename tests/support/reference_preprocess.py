@@ -113,50 +113,59 @@ def reference_affinity(out: dict, config: ShoprankConfig, sizes: dict[str, int])
     train = out[SPLITS[0]]
     label = train[config.train.label]
     fold = request_folds(train["request"], fc.affinity_folds, config.train.seed)
-    alpha = fc.affinity_smoothing
+    alpha, beta = fc.affinity_smoothing, fc.affinity_rate_smoothing
     columns = {name: [] for name in SPLITS}
+
+    def counts(rows, target):
+        clicks, imps, tok, tgt = Counter(), Counter(), Counter(), Counter()
+        shown = clicked = 0
+        for r in rows:
+            c, y = int(train[target][r]), int(label[r] > 0)
+            if c <= 0:
+                continue
+            shown, clicked = shown + 1, clicked + y
+            tgt[c] += y
+            for t in {int(x) for x in train["query_tokens"][r]} - {0}:
+                clicks[t, c] += y
+                imps[t, c] += 1
+                tok[t] += y
+        total = sum(tgt.values()) or 1
+        return clicks, imps, tok, {c: v / total for c, v in tgt.items()}, (clicked / shown if shown else 0.0)
+
+    def values(tokens, targets, tables, n_targets):
+        clicks, imps, tok, prior, rate0 = tables
+        vals = np.full((len(targets), 3), np.nan)
+        for i, (q, c) in enumerate(zip(tokens, targets)):
+            toks = sorted({int(x) for x in q} - {0})
+            c = int(c)
+            if not toks or c <= 0 or c >= n_targets:
+                continue
+            share = [(clicks[t, c] + alpha * prior.get(c, 0.0)) / (tok[t] + alpha) for t in toks]
+            rate = [(clicks[t, c] + beta * rate0) / (imps[t, c] + beta) for t in toks]
+            vals[i] = max(share), sum(share) / len(share), sum(rate) / len(rate)
+        return vals
+
+    def edges(v):
+        v = v[np.isfinite(v)]
+        qs = np.linspace(0, 1, fc.affinity_buckets + 1)[1:-1]
+        return np.unique(np.quantile(v, qs)) if v.size else np.zeros(0)
+
     for target in AFFINITY_TARGETS:
-        n_targets = sizes[target]
-
-        def counts(rows):
-            pair, tok, tgt = Counter(), Counter(), Counter()
-            for r in rows:
-                c = int(train[target][r])
-                if label[r] <= 0 or c <= 0:
-                    continue
-                tgt[c] += 1
-                for t in {int(x) for x in train["query_tokens"][r]} - {0}:
-                    pair[t, c] += 1
-                    tok[t] += 1
-            total = sum(tgt.values()) or 1
-            return pair, tok, {c: v / total for c, v in tgt.items()}
-
-        def shares(tokens, targets, tables):
-            pair, tok, prior = tables
-            vals = np.full((len(targets), 2), np.nan)
-            for i, (q, c) in enumerate(zip(tokens, targets)):
-                toks = sorted({int(x) for x in q} - {0})
-                c = int(c)
-                if not toks or c <= 0 or c >= n_targets:
-                    continue
-                v = [(pair[t, c] + alpha * prior.get(c, 0.0)) / (tok[t] + alpha) for t in toks]
-                vals[i] = max(v), sum(v) / len(v)
-            return vals
-
-        raw = {name: np.full((len(out[name][target]), 2), np.nan) for name in SPLITS}
+        n = sizes[target]
+        raw = {name: np.full((len(out[name][target]), 3), np.nan) for name in SPLITS}
         for f in range(fc.affinity_folds):
             rows = np.flatnonzero(fold == f)
-            raw[SPLITS[0]][rows] = shares(train["query_tokens"][rows], train[target][rows],
-                                          counts(np.flatnonzero(fold != f)))
-        everything = counts(range(len(label)))
+            raw[SPLITS[0]][rows] = values(train["query_tokens"][rows], train[target][rows],
+                                          counts(np.flatnonzero(fold != f), target), n)
+        everything = counts(range(len(label)), target)
         for name in SPLITS[1:]:
-            raw[name] = shares(out[name]["query_tokens"], out[name][target], everything)
-        tmax = raw[SPLITS[0]][:, 0]
-        qs = np.linspace(0, 1, fc.affinity_buckets + 1)[1:-1]
-        edges = np.unique(np.quantile(tmax[np.isfinite(tmax)], qs)) if np.isfinite(tmax).any() else np.zeros(0)
+            raw[name] = values(out[name]["query_tokens"], out[name][target], everything, n)
+        share_edges, rate_edges = edges(raw[SPLITS[0]][:, 0]), edges(raw[SPLITS[0]][:, 2])
         for name in SPLITS:
-            b = np.searchsorted(edges, np.nan_to_num(raw[name], nan=0.0), side="right") + 1
-            columns[name].append(np.where(np.isfinite(raw[name]), b, 0))
+            v = raw[name]
+            for j, e in enumerate((share_edges, share_edges, rate_edges)):
+                b = np.searchsorted(e, np.nan_to_num(v[:, j], nan=0.0), side="right") + 1
+                columns[name].append(np.where(np.isfinite(v[:, j]), b, 0)[:, None])
     size = fc.affinity_buckets + 1
     return {name: (np.concatenate(cols, axis=1) + np.arange(AFFINITY_WIDTH) * size).astype(np.int32)
             for name, cols in columns.items()}

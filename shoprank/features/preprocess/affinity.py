@@ -40,7 +40,7 @@ def write_affinity(ctx: RunContext, fitted: FittedTransform, chunk_rows: int = 5
     affinity, train_inputs = QueryAffinity.fit(
         np.asarray(train.column("query_tokens")), targets, np.asarray(train.column(config.train.label)),
         np.asarray(train.column("request")), sizes["token"], {name: sizes[name] for name in AFFINITY_TARGETS},
-        fc.affinity_buckets, fc.affinity_smoothing, fc.affinity_folds, config.train.seed)
+        fc.affinity_buckets, fc.affinity_smoothing, fc.affinity_rate_smoothing, fc.affinity_folds, config.train.seed)
     del targets
     transform.affinity = affinity
     for name in SPLITS:
