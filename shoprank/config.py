@@ -116,6 +116,7 @@ class FeatureConfig(_Section):
     affinity_buckets: Annotated[int, Field(ge=2, le=1024)] = 32
     affinity_smoothing: NonNegativeFloat = 2.0
     affinity_rate_smoothing: NonNegativeFloat = 20.0
+    affinity_title_smoothing: NonNegativeFloat = 1.0  # the title-word table's, in pseudo-items
     affinity_folds: Annotated[int, Field(ge=2)] = 5
     # Item inputs from the training period's catalogue and traffic (label-free): quantile buckets of an item's
     # log popularity, and of its price among the items of its category.
@@ -289,6 +290,10 @@ class OptimizeConfig(_Section):
     # server). float16 halves the tables (2M items: 768 MB instead of 1.5 GB); the gate checks the composition with
     # the tables as stored. float32 where a model's gate does not allow float16 (measured: README, issue 11).
     item_vectors_dtype: Literal["float16", "float32"] = "float16"
+    # The item tower's weights in the bundle (towers/item_tower.tflite). It runs when the tables are made and for
+    # tensor requests only, so its precision costs nothing per ranking request; "int8" (dynamic range: int8 weights,
+    # float activations) makes it ~4x smaller, the bulk of the int8 artefact (issue 14's >= 10x size target).
+    item_tower_weights: Literal["int8", "float32"] = "int8"
     # ONNX export of the optimised SavedModel (tf2onnx) for KServe's Triton runtime (onnxruntime backend).
     export_onnx: bool = True
     onnx_opset: Annotated[int, Field(ge=13, le=21)] = 17  # tf2onnx 1.17's supported range

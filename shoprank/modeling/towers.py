@@ -17,8 +17,10 @@ vectors from tables made when the bundle is made (`shoprank.scoring.item_tables`
 What is written to `<optimised model>/towers/`:
     request_tower.tflite  full-int8 (LiteRT), calibrated on training requests: the int8 body of the CPU path. Its
                           three outputs keep their own int8 scales (one concatenated output would force one).
-    item_tower.tflite     float32. It runs once per catalogue item when the tables are made and, on the server,
-                          only for tensor requests; int8 there would cost accuracy and save nothing per request.
+    item_tower.tflite     int8 weights, float32 activations (`optimize.item_tower_weights`; "float32" keeps it
+                          float). It runs once per catalogue item when the tables are made and, on the server, only
+                          for tensor requests, so it costs nothing per ranking request; its weights were most of
+                          the bundle's bytes (float: 274 of 373 KB gzip at the default scale, issue 14).
     head.npz              the pair head's float32 weights (w_query_title, w_history_item [H]; w_score [H];
                           b_score []; affinity_hidden [affinity size, H], pre-divided by the input's width so
                           that the head sums the looked-up rows). The head stays float: it is ~4H multiply-adds
@@ -88,10 +90,12 @@ def head_weights(model: keras.Model) -> dict[str, np.ndarray]:
             "b_score": np.float32(b_score.reshape(())).reshape(())}
 
 
-def tower_tflite(tower: keras.Model, names: tuple[str, ...], fc: FeatureConfig, representative=None) -> bytes:
+def tower_tflite(tower: keras.Model, names: tuple[str, ...], fc: FeatureConfig, representative=None,
+                 int8_weights: bool = False) -> bytes:
     """A tower as a TFLite model with one `serving_default` signature (inputs by name, outputs by vector name).
     With `representative` (a callable yielding input dicts): full-int8 post-training quantisation, int token inputs
-    staying int32 and outputs dequantised to float32 (as the whole-graph int8 model was made); without: float32."""
+    staying int32 and outputs dequantised to float32 (as the whole-graph int8 model was made); with `int8_weights`:
+    int8 weights, float32 activations (dynamic-range quantisation: no calibration); otherwise float32."""
     shapes = input_shapes(fc)
     specs = {k: tf.TensorSpec((None, *shapes[k]), tf.int32, name=k) for k in names}
 
@@ -106,6 +110,8 @@ def tower_tflite(tower: keras.Model, names: tuple[str, ...], fc: FeatureConfig, 
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = representative
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        elif int8_weights:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
         return converter.convert()
 
 
@@ -135,14 +141,15 @@ def export_towers(model: keras.Model, split: SplitData, out_dir: str | Path, con
             yield {k: b[k] for k in REQUEST_INPUTS}
 
     (d / REQUEST_TOWER_FILE).write_bytes(tower_tflite(request, REQUEST_INPUTS, fc, calibration))
-    (d / ITEM_TOWER_FILE).write_bytes(tower_tflite(item, ITEM_INPUTS, fc))
+    item_int8 = config.optimize.item_tower_weights == "int8"
+    (d / ITEM_TOWER_FILE).write_bytes(tower_tflite(item, ITEM_INPUTS, fc, int8_weights=item_int8))
     write_npz(d / HEAD_FILE, head_weights(model))
     widths = {k: int(v.shape[-1]) for k, v in {**request.output, **item.output}.items()}
     meta = {"request_vectors": {k: widths[k] for k in REQUEST_VECTORS},
             "item_vectors": {k: widths[k] for k in ITEM_VECTORS},
             "request_inputs": list(REQUEST_INPUTS), "item_inputs": list(ITEM_INPUTS),
             "request_tower": REQUEST_TOWER_FILE, "request_tower_precision": "int8",
-            "item_tower": ITEM_TOWER_FILE, "item_tower_precision": "float32",
+            "item_tower": ITEM_TOWER_FILE, "item_tower_precision": "int8 weights" if item_int8 else "float32",
             "head": HEAD_FILE, "head_precision": "float32",
             "item_vectors_dtype": config.optimize.item_vectors_dtype}
     (d / TOWERS_META).write_text(json.dumps(meta, indent=1))

@@ -81,9 +81,11 @@ def _fitted_transform():
     x = t.transform(batch)
     clicked = np.array([1, 0, 0, 1, 0, 1, 0, 0, 1, 0])
     sizes = t.sizes
+    items = t.transform(cat.batch([""], [[]], [list(cat.item_id)])[0])
     t.affinity, _ = QueryAffinity.fit(x["query_tokens"], {"category": x["category"], "brand": x["brand"]}, clicked,
-                                      batch.row_request, sizes["token"],
-                                      {"category": sizes["category"], "brand": sizes["brand"]}, 4, 1.0, 2.0, 2, 0)
+                                      batch.row_request, {k: items[k] for k in ("title_tokens", "category", "brand")},
+                                      sizes["token"], {"category": sizes["category"], "brand": sizes["brand"]}, 4,
+                                      1.0, 2.0, 1.0, 2, 0)
     return t, cat
 
 
@@ -103,6 +105,22 @@ def test_raw_text_path_equals_the_id_path_serving_runs():
     assert (cols[2] == 0).all()  # unknown candidate: no category, no brand
     assert (cols[3] == 0).all()  # empty query
     assert (cols[0] > 0).all()
+    assert t.affinity.titles["brand"].keys.size > 0
+
+
+def test_title_table_counts_items_not_clicks():
+    """The title column: P(brand | a title word) over items, max over the query's words, smoothed to the prior."""
+    from shoprank.features.affinity import TitleWordTable
+
+    titles = np.array([[3, 4], [3, 0], [5, 5], [4, 0]])  # item titles (token ids)
+    brand = np.array([1, 1, 2, 2])
+    table, own = TitleWordTable.fit(titles, brand, np.array([[3, 0], [5, 4]]), np.array([1, 2]), n_tokens=6,
+                                    n_targets=3, buckets=4, smoothing=1.0)
+    v = table.values(np.array([[3, 0], [5, 4], [0, 0]]), np.array([1, 2, 1]))
+    # word 3: 2 items, both brand 1; word 4: items of brands 1 and 2; word 5: one item (counted once), brand 2
+    np.testing.assert_allclose(v[0, 0], (2 + 0.5) / (2 + 1))
+    np.testing.assert_allclose(v[1, 0], max((1 + 0.5) / (1 + 1), (1 + 0.5) / (2 + 1)))
+    assert np.isnan(v[2, 0]) and own.shape == (2, 1)
 
 
 def test_tables_survive_save_and_load(tmp_path):
@@ -118,8 +136,8 @@ def test_unfitted_transform_says_nothing_to_go_on():
     cat = _catalogue()
     t = FeatureTransform.fit(["shoe"], cat.title, cat.item_id, cat.category, cat.brand, cat.price, fc)
     batch, _ = cat.batch(["shoe"], [[]], [["a", "b"]])
-    assert t.transform(batch)[AFFINITY_INPUT].tolist() == [[0, 9, 18, 27, 36, 45]] * 2
-    assert t.sizes["affinity"] == 54
+    assert t.transform(batch)[AFFINITY_INPUT].tolist() == [[0, 9, 18, 27, 36, 45, 54]] * 2
+    assert t.sizes["affinity"] == 63
 
 
 def test_preprocessed_affinity_tracks_clicks(tiny_features, tiny_config):

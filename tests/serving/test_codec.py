@@ -30,7 +30,7 @@ from shoprank.features.transform import INPUTS
 
 SHAPES = {"query_tokens": (4,), "title_tokens": (5,), "history_items": (3,), "history_categories": (3,),
           "history_brands": (3,), "item_id": (), "category": (), "brand": (), "price_bucket": (), "item_popularity": (),
-          "category_price": (), "query_affinity": (6,)}
+          "category_price": (), "query_affinity": (7,)}
 SPEC = TensorSpec(shapes=SHAPES, upper={k: 50 for k in INPUTS})
 LIMITS = Limits(max_candidates=10, max_query_chars=20, max_history=8)
 

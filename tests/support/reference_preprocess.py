@@ -12,7 +12,13 @@ import pyarrow.parquet as pq
 
 from shoprank.config import ShoprankConfig
 from shoprank.data.validation import timestamp_window, validate_table
-from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_TARGETS, AFFINITY_WIDTH, request_folds
+from shoprank.features.affinity import (
+    AFFINITY_INPUT,
+    AFFINITY_TARGETS,
+    AFFINITY_WIDTH,
+    TITLE_TARGETS,
+    request_folds,
+)
 from shoprank.features.transform import Catalogue, FeatureTransform, RawBatch
 from shoprank.schema import CATALOGUE, EVENTS, IMPRESSIONS, INTEREST_EVENTS, top_category
 
@@ -150,6 +156,31 @@ def reference_affinity(out: dict, config: ShoprankConfig, sizes: dict[str, int])
         qs = np.linspace(0, 1, fc.affinity_buckets + 1)[1:-1]
         return np.unique(np.quantile(v, qs)) if v.size else np.zeros(0)
 
+    def title_values(tokens, targets, target, n_targets):
+        """Max over the query's words of P(target | title word) over the training split's distinct items."""
+        pairs, words, per_target = Counter(), Counter(), Counter()
+        seen = set()
+        for r in range(len(train["item_id"])):
+            item = int(train["item_id"][r])
+            b = int(train[target][r])
+            if item in seen:
+                continue
+            seen.add(item)
+            if b <= 0:
+                continue
+            per_target[b] += 1
+            for w in {int(x) for x in train["title_tokens"][r]} - {0}:
+                pairs[w, b] += 1
+                words[w] += 1
+        total = sum(per_target.values()) or 1
+        gamma = fc.affinity_title_smoothing
+        vals = np.full(len(targets), np.nan)
+        for i, (q, c) in enumerate(zip(tokens, targets)):
+            toks, c = {int(x) for x in q} - {0}, int(c)
+            if toks and 0 < c < n_targets:
+                vals[i] = max((pairs[w, c] + gamma * per_target[c] / total) / (words[w] + gamma) for w in toks)
+        return vals
+
     for target in AFFINITY_TARGETS:
         n = sizes[target]
         raw = {name: np.full((len(out[name][target]), 3), np.nan) for name in SPLITS}
@@ -166,6 +197,12 @@ def reference_affinity(out: dict, config: ShoprankConfig, sizes: dict[str, int])
             for j, e in enumerate((share_edges, share_edges, rate_edges)):
                 b = np.searchsorted(e, np.nan_to_num(v[:, j], nan=0.0), side="right") + 1
                 columns[name].append(np.where(np.isfinite(v[:, j]), b, 0)[:, None])
+        if target in TITLE_TARGETS:
+            title = {name: title_values(out[name]["query_tokens"], out[name][target], target, n) for name in SPLITS}
+            e = edges(title[SPLITS[0]])
+            for name in SPLITS:
+                b = np.searchsorted(e, np.nan_to_num(title[name], nan=0.0), side="right") + 1
+                columns[name].append(np.where(np.isfinite(title[name]), b, 0)[:, None])
     size = fc.affinity_buckets + 1
     return {name: (np.concatenate(cols, axis=1) + np.arange(AFFINITY_WIDTH) * size).astype(np.int32)
             for name, cols in columns.items()}

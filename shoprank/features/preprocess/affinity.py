@@ -37,11 +37,15 @@ def write_affinity(ctx: RunContext, fitted: FittedTransform, chunk_rows: int = 5
     train = load_split(ctx.out, SPLITS[0])
     sizes = transform.sizes
     targets = {name: np.asarray(train.column(name)) for name in AFFINITY_TARGETS}
+    # The training period's items: one row per distinct item index of the training split (its title and targets).
+    _, first = np.unique(np.asarray(train.column("item_id")), return_index=True)
+    items = {name: np.asarray(train.column(name)[np.sort(first)]) for name in ("title_tokens", *AFFINITY_TARGETS)}
     affinity, train_inputs = QueryAffinity.fit(
         np.asarray(train.column("query_tokens")), targets, np.asarray(train.column(config.train.label)),
-        np.asarray(train.column("request")), sizes["token"], {name: sizes[name] for name in AFFINITY_TARGETS},
-        fc.affinity_buckets, fc.affinity_smoothing, fc.affinity_rate_smoothing, fc.affinity_folds, config.train.seed)
-    del targets
+        np.asarray(train.column("request")), items, sizes["token"], {name: sizes[name] for name in AFFINITY_TARGETS},
+        fc.affinity_buckets, fc.affinity_smoothing, fc.affinity_rate_smoothing, fc.affinity_title_smoothing,
+        fc.affinity_folds, config.train.seed)
+    del targets, items
     transform.affinity = affinity
     for name in SPLITS:
         split = load_split(ctx.out, name)
@@ -58,7 +62,8 @@ def write_affinity(ctx: RunContext, fitted: FittedTransform, chunk_rows: int = 5
         writer.close()
     transform.save(ctx.transform_dir)
     secs = ctx.timer.mark("query_affinity")
-    pairs = {name: int(t.keys.size) for name, t in affinity.tables.items()}
+    pairs = {name: int(t.keys.size) for name, t in affinity.tables.items()} | {
+        f"{name}_title": int(t.keys.size) for name, t in affinity.titles.items()}
     ctx.progress(f"[preprocess] query affinity: token x target pairs with a '{config.train.label}' {pairs}, "
                  f"{fc.affinity_folds} folds for the training rows ({secs:.1f}s)")
     return AffinitySummary(pairs, round(secs, 2))
