@@ -18,7 +18,7 @@ request's fault, would only send N more requests to a predictor that is down.
 The transformer needs the bundle's transform/ and items/ folders (transform.json; the per-item tables) at
 --model_dir. The predictor runs the whole graph per candidate (the ONNX export: Triton's model repository); the
 request/item split is the CPU backend's (issue 11): on a GPU the towers cost little, and the whole graph's inputs
-(70 int32 per row) are fewer bytes per candidate than the item vectors (2F + H floats) the head would need.
+(79 int32 per row) are fewer bytes per candidate than the item vectors (2F + H floats) the head would need.
 """
 
 from __future__ import annotations

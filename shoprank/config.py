@@ -280,7 +280,7 @@ class OptimizeConfig(_Section):
     target_sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.8
     # Layers smaller than this stay dense: pruning them saves nothing and costs accuracy.
     min_prunable_params: NonNegativeInt = 2048
-    finetune_epochs: PositiveInt = 2
+    finetune_epochs: PositiveInt = 1  # 2 over-fitted: val loss 0.3754 -> 0.3760, int8 NDCG@10 -0.0032 (issue 14)
     finetune_learning_rate: PositiveFloat = 3e-4
     pruning_end: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # share of fine-tuning steps to reach the target
     pruning_frequency: PositiveInt = 50
@@ -372,9 +372,9 @@ class BlessingConfig(_Section):
     onnx_tolerance: NonNegativeFloat = 1e-4
     # The int8 network vs the LambdaMART reference: "fail" blocks the blessing when the network is
     # significantly worse (the bootstrap interval of int8 - reference lies below zero on NDCG@k or AUC), "warn"
-    # reports it without blocking, "off" skips it. "warn" until the network beats the reference at the default
-    # scale (issue 14, part 2); then "fail".
-    reference_check: Literal["fail", "warn", "off"] = "warn"
+    # reports it without blocking (for data where the reference is known to win), "off" skips it. The default run
+    # measured int8 - reference NDCG@10 +0.0028 [-0.0011, +0.0066], AUC +0.0079 [+0.0064, +0.0094] (issue 14).
+    reference_check: Literal["fail", "warn", "off"] = "fail"
 
 
 class DebiasConfig(_Section):
@@ -461,7 +461,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optimize": {"finetune_epochs": 1, "pruning_frequency": 5, "representative_batches": 4,
                      "latency_repeats": 3},
         # A 2,000-row test set is noisy: wider budgets, so tests check the mechanics, not luck.
-        "blessing": {"min_auc": 0.55, "max_auc_drop": 0.02, "max_ndcg_drop": 0.03},
+        # The reference check warns only: 16 hidden units on 16k training rows do not beat LambdaMART.
+        "blessing": {"min_auc": 0.55, "max_auc_drop": 0.02, "max_ndcg_drop": 0.03, "reference_check": "warn"},
         "tune": {"sample_share": 1.0, "validation_rows": 5_000},
         "debias": {"em_rows": 5_000},
         "counterfactual": {"bootstrap": 50, "max_click_drop": 0.1},

@@ -8,7 +8,7 @@ checks the export's scores against the SavedModel's on the whole test set.
 
 The export keeps the whole graph (issue 11 split it into towers for the CPU backend only, shoprank.modeling.towers):
 on a GPU the towers' convolutions per candidate cost little, while the split would make the transformer send each
-candidate's item vectors (2F + H = 192 floats) instead of its input ids (70 int32), or put a catalogue-sized item
+candidate's item vectors (2F + H = 192 floats) instead of its input ids (79 int32), or put a catalogue-sized item
 table inside the Triton model and tie the predictor to one catalogue. The transformer computes the whole input
 tensors from the bundle's item tables (shoprank.scoring.ranker.Ranker.features) and Triton scores them.
 """

@@ -51,7 +51,7 @@ def test_local_pipeline_run_produces_summary_and_promoted_bundle(tmp_path, capfd
         "ndcg_at_10"]["high"]
     assert 0 < ref["cost"]["share_of_run_wall_time"] < 1 and ref["cost"]["peak_rss_mib"] > 0
     assert "optimized - reference" in summary_table(summary)
-    assert isinstance(summary["blessing_warnings"], list)  # the check warns by default, never blocks
+    assert isinstance(summary["blessing_warnings"], list)  # the tiny preset's reference check warns, never blocks
     if summary["blessed"]:
         ranker = Ranker.load(summary["bundle_dir"], "tflite")
         ranked = ranker.rank(["shoe"], [[]], [["i0000001", "i0000002", "not-an-item"]])[0]
