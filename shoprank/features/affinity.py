@@ -42,7 +42,11 @@ __all__ = ["AFFINITY_INPUT", "AFFINITY_TARGETS", "AFFINITY_WIDTH", "TITLE_TARGET
 
 AFFINITY_INPUT = "query_affinity"
 AFFINITY_TARGETS = ("category", "brand")  # the candidate fields a query's words are matched to
-TITLE_TARGETS = ("brand",)  # targets that also get a title-word table (TitleWordTable)
+TITLE_TARGETS = ("brand",)
+# Above this many token x target cells a table keeps no dense copy for the per-query path (8 bytes a cell, two
+# matrices for a click table: 4M cells = 64 MB); the server then evaluates the sparse table per query (~0.1 ms per
+# table instead of ~10 us).
+DENSE_MAX_CELLS = 4_000_000  # targets that also get a title-word table (TitleWordTable)
 # Per target: buckets of [max share, mean share, mean click rate] over the query's tokens, then [title max] for
 # the title targets.
 COLUMNS_PER_TARGET = 3
@@ -161,6 +165,40 @@ class TokenShareTable:
             rate_mean = np.where(some, np.where(valid, rate, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
         return np.stack([mx, mean, rate_mean], axis=1)
 
+    def _dense(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """share(t, c) and rate(t, c) for every token and target id ([n_tokens, n_targets] float64, the same
+        formula as `values`), built on first use; None above DENSE_MAX_CELLS (then `per_query` takes the sparse
+        path)."""
+        if not hasattr(self, "_dense_cache"):
+            n_tok, n = len(self.token_clicks), self.n_targets
+            self._dense_cache = None
+            if 0 < n_tok * n <= DENSE_MAX_CELLS:
+                clicks, imps = np.zeros(n_tok * n), np.zeros(n_tok * n)
+                inside = self.keys < n_tok * n
+                clicks[self.keys[inside]], imps[self.keys[inside]] = self.clicks[inside], self.impressions[inside]
+                clicks, imps = clicks.reshape(n_tok, n), imps.reshape(n_tok, n)
+                share = (clicks + self.smoothing * self.prior[None, :]) / (self.token_clicks[:, None] + self.smoothing)
+                rate = (clicks + self.rate_smoothing * self.click_rate) / (imps + self.rate_smoothing)
+                self._dense_cache = (share, rate)
+        return self._dense_cache
+
+    def per_query(self, tokens: np.ndarray) -> np.ndarray:
+        """This table's columns ([n_targets, 3] int32 buckets, before the offsets) of one query's token ids [Q]
+        against every target id: `inputs` on every id, from the dense matrices (a few numpy calls instead of
+        ~30; the same numbers: the sums run over the same tokens in the same order)."""
+        n = self.n_targets
+        dense = self._dense()
+        t = _distinct(np.asarray(tokens).reshape(1, -1))[0]
+        t = t[t >= 0]
+        if dense is None or (t >= len(self.token_clicks)).any():
+            return self.inputs(np.asarray(tokens).reshape(1, -1), np.arange(n), np.zeros(n, np.intp))
+        if t.size == 0:
+            return np.zeros((n, 3), np.int32)
+        share, rate = dense[0][t], dense[1][t]
+        values = np.stack([share.max(axis=0), share.sum(axis=0) / t.size, rate.sum(axis=0) / t.size], axis=1)
+        values[0] = np.nan  # target id 0: no target
+        return self.bucketise(values)
+
     def bucketise(self, values: np.ndarray) -> np.ndarray:
         """[N, 3] int32 buckets: 0 for NaN (nothing to go on), else 1 + the quantile bucket."""
         v = np.asarray(values, np.float64)
@@ -256,6 +294,26 @@ class TitleWordTable:
         b = np.searchsorted(self.edges, np.nan_to_num(v, nan=0.0), side="right") + 1
         return np.where(np.isfinite(v), b, 0).astype(np.int32)
 
+    def per_query(self, tokens: np.ndarray) -> np.ndarray:
+        """[n_targets, 1] int32 buckets of one query against every target id (see TokenShareTable.per_query)."""
+        n = self.n_targets
+        n_tok = len(self.token_items)
+        t = _distinct(np.asarray(tokens).reshape(1, -1))[0]
+        t = t[t >= 0]
+        if not 0 < n_tok * n <= DENSE_MAX_CELLS or (t >= n_tok).any():
+            return self.inputs(np.asarray(tokens).reshape(1, -1), np.arange(n), np.zeros(n, np.intp))
+        if t.size == 0:
+            return np.zeros((n, 1), np.int32)
+        if not hasattr(self, "_dense_cache"):
+            items = np.zeros(n_tok * n)
+            inside = self.keys < n_tok * n
+            items[self.keys[inside]] = self.items[inside]
+            self._dense_cache = ((items.reshape(n_tok, n) + self.smoothing * self.prior[None, :])
+                                 / (self.token_items[:, None] + self.smoothing))
+        values = self._dense_cache[t].max(axis=0)
+        values[0] = np.nan
+        return self.bucketise(values[:, None])
+
     def inputs(self, tokens: np.ndarray, target: np.ndarray, row_request: np.ndarray | None = None) -> np.ndarray:
         return self.bucketise(self.values(tokens, target, row_request))
 
@@ -344,8 +402,10 @@ class QueryAffinity:
         q = np.asarray(tokens).reshape(1, -1)
         out, first = [], 0
         for name in AFFINITY_TARGETS:
-            n = self.tables[name].n_targets
-            cols = self._offset(self._columns(name, q, np.arange(n), np.zeros(n, np.intp)), first)
+            cols = [self.tables[name].per_query(q)]
+            if name in self.titles:
+                cols.append(self.titles[name].per_query(q))
+            cols = self._offset(cols, first)
             out.append(cols)
             first += cols.shape[1]
         return tuple(out)
