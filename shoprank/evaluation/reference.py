@@ -42,6 +42,7 @@ import numpy as np
 from shoprank.config import ShoprankConfig
 from shoprank.evaluation.bootstrap import paired_bootstrap
 from shoprank.evaluation.listwise import list_index, table_metrics
+from shoprank.features.affinity import request_folds
 from shoprank.features.dataset import SplitData, load_split
 from shoprank.telemetry import peak_rss_mib
 
@@ -437,11 +438,8 @@ class ReferenceFeatures:
 
 # --- training and scoring ------------------------------------------------------------------------------
 
-def _folds(request: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """A fold per row, by request: the rows of one request share a fold (seeded hash of the request id)."""
-    r = np.asarray(request, np.uint64)
-    h = (r * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)) >> np.uint64(33)
-    return (h % np.uint64(folds)).astype(np.int64)
+# A fold per row, by request (seeded hash of the request id): the same folds as the query affinity's.
+_folds = request_folds
 
 
 def _lists_with_gain(split: SplitData) -> tuple[np.ndarray, np.ndarray]:

@@ -42,11 +42,11 @@ __all__ = ["AFFINITY_INPUT", "AFFINITY_TARGETS", "AFFINITY_WIDTH", "TITLE_TARGET
 
 AFFINITY_INPUT = "query_affinity"
 AFFINITY_TARGETS = ("category", "brand")  # the candidate fields a query's words are matched to
-TITLE_TARGETS = ("brand",)
+TITLE_TARGETS = ("brand",)  # targets that also get a title-word table (TitleWordTable)
 # Above this many token x target cells a table keeps no dense copy for the per-query path (8 bytes a cell, two
 # matrices for a click table: 4M cells = 64 MB); the server then evaluates the sparse table per query (~0.1 ms per
 # table instead of ~10 us).
-DENSE_MAX_CELLS = 4_000_000  # targets that also get a title-word table (TitleWordTable)
+DENSE_MAX_CELLS = 4_000_000
 # Per target: buckets of [max share, mean share, mean click rate] over the query's tokens, then [title max] for
 # the title targets.
 COLUMNS_PER_TARGET = 3
