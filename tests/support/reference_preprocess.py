@@ -112,6 +112,15 @@ def reference_preprocess(raw_dir: str | Path, config: ShoprankConfig, now: int) 
     return out
 
 
+def _left_sum(values: list[float]) -> float:
+    """Left-to-right float sum, numpy's order over a short axis: Python 3.12's `sum` compensates its rounding and
+    differs in the last bit, which moves a value sitting on a bucket edge into the next bucket."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
 def reference_affinity(out: dict, config: ShoprankConfig, sizes: dict[str, int]) -> dict[str, np.ndarray]:
     """The query affinity input of every split, counted with dicts row by row (shoprank.features.affinity's
     definition, written independently): training rows out of fold, other splits from all training rows."""
@@ -148,7 +157,7 @@ def reference_affinity(out: dict, config: ShoprankConfig, sizes: dict[str, int])
                 continue
             share = [(clicks[t, c] + alpha * prior.get(c, 0.0)) / (tok[t] + alpha) for t in toks]
             rate = [(clicks[t, c] + beta * rate0) / (imps[t, c] + beta) for t in toks]
-            vals[i] = max(share), sum(share) / len(share), sum(rate) / len(rate)
+            vals[i] = max(share), _left_sum(share) / len(share), _left_sum(rate) / len(rate)
         return vals
 
     def edges(v):
