@@ -71,6 +71,24 @@ def _distinct(tokens: np.ndarray) -> np.ndarray:
     return np.where((s > 0) & ~repeat, s, -1)
 
 
+def _lookup(keys: np.ndarray, n_targets: int, tokens: np.ndarray, target: np.ndarray,
+            row_request: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row and query token: the token id (-1: none), the target id clipped into the table, whether the pair is
+    valid (a token and a target inside the table), and the pair's position in the sorted `keys` (-1: not there).
+    `tokens` is [N, Q], or [R, Q] with `row_request` mapping the N rows to their request."""
+    t = _distinct(tokens)
+    if row_request is not None:
+        t = t[np.asarray(row_request, np.int64)]
+    c = np.asarray(target, np.int64)
+    cc = np.clip(c, 0, n_targets - 1)
+    valid = (t >= 0) & (c[:, None] > 0) & (c[:, None] < n_targets)
+    key = np.where(valid, t * n_targets + cc[:, None], -1)
+    if not keys.size:
+        return t, cc, valid, np.full(key.shape, -1)
+    pos = np.clip(np.searchsorted(keys, key), 0, keys.size - 1)
+    return t, cc, valid, np.where(valid & (keys[pos] == key), pos, -1)
+
+
 @dataclass
 class TokenShareTable:
     """One target's fitted table (sparse: sorted `keys` = token * n_targets + target id of every pair that was
@@ -139,21 +157,10 @@ class TokenShareTable:
     def values(self, tokens: np.ndarray, target: np.ndarray, row_request: np.ndarray | None = None) -> np.ndarray:
         """[N, 3] float64 over each row's distinct tokens: max share, mean share, mean click rate (NaN: no token
         or no target). `tokens` is [N, Q], or [R, Q] with `row_request` mapping the N rows to their request."""
-        t = _distinct(tokens)
-        if row_request is not None:
-            t = t[np.asarray(row_request, np.int64)]
-        c = np.asarray(target, np.int64)
+        t, cc, valid, pos = _lookup(self.keys, self.n_targets, tokens, target, row_request)
         n_tok = len(self.token_clicks)
-        cc = np.clip(c, 0, self.n_targets - 1)
-        valid = (t >= 0) & (c[:, None] > 0) & (c[:, None] < self.n_targets)
-        key = np.where(valid, t * self.n_targets + cc[:, None], -1)
-        if self.keys.size:
-            pos = np.clip(np.searchsorted(self.keys, key), 0, self.keys.size - 1)
-            found = valid & (self.keys[pos] == key)
-            pair_clicks = np.where(found, self.clicks[pos], 0.0)
-            pair_imps = np.where(found, self.impressions[pos], 0.0)
-        else:
-            pair_clicks = pair_imps = np.zeros(key.shape)
+        pair_clicks = np.where(pos >= 0, self.clicks[pos], 0.0) if self.keys.size else np.zeros(pos.shape)
+        pair_imps = np.where(pos >= 0, self.impressions[pos], 0.0) if self.keys.size else np.zeros(pos.shape)
         tok = np.where(valid, self.token_clicks[np.clip(t, 0, n_tok - 1)] * (t < n_tok), 0.0)
         share = (pair_clicks + self.smoothing * self.prior[cc][:, None]) / (tok + self.smoothing)
         rate = (pair_clicks + self.rate_smoothing * self.click_rate) / (pair_imps + self.rate_smoothing)
@@ -270,19 +277,9 @@ class TitleWordTable:
 
     def values(self, tokens: np.ndarray, target: np.ndarray, row_request: np.ndarray | None = None) -> np.ndarray:
         """[N, 1] float64: the max over each row's distinct query tokens (NaN: no token or no target)."""
-        t = _distinct(tokens)
-        if row_request is not None:
-            t = t[np.asarray(row_request, np.int64)]
-        c = np.asarray(target, np.int64)
+        t, cc, valid, pos = _lookup(self.keys, self.n_targets, tokens, target, row_request)
         n_tok = len(self.token_items)
-        cc = np.clip(c, 0, self.n_targets - 1)
-        valid = (t >= 0) & (c[:, None] > 0) & (c[:, None] < self.n_targets)
-        key = np.where(valid, t * self.n_targets + cc[:, None], -1)
-        if self.keys.size:
-            pos = np.clip(np.searchsorted(self.keys, key), 0, self.keys.size - 1)
-            pair = np.where(valid & (self.keys[pos] == key), self.items[pos], 0.0)
-        else:
-            pair = np.zeros(key.shape)
+        pair = np.where(pos >= 0, self.items[pos], 0.0) if self.keys.size else np.zeros(pos.shape)
         tok = np.where(valid, self.token_items[np.clip(t, 0, n_tok - 1)] * (t < n_tok), 0.0)
         value = (pair + self.smoothing * self.prior[cc][:, None]) / (tok + self.smoothing)
         some = valid.any(axis=1)
