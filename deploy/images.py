@@ -333,11 +333,35 @@ def build_image(tool: Tool, spec: ImageSpec, ref: str, base_image: str = "", bui
             args += ["--secret", f"id={sid},src={path}"]
         args.append(str(ROOT))
         print(f"{spec.name} image: {tool.name} {' '.join(a for a in args if not a.startswith('id='))}", flush=True)
+        before = image_id(tool, ref)
         t0 = time.monotonic()
         tool.run(*(["bud", *args[1:]] if tool.name == "buildah" else args))
     seconds = time.monotonic() - t0
     print(f"{spec.name} image: {ref} built in {seconds:.0f}s", flush=True)
+    _drop_replaced(tool, ref, before)
     return seconds
+
+
+def image_id(tool: Tool, ref: str) -> str:
+    """The image id `ref` names now, or "" (none, or a tool that cannot say)."""
+    if tool.name == "buildah":
+        args = ["inspect", "--type", "image", "--format", "{{.FromImageID}}", ref]
+    else:
+        args = ["image", "inspect", "--format", "{{.Id}}", ref]
+    proc = tool.run(*args, check=False, capture=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _drop_replaced(tool: Tool, ref: str, before: str) -> None:
+    """Remove the image `ref` named before this build, now untagged: each rebuild of a local tag (every code
+    change) otherwise leaves a dangling image of up to 3 GB behind, and CI on one machine ran out of disk after a
+    few dozen runs. Its layers that the new image shares stay (the tool keeps layers still in use); an image a
+    container still uses, or one with another tag, is left alone (the tool refuses, and that is fine)."""
+    after = image_id(tool, ref)
+    if before and after and before != after:
+        proc = tool.run("rmi", before, check=False, capture=True)
+        if proc.returncode == 0:
+            print(f"removed the image {ref} named before ({before[:19]})", flush=True)
 
 
 def build_images(tool: Tool, refs: dict[str, str], base_image: str = "", build_args: Sequence[str] = (),

@@ -259,18 +259,32 @@ def ctr(address: str, *args: str, stdin: int | None = None, check: bool = True,
     return proc
 
 
-def containerd_images(address: str) -> set[str]:
-    return set(ctr(address, "images", "list", "--quiet").stdout.split())
+def containerd_images(address: str) -> dict[str, str]:
+    """Every image reference in the node's containerd -> the digest it points at."""
+    listed = ctr(address, "images", "list").stdout.splitlines()[1:]  # REF TYPE DIGEST SIZE ...
+    return {cols[0]: cols[2] for cols in (line.split() for line in listed) if len(cols) >= 3}
+
+
+def stale_references(listed: dict[str, str], wanted: set[str]) -> list[str]:
+    """The references to drop from the node's store: our older tags, and the `sha256:<image id>` aliases the
+    kubelet's image service (CRI) adds to every image it has seen, unless they point at a wanted image. Removing
+    only the tag leaves the alias, which keeps the layers and their unpacked snapshots: measured, 11 such aliases
+    held 20 GB of a cache after a few dozen runs, and CI ran out of disk building the next image."""
+    keep = {digest for ref, digest in listed.items() if ref in wanted}
+    return sorted(ref for ref, digest in listed.items()
+                  if ref not in wanted and digest not in keep
+                  and (ref.startswith(PREFIX + "/") or ref.startswith("sha256:")))
 
 
 def load(cache: Path, address: str, images: dict[str, str], pause_binary: Path) -> list[str]:
     """Import every image containerd does not have yet (by reference: tags are content hashes); drop older
-    shoprank-cluster images from its store. Returns what was imported."""
+    shoprank-cluster images (and their CRI aliases) from its store first. Returns what was imported."""
     wanted = set(images.values())
-    for ref in containerd_images(address) - wanted:  # older images first: the disk is shared
-        if ref.startswith(PREFIX + "/"):
-            ctr(address, "images", "remove", ref, check=False)
-    have = containerd_images(address)
+    stale = stale_references(containerd_images(address), wanted)
+    if stale:  # older images first: the disk is shared; --sync waits for containerd's garbage collection
+        ctr(address, "images", "remove", "--sync", *stale, check=False)
+        log(f"removed {len(stale)} older image reference(s) from the node's containerd")
+    have = set(containerd_images(address))
     loaded = []
     for name, ref in images.items():
         if name == "base" or ref in have:

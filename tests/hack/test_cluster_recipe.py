@@ -73,6 +73,17 @@ def test_image_tags_follow_the_content(tmp_path):
     assert images._tree_digest(tmp_path, ("a",)) != before
 
 
+def test_older_images_and_their_cri_aliases_leave_the_node():
+    # As `ctr images list` showed on this machine: the kubelet's image service adds a `sha256:<id>` alias for
+    # each image; an alias of an older image kept 3 GB of layers alive after its tag was removed.
+    serving_new, serving_old = f"{images.PREFIX}/serving:new", f"{images.PREFIX}/serving:old"
+    listed = {serving_new: "sha256:d1", "sha256:aaa": "sha256:d1",  # the wanted image and its alias
+              serving_old: "sha256:d0", "sha256:bbb": "sha256:d0", "sha256:ccc": "sha256:d9",
+              "docker.io/library/other:1": "sha256:d5"}  # not ours: kept
+    assert images.stale_references(listed, {serving_new}) == [serving_old, "sha256:bbb", "sha256:ccc"]
+    assert images.stale_references({serving_new: "sha256:d1"}, {serving_new}) == []
+
+
 def test_kserve_pod_mutator_is_registered_as_kserve_registers_it(tmp_path):
     (tmp_path / "pki").mkdir()
     (tmp_path / "pki" / "ca.crt").write_text("CA")
