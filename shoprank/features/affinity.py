@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AFFINITY_INPUT", "AFFINITY_TARGETS", "AFFINITY_WIDTH", "TITLE_TARGETS", "QueryAffinity",
+__all__ = ["AFFINITY_GROUPS", "AFFINITY_INPUT", "AFFINITY_TARGETS", "AFFINITY_WIDTH", "TITLE_TARGETS", "QueryAffinity",
            "TitleWordTable", "TokenShareTable", "request_folds"]
 
 AFFINITY_INPUT = "query_affinity"
@@ -51,6 +51,11 @@ DENSE_MAX_CELLS = 4_000_000
 # the title targets.
 COLUMNS_PER_TARGET = 3
 AFFINITY_WIDTH = COLUMNS_PER_TARGET * len(AFFINITY_TARGETS) + len(TITLE_TARGETS)
+# The input's columns of each target, in AFFINITY_TARGETS order: the model sums a row's columns, so the server can
+# sum each target's columns once per query and target id (shoprank.scoring.composed.PairHead.fold).
+AFFINITY_GROUPS = tuple(slice(sum(COLUMNS_PER_TARGET + (t in TITLE_TARGETS) for t in AFFINITY_TARGETS[:i]),
+                              sum(COLUMNS_PER_TARGET + (t in TITLE_TARGETS) for t in AFFINITY_TARGETS[:i + 1]))
+                        for i in range(len(AFFINITY_TARGETS)))
 
 
 def request_folds(request: np.ndarray, folds: int, seed: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import json
 import re
 import sys
 import zlib
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from shoprank.config import FeatureConfig
 from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_TARGETS, AFFINITY_WIDTH, QueryAffinity
+from shoprank.features.cache import ByteBoundedCache
 
 __all__ = [
     "INPUTS",
@@ -41,6 +42,7 @@ __all__ = [
     "UnindexedVocabulary",
     "Vocabulary",
     "input_shapes",
+    "take_target_rows",
     "tokenize",
 ]
 
@@ -68,6 +70,11 @@ TOKEN_CACHE_ENTRY_OVERHEAD = 270
 AFFINITY_CACHE_BYTES = 16 << 20
 AFFINITY_CACHE_MAX_TARGETS = 4096
 AFFINITY_CACHE_MAX_REQUESTS = 256
+
+
+def _arrays_cost(key: bytes, arrays: tuple[np.ndarray, ...]) -> int:
+    """Accounted bytes of a per-query cache entry keyed by token-id bytes (the overhead as the token cache's)."""
+    return sum(a.nbytes for a in arrays) + len(key) + TOKEN_CACHE_ENTRY_OVERHEAD
 
 
 def _entry_cost(text: str, ids: np.ndarray) -> int:
@@ -183,11 +190,10 @@ class FeatureTransform:
         self.category_price_edges = (np.full((n_cats, config.category_price_buckets - 1), np.inf)
                                      if category_price_edges is None
                                      else np.asarray(category_price_edges, np.float64).reshape(n_cats, -1))
-        self.token_cache_bytes = token_cache_bytes  # 0 turns the cache off
-        self._token_cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._token_cache_used = 0  # accounted bytes of the entries held (see TOKEN_CACHE_ENTRY_OVERHEAD)
-        self._affinity_cache: OrderedDict[bytes, tuple[np.ndarray, ...]] = OrderedDict()
-        self._affinity_cache_used = 0
+        self._token_cache: ByteBoundedCache[np.ndarray] = ByteBoundedCache(
+            token_cache_bytes, lambda key, ids: _entry_cost(key[0], ids))
+        self._affinity_cache: ByteBoundedCache[tuple[np.ndarray, ...]] = ByteBoundedCache(
+            AFFINITY_CACHE_BYTES, _arrays_cost)
 
     # --- fitting and persistence -------------------------------------------------------------
     @classmethod
@@ -268,27 +274,27 @@ class FeatureTransform:
         """Token ids of `text`, cut or 0-padded to `length` (cached: queries repeat; see token_cache_bytes).
 
         Callers must not modify the returned array: it is the cached one."""
-        key = (text, length)
-        cache = self._token_cache
-        hit = cache.get(key)
-        if hit is None:
-            ids = [self.vocabs["token"].lookup(t) for t in tokenize(text)][:length]
-            hit = np.zeros(length, dtype=np.int32)
-            hit[: len(ids)] = ids
-            cost = _entry_cost(text, hit)
-            if cost <= self.token_cache_bytes:
-                # Oldest first out (insertion order): O(1) per eviction, no full clear, no per-hit bookkeeping.
-                while self._token_cache_used + cost > self.token_cache_bytes:
-                    (old_text, _), old = cache.popitem(last=False)
-                    self._token_cache_used -= _entry_cost(old_text, old)
-                cache[key] = hit
-                self._token_cache_used += cost
-        return hit
+        return self._token_cache.get((text, length), lambda: self._token_ids(text, length))
+
+    def _token_ids(self, text: str, length: int) -> np.ndarray:
+        ids = [self.vocabs["token"].lookup(t) for t in tokenize(text)][:length]
+        out = np.zeros(length, dtype=np.int32)
+        out[: len(ids)] = ids
+        return out
+
+    @property
+    def token_cache_bytes(self) -> int:
+        """The token cache's bound in accounted bytes; 0 turns the cache off (the server's --token_cache_bytes)."""
+        return self._token_cache.limit
+
+    @token_cache_bytes.setter
+    def token_cache_bytes(self, limit: int) -> None:
+        self._token_cache.limit = limit
 
     @property
     def token_cache_info(self) -> dict[str, int]:
         """Entries held, their accounted bytes and the bound (for /metrics-style reporting and tests)."""
-        return {"entries": len(self._token_cache), "bytes": self._token_cache_used, "limit": self.token_cache_bytes}
+        return {"entries": len(self._token_cache), "bytes": self._token_cache.used, "limit": self.token_cache_bytes}
 
     def _sequence(self, values: Sequence[Sequence[str]], vocab: Vocabulary) -> np.ndarray:
         length = self.config.history_len
@@ -330,33 +336,23 @@ class FeatureTransform:
         rr = np.asarray(row_request, np.intp)
         cols = [np.asarray(targets[name], np.intp) for name in AFFINITY_TARGETS]
         if len(q) == 1:
-            dense = self._affinity_of(q[0])
-            return np.concatenate([_take_ids(d, c) for d, c in zip(dense, cols)], axis=1)
+            dense = self.affinity_of_query(q[0])
+            return np.concatenate([take_target_rows(d, c) for d, c in zip(dense, cols)], axis=1)
         out = np.empty((len(rr), AFFINITY_WIDTH), np.int32)
         order = np.argsort(rr, kind="stable")
         bounds = np.searchsorted(rr[order], np.arange(len(q) + 1))
         for r in range(len(q)):
             rows = order[bounds[r]: bounds[r + 1]]
             if rows.size:
-                dense = self._affinity_of(q[r])
-                out[rows] = np.concatenate([_take_ids(d, c[rows]) for d, c in zip(dense, cols)], axis=1)
+                dense = self.affinity_of_query(q[r])
+                out[rows] = np.concatenate([take_target_rows(d, c[rows]) for d, c in zip(dense, cols)], axis=1)
         return out
 
-    def _affinity_of(self, tokens: np.ndarray) -> tuple[np.ndarray, ...]:
-        """`QueryAffinity.per_target` of one query's token ids, through the byte-bounded cache (oldest out)."""
+    def affinity_of_query(self, tokens: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`QueryAffinity.per_target` of one query's token ids [Q] (per target, its columns of the input for every
+        target id), through the byte-bounded cache. Needs a fitted affinity."""
         key = np.ascontiguousarray(tokens, np.int32).tobytes()
-        cache = self._affinity_cache
-        hit = cache.get(key)
-        if hit is None:
-            hit = self.affinity.per_target(tokens)
-            cost = sum(a.nbytes for a in hit) + len(key) + TOKEN_CACHE_ENTRY_OVERHEAD
-            if cost <= AFFINITY_CACHE_BYTES:
-                while self._affinity_cache_used + cost > AFFINITY_CACHE_BYTES:
-                    old_key, old = cache.popitem(last=False)
-                    self._affinity_cache_used -= sum(a.nbytes for a in old) + len(old_key) + TOKEN_CACHE_ENTRY_OVERHEAD
-                cache[key] = hit
-                self._affinity_cache_used += cost
-        return hit
+        return self._affinity_cache.get(key, lambda: self.affinity.per_target(tokens))
 
     def transform(self, batch: RawBatch) -> dict[str, np.ndarray]:
         """Model tensors for every candidate row of `batch` (the one function, see module doc)."""
@@ -387,7 +383,7 @@ class FeatureTransform:
         }
 
 
-def _take_ids(dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def take_target_rows(dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Rows of a per-query table by target id; ids outside it (a tensor request's) get its row 0 (no target)."""
     safe = np.where((ids >= 0) & (ids < len(dense)), ids, 0)
     return np.take(dense, safe, axis=0)

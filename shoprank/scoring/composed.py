@@ -22,11 +22,12 @@ float model has them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from shoprank.features.affinity import AFFINITY_INPUT
+from shoprank.features.affinity import AFFINITY_GROUPS, AFFINITY_INPUT
 from shoprank.features.transform import INPUTS, ITEM_INPUTS, REQUEST_INPUTS
 from shoprank.layout import HEAD_FILE, ITEM_TOWER_FILE, REQUEST_TOWER_FILE, TOWERS_META
 from shoprank.scoring.backends import TFLiteTower
@@ -56,10 +57,22 @@ class PairHead:
         with np.load(path) as z:
             return cls({k: z[k] for k in z.files}, f)
 
+    def affinity_parts(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per target (AFFINITY_GROUPS), each row's affinity rows summed over the target's columns: [N, H] each."""
+        return tuple(np.take(self.affinity, ids[:, g], axis=0).sum(axis=1) for g in AFFINITY_GROUPS)
+
+    def fold(self, per_target: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """`affinity_parts` of every target id of one query at once: per target [n_targets, H], from its
+        columns' ids for every target id ([n_targets, columns], `FeatureTransform.affinity_of_query`). A row's
+        part is then one gather by its target id, bit for bit the same sums (the same rows added in the same order:
+        tests/scoring/test_composed.py): 2 gathers of H per candidate instead of AFFINITY_WIDTH."""
+        return tuple(np.take(self.affinity, ids, axis=0).sum(axis=1) for ids in per_target)
+
     def logits(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
-               affinity: np.ndarray) -> np.ndarray:
+               affinity: np.ndarray | tuple[np.ndarray, ...]) -> np.ndarray:
         """row_request: each item row's request (index into the request vectors); None when there is one request
-        (its vectors are broadcast, no gather). affinity: [N, width] ids, the rows' `query_affinity` input."""
+        (its vectors are broadcast, no gather). affinity: [N, width] ids, the rows' `query_affinity` input, or
+        its `affinity_parts` (per target [N, H]; the server gathers them from `fold`)."""
         f = self.f
         n = items.shape[0]
         qh = np.concatenate([request["query"], request["history"]], axis=1)  # [R, 2F]
@@ -73,12 +86,13 @@ class PairHead:
             x += items[:, 2 * f:]
         d = pair.reshape(n, 2, f).sum(axis=2)  # [N, 2]: query . title, history . candidate
         x += d @ self.w_pair
-        x += np.take(self.affinity, affinity, axis=0).sum(axis=1)
+        for part in affinity if isinstance(affinity, tuple) else self.affinity_parts(np.asarray(affinity, np.intp)):
+            x += part
         np.maximum(x, 0, out=x)
         return x @ self.w_score + self.b_score
 
     def scores(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
-               affinity: np.ndarray) -> np.ndarray:
+               affinity: np.ndarray | tuple[np.ndarray, ...]) -> np.ndarray:
         z = self.logits(request, row_request, items, affinity)
         with np.errstate(over="ignore"):  # exp of a large negative logit: inf, and the score 0
             return (1.0 / (1.0 + np.exp(-z))).astype(np.float32, copy=False)
@@ -127,11 +141,12 @@ class ComposedScorer:
         return vectors.astype(self.item_dtype).astype(np.float32, copy=False)
 
     def score_pairs(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
-                    affinity: np.ndarray) -> np.ndarray:
+                    affinity: np.ndarray | tuple[np.ndarray, ...]) -> np.ndarray:
         """Scores of N item rows against R requests' vectors; row_request maps rows to requests (None: R is 1);
-        affinity: the rows' pair input ([N, width] ids, `FeatureTransform.query_affinity`)."""
+        affinity: the rows' pair input ([N, width] ids, `FeatureTransform.query_affinity`) or its per-target parts
+        (`PairHead.affinity_parts`, what the server gathers from `PairHead.fold`)."""
         return self.head.scores(request, None if row_request is None else np.asarray(row_request, np.intp), items,
-                                np.asarray(affinity, np.intp))
+                                affinity if isinstance(affinity, tuple) else np.asarray(affinity, np.intp))
 
     def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Scores of N rows of the model's whole input tensors (INPUTS): the request tower and the item tower on

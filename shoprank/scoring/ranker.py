@@ -18,7 +18,14 @@ from typing import Literal
 import numpy as np
 
 from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_TARGETS
-from shoprank.features.transform import REQUEST_INPUTS, FeatureTransform
+from shoprank.features.cache import ByteBoundedCache
+from shoprank.features.transform import (
+    AFFINITY_CACHE_MAX_TARGETS,
+    REQUEST_INPUTS,
+    TOKEN_CACHE_ENTRY_OVERHEAD,
+    FeatureTransform,
+    take_target_rows,
+)
 from shoprank.layout import (
     ITEMS_DIR,
     MODEL_FILE,
@@ -47,6 +54,13 @@ BACKENDS = {"tflite": TOWERS_DIR, "savedmodel": SAVED_MODEL_DIR, "onnx": TRITON_
 # Either way they are listed in the response's `unknown_items` parameter. The server's --unknown_candidates.
 UnknownPolicy = Literal["last", "score"]
 UNKNOWN_POLICIES: tuple[str, ...] = ("last", "score")
+# The composed backend's per-query affinity, folded into the pair head's hidden layer (`PairHead.fold`: per target
+# and target id the sum of its columns' rows, [n_targets, H] floats; 62 KB a query at the default scale, 57
+# categories and 105 brands), cached per worker. On a hit a request of 100 candidates gathers 2 x 100 rows instead
+# of building 7 x 100 ids and gathering 700 rows (issue 14). Folded only while one query's entry stays under
+# FOLD_MAX_ENTRY_BYTES (big vocabularies keep the ids path: one fold would cost more than the rows it saves).
+FOLD_CACHE_BYTES = 16 << 20
+FOLD_MAX_ENTRY_BYTES = 256 << 10
 
 
 @dataclass
@@ -76,6 +90,17 @@ class Ranker:
         self.composed = scorer is not None and hasattr(scorer, "score_pairs")
         if self.composed and items.vectors is None:
             raise FileNotFoundError(f"{items.directory} holds no item vectors: the composed backend needs them")
+        self._folded: ByteBoundedCache[tuple[np.ndarray, ...]] = ByteBoundedCache(
+            FOLD_CACHE_BYTES, lambda key, arrays: sum(a.nbytes for a in arrays) + len(key) + TOKEN_CACHE_ENTRY_OVERHEAD)
+        self.folds_affinity = self._can_fold()
+
+    def _can_fold(self) -> bool:
+        affinity = self.transform.affinity
+        if not self.composed or affinity is None:
+            return False
+        targets = [affinity.tables[t].n_targets for t in AFFINITY_TARGETS]
+        hidden = int(self.scorer.head.hidden)
+        return max(targets) <= AFFINITY_CACHE_MAX_TARGETS and sum(targets) * hidden * 4 <= FOLD_MAX_ENTRY_BYTES
 
     @classmethod
     def from_paths(cls, transform_dir: str | Path, items_dir: str | Path, model_path: str | Path | None = None,
@@ -181,8 +206,19 @@ class Ranker:
         rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates]) if len(candidates) > 1 else None
         req = self.request_inputs(queries, histories, history_rows)
         vectors = self.scorer.request_vectors(req)
-        affinity = self.affinity(req["query_tokens"], rows, rr)
+        if rr is None and self.folds_affinity:  # one request: its query's folded affinity, gathered per candidate
+            affinity = self._folded_affinity(req["query_tokens"][0], rows)
+        else:
+            affinity = self.affinity(req["query_tokens"], rows, rr)
         return self.scorer.score_pairs(vectors, rr, self.items.item_vectors(rows), affinity), unknown
+
+    def _folded_affinity(self, tokens: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The pair head's affinity parts of candidate rows against one query (`PairHead.affinity_parts` of the
+        rows' `affinity` ids, bit for bit), from the query's folded tables (cached per query)."""
+        key = np.ascontiguousarray(tokens, np.int32).tobytes()
+        folded = self._folded.get(key, lambda: self.scorer.head.fold(self.transform.affinity_of_query(tokens)))
+        return tuple(take_target_rows(table, np.take(self.items.inputs[t], rows))
+                     for table, t in zip(folded, AFFINITY_TARGETS))
 
     def score_rows(self, request_tensors: dict[str, np.ndarray], row_request: np.ndarray,
                    item_ids: Sequence[str]) -> np.ndarray:

@@ -142,6 +142,27 @@ def test_request_side_gathers_equal_the_full_transform_on_odd_requests(tiny_bund
         np.testing.assert_allclose(scores, ranker.scorer.score(fast), atol=1e-6)
 
 
+def test_folded_affinity_scores_equal_the_ids_path_bit_for_bit(tiny_bundle):
+    """The composed backend folds a query's affinity into the head (per target id, its columns' rows summed, cached
+    per query) and gathers per candidate; the evaluator's path gathers every column's row per candidate. The same
+    sums in the same order: equal scores bit for bit, on odd requests (no query words, unknown words and ids)."""
+    ranker = Ranker.load(tiny_bundle["bundle_dir"], "tflite")
+    assert ranker.folds_affinity
+    _, catalogue = _full_transform(tiny_bundle["bundle_dir"])
+    ids = list(catalogue.item_id)
+    rng = np.random.default_rng(3)
+    queries = ["", "red shoe", "zzz unknownword", catalogue.title[0], catalogue.title[1], "red shoe"]
+    for query in queries:
+        candidates = [ids[j] for j in rng.integers(len(ids), size=int(rng.integers(1, 40)))] + ["no-such-item"]
+        history = [ids[j] for j in rng.integers(len(ids), size=5)]
+        ranker.folds_affinity = True
+        folded, _ = ranker.score([query], [history], [candidates])
+        ranker.folds_affinity = False
+        plain, _ = ranker.score([query], [history], [candidates])
+        assert folded.tobytes() == plain.tobytes(), query
+    assert len(ranker._folded) == len(set(queries))  # one entry per distinct query: repeats are hits
+
+
 def test_split_ranked_sorts_a_batch_like_one_request_at_a_time():
     rng = np.random.default_rng(3)
     for sizes in ([5, 5, 5], [3, 7, 1], [4]):

@@ -55,3 +55,14 @@ def test_the_cache_stays_within_its_bound_and_answers_the_same():
     huge = "w1 " * 100_000
     assert t.tokens(huge, 4).tolist() == uncached.tokens(huge, 4).tolist()  # larger than the bound: not cached
     assert t.token_cache_info["bytes"] <= limit
+
+
+def test_the_servers_setting_changes_the_bound():
+    # serving/model.py sets --token_cache_bytes on the loaded transform: 0 turns the cache off.
+    t = transform()
+    t.token_cache_bytes = 0
+    t.tokens("w1 w2", 16)
+    assert t.token_cache_info == {"entries": 0, "bytes": 0, "limit": 0}
+    t.token_cache_bytes = 1 << 20
+    t.tokens("w1 w2", 16)
+    assert t.token_cache_info["entries"] == 1 and t.token_cache_info["limit"] == 1 << 20
