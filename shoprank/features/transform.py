@@ -42,7 +42,6 @@ __all__ = [
     "UnindexedVocabulary",
     "Vocabulary",
     "input_shapes",
-    "take_target_rows",
     "tokenize",
 ]
 
@@ -337,7 +336,7 @@ class FeatureTransform:
         cols = [np.asarray(targets[name], np.intp) for name in AFFINITY_TARGETS]
         if len(q) == 1:
             dense = self.affinity_of_query(q[0])
-            return np.concatenate([take_target_rows(d, c) for d, c in zip(dense, cols)], axis=1)
+            return np.concatenate([_take_target_rows(d, c) for d, c in zip(dense, cols)], axis=1)
         out = np.empty((len(rr), AFFINITY_WIDTH), np.int32)
         order = np.argsort(rr, kind="stable")
         bounds = np.searchsorted(rr[order], np.arange(len(q) + 1))
@@ -345,7 +344,7 @@ class FeatureTransform:
             rows = order[bounds[r]: bounds[r + 1]]
             if rows.size:
                 dense = self.affinity_of_query(q[r])
-                out[rows] = np.concatenate([take_target_rows(d, c[rows]) for d, c in zip(dense, cols)], axis=1)
+                out[rows] = np.concatenate([_take_target_rows(d, c[rows]) for d, c in zip(dense, cols)], axis=1)
         return out
 
     def affinity_of_query(self, tokens: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -383,7 +382,7 @@ class FeatureTransform:
         }
 
 
-def take_target_rows(dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def _take_target_rows(dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Rows of a per-query table by target id; ids outside it (a tensor request's) get its row 0 (no target)."""
     safe = np.where((ids >= 0) & (ids < len(dense)), ids, 0)
     return np.take(dense, safe, axis=0)

@@ -57,22 +57,28 @@ class PairHead:
         with np.load(path) as z:
             return cls({k: z[k] for k in z.files}, f)
 
-    def affinity_parts(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Per target (AFFINITY_GROUPS), each row's affinity rows summed over the target's columns: [N, H] each."""
-        return tuple(np.take(self.affinity, ids[:, g], axis=0).sum(axis=1) for g in AFFINITY_GROUPS)
+    def affinity_hidden(self, ids: np.ndarray) -> np.ndarray:
+        """The affinity input's contribution to the hidden layer [N, H]: per target (AFFINITY_GROUPS) its columns'
+        rows summed, then the targets' sums added in AFFINITY_TARGETS order."""
+        parts = [np.take(self.affinity, ids[:, g], axis=0).sum(axis=1) for g in AFFINITY_GROUPS]
+        out = parts[0]
+        for part in parts[1:]:
+            out += part
+        return out
 
-    def fold(self, per_target: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
-        """`affinity_parts` of every target id of one query at once: per target [n_targets, H], from its
-        columns' ids for every target id ([n_targets, columns], `FeatureTransform.affinity_of_query`). A row's
-        part is then one gather by its target id, bit for bit the same sums (the same rows added in the same order:
-        tests/scoring/test_composed.py): 2 gathers of H per candidate instead of AFFINITY_WIDTH."""
-        return tuple(np.take(self.affinity, ids, axis=0).sum(axis=1) for ids in per_target)
+    def fold(self, per_target: Sequence[np.ndarray]) -> np.ndarray:
+        """One query's affinity folded into the hidden layer: for every target id of every target (AFFINITY_TARGETS
+        order, stacked: [sum of n_targets, H]) the sum of its columns' rows, from its columns' ids for every
+        target id ([n_targets, columns], `FeatureTransform.affinity_of_query`). A row's contribution is then the
+        sum of one row per target (`Ranker` gathers them): 2 rows of H per candidate instead of AFFINITY_WIDTH,
+        bit for bit `affinity_hidden`'s sums (the same rows added in the same order: tests/scoring)."""
+        return np.concatenate([np.take(self.affinity, ids, axis=0).sum(axis=1) for ids in per_target])
 
     def logits(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
-               affinity: np.ndarray | tuple[np.ndarray, ...]) -> np.ndarray:
+               affinity: np.ndarray) -> np.ndarray:
         """row_request: each item row's request (index into the request vectors); None when there is one request
-        (its vectors are broadcast, no gather). affinity: [N, width] ids, the rows' `query_affinity` input, or
-        its `affinity_parts` (per target [N, H]; the server gathers them from `fold`)."""
+        (its vectors are broadcast, no gather). affinity: the rows' `query_affinity` input ([N, width] int ids), or
+        its contribution to the hidden layer ([N, H] float, `affinity_hidden`; the server gathers it from `fold`)."""
         f = self.f
         n = items.shape[0]
         qh = np.concatenate([request["query"], request["history"]], axis=1)  # [R, 2F]
@@ -86,13 +92,12 @@ class PairHead:
             x += items[:, 2 * f:]
         d = pair.reshape(n, 2, f).sum(axis=2)  # [N, 2]: query . title, history . candidate
         x += d @ self.w_pair
-        for part in affinity if isinstance(affinity, tuple) else self.affinity_parts(np.asarray(affinity, np.intp)):
-            x += part
+        x += affinity if affinity.dtype.kind == "f" else self.affinity_hidden(affinity.astype(np.intp, copy=False))
         np.maximum(x, 0, out=x)
         return x @ self.w_score + self.b_score
 
     def scores(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
-               affinity: np.ndarray | tuple[np.ndarray, ...]) -> np.ndarray:
+               affinity: np.ndarray) -> np.ndarray:
         z = self.logits(request, row_request, items, affinity)
         with np.errstate(over="ignore"):  # exp of a large negative logit: inf, and the score 0
             return (1.0 / (1.0 + np.exp(-z))).astype(np.float32, copy=False)
@@ -141,12 +146,12 @@ class ComposedScorer:
         return vectors.astype(self.item_dtype).astype(np.float32, copy=False)
 
     def score_pairs(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
-                    affinity: np.ndarray | tuple[np.ndarray, ...]) -> np.ndarray:
+                    affinity: np.ndarray) -> np.ndarray:
         """Scores of N item rows against R requests' vectors; row_request maps rows to requests (None: R is 1);
-        affinity: the rows' pair input ([N, width] ids, `FeatureTransform.query_affinity`) or its per-target parts
-        (`PairHead.affinity_parts`, what the server gathers from `PairHead.fold`)."""
+        affinity: the rows' pair input ([N, width] int ids, `FeatureTransform.query_affinity`) or its contribution
+        to the hidden layer ([N, H] float: `PairHead.affinity_hidden`, what the server gathers from `PairHead.fold`)."""
         return self.head.scores(request, None if row_request is None else np.asarray(row_request, np.intp), items,
-                                affinity if isinstance(affinity, tuple) else np.asarray(affinity, np.intp))
+                                np.asarray(affinity))
 
     def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Scores of N rows of the model's whole input tensors (INPUTS): the request tower and the item tower on

@@ -24,7 +24,6 @@ from shoprank.features.transform import (
     REQUEST_INPUTS,
     TOKEN_CACHE_ENTRY_OVERHEAD,
     FeatureTransform,
-    take_target_rows,
 )
 from shoprank.layout import (
     ITEMS_DIR,
@@ -90,17 +89,30 @@ class Ranker:
         self.composed = scorer is not None and hasattr(scorer, "score_pairs")
         if self.composed and items.vectors is None:
             raise FileNotFoundError(f"{items.directory} holds no item vectors: the composed backend needs them")
-        self._folded: ByteBoundedCache[tuple[np.ndarray, ...]] = ByteBoundedCache(
-            FOLD_CACHE_BYTES, lambda key, arrays: sum(a.nbytes for a in arrays) + len(key) + TOKEN_CACHE_ENTRY_OVERHEAD)
-        self.folds_affinity = self._can_fold()
+        self._folded: ByteBoundedCache[np.ndarray] = ByteBoundedCache(
+            FOLD_CACHE_BYTES, lambda key, table: table.nbytes + len(key) + TOKEN_CACHE_ENTRY_OVERHEAD)
+        self._fold_rows = self._fold_rows_of_items()
+        self.folds_affinity = self._fold_rows is not None
 
-    def _can_fold(self) -> bool:
+    def _fold_rows_of_items(self) -> np.ndarray | None:
+        """Per item-table row, its row in a query's folded table for each target ([targets, rows]: the target id,
+        offset by the earlier targets' sizes, as `PairHead.fold` stacks them); None where folding does not apply
+        (no composed backend, no affinity, vocabularies too big, or a table id outside its vocabulary: the ids
+        path maps those to row 0, and the fold must give the same)."""
         affinity = self.transform.affinity
         if not self.composed or affinity is None:
-            return False
-        targets = [affinity.tables[t].n_targets for t in AFFINITY_TARGETS]
-        hidden = int(self.scorer.head.hidden)
-        return max(targets) <= AFFINITY_CACHE_MAX_TARGETS and sum(targets) * hidden * 4 <= FOLD_MAX_ENTRY_BYTES
+            return None
+        sizes = [affinity.tables[t].n_targets for t in AFFINITY_TARGETS]
+        if max(sizes) > AFFINITY_CACHE_MAX_TARGETS or sum(sizes) * self.scorer.head.hidden * 4 > FOLD_MAX_ENTRY_BYTES:
+            return None
+        cols, offset = [], 0
+        for t, size in zip(AFFINITY_TARGETS, sizes):
+            ids = np.asarray(self.items.inputs[t], np.intp)
+            if ids.size and (ids.min() < 0 or ids.max() >= size):
+                return None
+            cols.append(ids + offset)
+            offset += size
+        return np.stack(cols)
 
     @classmethod
     def from_paths(cls, transform_dir: str | Path, items_dir: str | Path, model_path: str | Path | None = None,
@@ -206,19 +218,32 @@ class Ranker:
         rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates]) if len(candidates) > 1 else None
         req = self.request_inputs(queries, histories, history_rows)
         vectors = self.scorer.request_vectors(req)
-        if rr is None and self.folds_affinity:  # one request: its query's folded affinity, gathered per candidate
-            affinity = self._folded_affinity(req["query_tokens"][0], rows)
+        if self.folds_affinity:  # each query's folded affinity (cached), gathered per candidate
+            affinity = self._folded_affinity(req["query_tokens"], rows, [len(c) for c in candidates])
         else:
             affinity = self.affinity(req["query_tokens"], rows, rr)
         return self.scorer.score_pairs(vectors, rr, self.items.item_vectors(rows), affinity), unknown
 
-    def _folded_affinity(self, tokens: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The pair head's affinity parts of candidate rows against one query (`PairHead.affinity_parts` of the
-        rows' `affinity` ids, bit for bit), from the query's folded tables (cached per query)."""
+    def _folded_affinity(self, query_tokens: np.ndarray, rows: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+        """The affinity's contribution to the pair head's hidden layer for candidate rows ([N, H]; bit for bit
+        `PairHead.affinity_hidden` of the rows' `affinity` ids) from each query's folded table (cached per query).
+        query_tokens [R, Q]; the rows are R consecutive blocks of `sizes` rows (request order), as `score` builds
+        them."""
+        at = np.take(self._fold_rows, rows, axis=1)  # [targets, N], each target's ids contiguous
+        if len(sizes) == 1:
+            return _sum_rows(self._folded_of(query_tokens[0]), at)
+        out = np.empty((len(rows), self.scorer.head.hidden), np.float32)
+        start = 0
+        for tokens, size in zip(query_tokens, sizes):
+            end = start + size
+            if size:
+                out[start:end] = _sum_rows(self._folded_of(tokens), at[:, start:end])
+            start = end
+        return out
+
+    def _folded_of(self, tokens: np.ndarray) -> np.ndarray:
         key = np.ascontiguousarray(tokens, np.int32).tobytes()
-        folded = self._folded.get(key, lambda: self.scorer.head.fold(self.transform.affinity_of_query(tokens)))
-        return tuple(take_target_rows(table, np.take(self.items.inputs[t], rows))
-                     for table, t in zip(folded, AFFINITY_TARGETS))
+        return self._folded.get(key, lambda: self.scorer.head.fold(self.transform.affinity_of_query(tokens)))
 
     def score_rows(self, request_tensors: dict[str, np.ndarray], row_request: np.ndarray,
                    item_ids: Sequence[str]) -> np.ndarray:
@@ -236,6 +261,15 @@ class Ranker:
              candidates: Sequence[Sequence[str]]) -> list[RankedList]:
         scores, unknown = self.score(queries, histories, candidates)
         return split_ranked(scores, unknown, candidates, self.unknown_candidates)
+
+
+def _sum_rows(table: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """table[at[0]] + table[at[1]] + ... (added in order, as `PairHead.affinity_hidden` adds the targets' sums);
+    gathers and in-place adds: a sum over the middle axis of one [N, targets, H] gather costs twice as much."""
+    out = np.take(table, at[0], axis=0)
+    for ids in at[1:]:
+        out += np.take(table, ids, axis=0)
+    return out
 
 
 def split_ranked(scores: np.ndarray, unknown: np.ndarray, candidates: Sequence[Sequence[str]],

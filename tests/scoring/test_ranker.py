@@ -161,6 +161,14 @@ def test_folded_affinity_scores_equal_the_ids_path_bit_for_bit(tiny_bundle):
         plain, _ = ranker.score([query], [history], [candidates])
         assert folded.tobytes() == plain.tobytes(), query
     assert len(ranker._folded) == len(set(queries))  # one entry per distinct query: repeats are hits
+    # A micro-batch of requests (the server's at concurrency): each request's block from its own query's tables.
+    candidates = [[ids[j] for j in rng.integers(len(ids), size=int(rng.integers(1, 30)))] for _ in queries]
+    histories = [[ids[j] for j in rng.integers(len(ids), size=3)] for _ in queries]
+    ranker.folds_affinity = True
+    folded, _ = ranker.score(queries, histories, candidates)
+    ranker.folds_affinity = False
+    plain, _ = ranker.score(queries, histories, candidates)
+    assert folded.tobytes() == plain.tobytes()
 
 
 def test_split_ranked_sorts_a_batch_like_one_request_at_a_time():
