@@ -10,7 +10,8 @@ the number it needs.
 What the estimate is made of (`MemoryNeed`), per server process (a worker, plus the parent that serves gRPC when
 there are several workers), from the bundle's files as they are on disk, whatever the layout:
 - the runtime: Python, KServe, the backend's runtime, with an empty catalogue (`RUNTIME_BYTES`, measured RSS
-  after warm-up) plus the token cache's bound (`shoprank.features.transform.TOKEN_CACHE_BYTES`);
+  after warm-up) plus the bounds of the token cache and of the per-query affinity caches (`TOKEN_CACHE_BYTES`,
+  `QUERY_CACHE_BYTES`: filled only by traffic, so a benchmark of 64 repeated queries does not show them);
 - the catalogue in memory, for a bundle without per-item tables: per item `ITEM_BYTES` (the Python objects, the
   index, the precomputed item columns) plus the item's share of the column bytes (the parquet file's
   uncompressed size, from its metadata). A bundle with per-item tables (`*.npy`, memory-mapped: issue 11's
@@ -60,6 +61,9 @@ MIB = 1 << 20
 # the transformer (no model in process).
 RUNTIME_BYTES = {"tflite": 230 * MIB, "onnx": 300 * MIB, "savedmodel": 950 * MIB, "remote": 220 * MIB}
 TOKEN_CACHE_BYTES = 32 * MIB  # == shoprank.features.transform.TOKEN_CACHE_BYTES (release does not import features)
+# The per-query caches' bounds: the transform's affinity ids (AFFINITY_CACHE_BYTES) and the ranker's folded affinity
+# (shoprank.scoring.ranker.FOLD_CACHE_BYTES), 16 MiB each; tests/release/kserve/test_sizing.py checks the sum.
+QUERY_CACHE_BYTES = 32 * MIB
 ITEM_BYTES = 780
 JSON_FACTOR = 8
 LIMIT_HEADROOM = 1.5  # limit = request x this: transient arrays of a full batch, allocator slack
@@ -173,5 +177,5 @@ def memory_need(bundle_dir: str | Path, backend: str, workers: int = 1) -> Memor
     model_bytes = JSON_FACTOR * _tree_bytes(root / TRANSFORM_DIR / TRANSFORM_FILE) + _model_bytes(root, backend)
     shared = sum(p.stat().st_size for p in tables)
     return MemoryNeed(backend=backend, processes=workers + (1 if workers > 1 else 0),
-                      runtime_bytes=RUNTIME_BYTES[backend] + TOKEN_CACHE_BYTES, catalogue_items=items,
+                      runtime_bytes=RUNTIME_BYTES[backend] + TOKEN_CACHE_BYTES + QUERY_CACHE_BYTES, catalogue_items=items,
                       catalogue_bytes=catalogue_bytes, model_bytes=model_bytes, shared_bytes=shared)

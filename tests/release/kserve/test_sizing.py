@@ -78,3 +78,12 @@ def test_a_large_catalogue_is_refused_with_the_number_it_needs(tmp_path):
         need.check("256Mi")
     with pytest.raises(ValueError, match="unknown backend"):
         memory_need(tmp_path, "triton")
+
+
+def test_the_cache_bounds_are_the_servers():
+    # release does not import features or scoring (import contracts); the test does, and checks the copies.
+    from shoprank.features import transform
+    from shoprank.scoring import ranker
+
+    assert sizing.TOKEN_CACHE_BYTES == transform.TOKEN_CACHE_BYTES
+    assert sizing.QUERY_CACHE_BYTES == transform.AFFINITY_CACHE_BYTES + ranker.FOLD_CACHE_BYTES
