@@ -177,5 +177,6 @@ def memory_need(bundle_dir: str | Path, backend: str, workers: int = 1) -> Memor
     model_bytes = JSON_FACTOR * _tree_bytes(root / TRANSFORM_DIR / TRANSFORM_FILE) + _model_bytes(root, backend)
     shared = sum(p.stat().st_size for p in tables)
     return MemoryNeed(backend=backend, processes=workers + (1 if workers > 1 else 0),
-                      runtime_bytes=RUNTIME_BYTES[backend] + TOKEN_CACHE_BYTES + QUERY_CACHE_BYTES, catalogue_items=items,
+                      runtime_bytes=RUNTIME_BYTES[backend] + TOKEN_CACHE_BYTES + QUERY_CACHE_BYTES,
+                      catalogue_items=items,
                       catalogue_bytes=catalogue_bytes, model_bytes=model_bytes, shared_bytes=shared)
