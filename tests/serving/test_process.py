@@ -431,8 +431,8 @@ def test_sigterm_finishes_requests_in_flight_and_exits_cleanly(servers, golden):
 
 class KeepAliveClient(threading.Thread):
     """A client on one keep-alive connection (http.client: no retries, unlike httpx and Go's client, so a reset
-    is seen as one), sending ranking requests back to back and recording (sent at, outcome) for each; it
-    reconnects after a `Connection: close` answer or an error."""
+    is seen as one), sending ranking requests back to back and recording (sent at, outcome, when its connection
+    was opened) for each; it reconnects after a `Connection: close` answer or an error."""
 
     def __init__(self, url: str, body: bytes, stop: threading.Event):
         super().__init__(daemon=True)
@@ -443,21 +443,23 @@ class KeepAliveClient(threading.Thread):
         import http.client
 
         conn = None
+        opened = 0.0
         while not self.stop.is_set():
             if conn is None:
                 conn = http.client.HTTPConnection(self.host, int(self.port), timeout=30)
+                opened = time.monotonic()  # connects on the first request, just after this
             sent = time.monotonic()
             try:
                 conn.request("POST", f"/v2/models/{NAME}/infer", body=self.body,
                              headers={"content-type": "application/json"})
                 response = conn.getresponse()
                 response.read()
-                self.records.append((sent, response.status))
+                self.records.append((sent, response.status, opened))
                 if response.getheader("connection") == "close":
                     conn.close()
                     conn = None
             except (OSError, http.client.HTTPException) as e:
-                self.records.append((sent, type(e).__name__))
+                self.records.append((sent, type(e).__name__, opened))
                 conn.close()
                 conn = None
                 time.sleep(0.02)
@@ -544,9 +546,13 @@ def test_sigkill_loses_a_workers_requests_in_flight_only_and_sigterm_loses_none(
         assert str(workers[0]) not in model_info_pids()
         time.sleep(2)
         lost = [r for c in clients for r in c.records if r[1] != 200]
-        # Only requests addressed to the killed worker fail: in flight on it, or sent to its connections or its
-        # listening socket before the kernel had torn it down (which took up to ~0.2 s here under load).
-        assert all(sent < dead_at for sent, _ in lost), (killed_at, dead_at, lost)
+        # Only requests addressed to the killed worker fail: in flight on it, sent to its listening socket before
+        # the kernel had torn it down (up to ~0.2 s here under load), or sent on a keep-alive connection it had
+        # accepted (after its death too: the client learns of the reset only by sending; CI on Python 3.12 saw one
+        # sent 2 ms after the worker was dead). A connection opened after its death never fails.
+        assert all(sent < dead_at or opened < dead_at for sent, _, opened in lost), (killed_at, dead_at, lost)
+        for c in clients:  # a stale connection fails once after the death; the client then reaches a live worker
+            assert sum(1 for sent, status, _ in c.records if status != 200 and sent >= dead_at) <= 1, c.records
         assert len(lost) <= 2 * len(clients), lost
         answered_before_term = sum(1 for c in clients for r in c.records if r[1] == 200)
 
