@@ -438,10 +438,6 @@ class ReferenceFeatures:
 
 # --- training and scoring ------------------------------------------------------------------------------
 
-# A fold per row, by request (seeded hash of the request id): the same folds as the query affinity's.
-_folds = request_folds
-
-
 def _lists_with_gain(split: SplitData) -> tuple[np.ndarray, np.ndarray]:
     """Row index of every list with a relevant row, and the list (index) of each row."""
     row_list, n_lists = list_index(np.asarray(split.column("request")))
@@ -486,7 +482,7 @@ def run_reference(features_dir: str | Path, config: ShoprankConfig, out_dir: str
     t0 = time.perf_counter()
     rss0 = peak_rss_mib()
     train, val, test = (load_split(features_dir, s) for s in ("train", "validation", "test"))
-    fold_all = _folds(np.asarray(train.column("request")), rc.folds, rc.seed)
+    fold_all = request_folds(np.asarray(train.column("request")), rc.folds, rc.seed)  # the affinity's folds
     stats = ReferenceFeatures.fit(train, fold_all, config)
     rows = _choose_rows(train, rc.max_train_requests, rc.seed)
     rows = _shuffled_within_lists(rows, list_index(np.asarray(train.column("request"))[rows])[0], rc.seed)

@@ -12,9 +12,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-__all__ = ["ByteBoundedCache"]
+import numpy as np
+
+__all__ = ["ByteBoundedCache", "arrays_cost"]
 
 V = TypeVar("V")
+
+
+def arrays_cost(key: bytes, value: np.ndarray | tuple[np.ndarray, ...], overhead: int) -> int:
+    """Accounted bytes of an entry keyed by bytes (a query's token ids) holding one array or a tuple of them."""
+    arrays = value if isinstance(value, tuple) else (value,)
+    return sum(a.nbytes for a in arrays) + len(key) + overhead
 
 
 class ByteBoundedCache(Generic[V]):

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from shoprank.config import FeatureConfig
 from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_TARGETS, AFFINITY_WIDTH, QueryAffinity
-from shoprank.features.cache import ByteBoundedCache
+from shoprank.features.cache import ByteBoundedCache, arrays_cost
 
 __all__ = [
     "INPUTS",
@@ -69,11 +69,6 @@ TOKEN_CACHE_ENTRY_OVERHEAD = 270
 AFFINITY_CACHE_BYTES = 16 << 20
 AFFINITY_CACHE_MAX_TARGETS = 4096
 AFFINITY_CACHE_MAX_REQUESTS = 256
-
-
-def _arrays_cost(key: bytes, arrays: tuple[np.ndarray, ...]) -> int:
-    """Accounted bytes of a per-query cache entry keyed by token-id bytes (the overhead as the token cache's)."""
-    return sum(a.nbytes for a in arrays) + len(key) + TOKEN_CACHE_ENTRY_OVERHEAD
 
 
 def _entry_cost(text: str, ids: np.ndarray) -> int:
@@ -192,7 +187,7 @@ class FeatureTransform:
         self._token_cache: ByteBoundedCache[np.ndarray] = ByteBoundedCache(
             token_cache_bytes, lambda key, ids: _entry_cost(key[0], ids))
         self._affinity_cache: ByteBoundedCache[tuple[np.ndarray, ...]] = ByteBoundedCache(
-            AFFINITY_CACHE_BYTES, _arrays_cost)
+            AFFINITY_CACHE_BYTES, lambda key, arrays: arrays_cost(key, arrays, TOKEN_CACHE_ENTRY_OVERHEAD))
 
     # --- fitting and persistence -------------------------------------------------------------
     @classmethod

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_TARGETS
-from shoprank.features.cache import ByteBoundedCache
+from shoprank.features.cache import ByteBoundedCache, arrays_cost
 from shoprank.features.transform import (
     AFFINITY_CACHE_MAX_TARGETS,
     REQUEST_INPUTS,
@@ -90,29 +90,25 @@ class Ranker:
         if self.composed and items.vectors is None:
             raise FileNotFoundError(f"{items.directory} holds no item vectors: the composed backend needs them")
         self._folded: ByteBoundedCache[np.ndarray] = ByteBoundedCache(
-            FOLD_CACHE_BYTES, lambda key, table: table.nbytes + len(key) + TOKEN_CACHE_ENTRY_OVERHEAD)
-        self._fold_rows = self._fold_rows_of_items()
-        self.folds_affinity = self._fold_rows is not None
+            FOLD_CACHE_BYTES, lambda key, table: arrays_cost(key, table, TOKEN_CACHE_ENTRY_OVERHEAD))
+        self._fold_offsets = self._fold_offsets_of_targets()
+        self.folds_affinity = self._fold_offsets is not None
 
-    def _fold_rows_of_items(self) -> np.ndarray | None:
-        """Per item-table row, its row in a query's folded table for each target ([targets, rows]: the target id,
-        offset by the earlier targets' sizes, as `PairHead.fold` stacks them); None where folding does not apply
-        (no composed backend, no affinity, vocabularies too big, or a table id outside its vocabulary: the ids
-        path maps those to row 0, and the fold must give the same)."""
+    def _fold_offsets_of_targets(self) -> tuple[int, ...] | None:
+        """Where each target's rows start in a query's folded table (`PairHead.fold` stacks the targets); None
+        where folding does not apply (no composed backend, no affinity, vocabularies too big, or an item-table id
+        outside its vocabulary: the ids path maps those to row 0, and the fold must give the same)."""
         affinity = self.transform.affinity
         if not self.composed or affinity is None:
             return None
         sizes = [affinity.tables[t].n_targets for t in AFFINITY_TARGETS]
         if max(sizes) > AFFINITY_CACHE_MAX_TARGETS or sum(sizes) * self.scorer.head.hidden * 4 > FOLD_MAX_ENTRY_BYTES:
             return None
-        cols, offset = [], 0
         for t, size in zip(AFFINITY_TARGETS, sizes):
-            ids = np.asarray(self.items.inputs[t], np.intp)
+            ids = self.items.inputs[t]
             if ids.size and (ids.min() < 0 or ids.max() >= size):
                 return None
-            cols.append(ids + offset)
-            offset += size
-        return np.stack(cols)
+        return tuple(int(x) for x in np.cumsum([0, *sizes[:-1]]))
 
     @classmethod
     def from_paths(cls, transform_dir: str | Path, items_dir: str | Path, model_path: str | Path | None = None,
@@ -229,7 +225,7 @@ class Ranker:
         `PairHead.affinity_hidden` of the rows' `affinity` ids) from each query's folded table (cached per query).
         query_tokens [R, Q]; the rows are R consecutive blocks of `sizes` rows (request order), as `score` builds
         them."""
-        at = np.take(self._fold_rows, rows, axis=1)  # [targets, N], each target's ids contiguous
+        at = [np.take(self.items.inputs[t], rows) + offset for t, offset in zip(AFFINITY_TARGETS, self._fold_offsets)]
         if len(sizes) == 1:
             return _sum_rows(self._folded_of(query_tokens[0]), at)
         out = np.empty((len(rows), self.scorer.head.hidden), np.float32)
@@ -237,7 +233,7 @@ class Ranker:
         for tokens, size in zip(query_tokens, sizes):
             end = start + size
             if size:
-                out[start:end] = _sum_rows(self._folded_of(tokens), at[:, start:end])
+                out[start:end] = _sum_rows(self._folded_of(tokens), [ids[start:end] for ids in at])
             start = end
         return out
 
@@ -263,7 +259,7 @@ class Ranker:
         return split_ranked(scores, unknown, candidates, self.unknown_candidates)
 
 
-def _sum_rows(table: np.ndarray, at: np.ndarray) -> np.ndarray:
+def _sum_rows(table: np.ndarray, at: Sequence[np.ndarray]) -> np.ndarray:
     """table[at[0]] + table[at[1]] + ... (added in order, as `PairHead.affinity_hidden` adds the targets' sums);
     gathers and in-place adds: a sum over the middle axis of one [N, targets, H] gather costs twice as much."""
     out = np.take(table, at[0], axis=0)

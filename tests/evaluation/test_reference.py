@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from shoprank.evaluation import reference as R
+from shoprank.features.affinity import request_folds
 from shoprank.features.dataset import load_split
 
 pytest.importorskip("lightgbm")
@@ -33,7 +34,7 @@ def _scramble_labels(features_dir, split, seed=0, rows=None):
 
 def _train_features(features_dir, config):
     train = load_split(features_dir, "train")
-    fold = R._folds(np.asarray(train.column("request")), config.reference.folds, config.reference.seed)
+    fold = request_folds(np.asarray(train.column("request")), config.reference.folds, config.reference.seed)
     stats = R.ReferenceFeatures.fit(train, fold, config)
     x, _ = stats.matrix(train, None, fold)
     return x, fold
@@ -119,7 +120,7 @@ def test_folds_keep_a_request_together_and_every_feature_is_built(tiny_features,
     features, _, _ = tiny_features
     train = load_split(features, "train")
     request = np.asarray(train.column("request"))
-    fold = R._folds(request, 5, 0)
+    fold = request_folds(request, 5, 0)
     assert set(np.unique(fold)) == set(range(5))
     per_request = {}
     for r, f in zip(request.tolist(), fold.tolist()):
