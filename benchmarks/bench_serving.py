@@ -301,7 +301,7 @@ def compute_bound(ranker, requests: list[dict], n: int, k: int = 16) -> dict:
         unknown = ~ranker.items.known(rows)
         request = ranker.request_inputs(q, h)
         rr = np.repeat(np.arange(len(c)), [len(x) for x in c])
-        affinity = ranker.affinity(request["query_tokens"], rows, rr)
+        affinity = ranker.affinity(request, rows, rr)
         t1 = time.process_time()
         scores = ranker.scorer.score_pairs(ranker.scorer.request_vectors(request), rr, ranker.items.item_vectors(rows),
                                            affinity)

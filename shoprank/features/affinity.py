@@ -13,7 +13,11 @@ For a (request, candidate) row: the max and the mean of share(t, candidate's cat
 candidate's category) over the query's distinct tokens, each cut into `buckets` quantile buckets of the training
 rows' values (0 = no query token or no category). The same for the candidate's brand, plus one label-free
 column: how often the query's words occur in the titles of the brand's items (TitleWordTable). Together one int32
-model input, `query_affinity` [N, 7] (see `QueryAffinity`): a pair input, computed per (request, candidate) row.
+model input, `query_affinity` [N, 10] (see `QueryAffinity`): a pair input, computed per (request, candidate) row.
+Its first 7 columns are the query's; the last 3 are the history-match counts (shoprank.features.history_match),
+which ride in the same input and embedding table because they too depend on the pair and are summed into the
+hidden layer the same way (the name is the input's first and larger part; it is kept for the bundles and tensor
+requests that name it).
 
 Why: LightGBM's lead over the network (issue 14) was 77% this one statistic (`tok_cat_click_share_max` and
 `_mean` of the reference's gain; token x category/brand click rates were most of the rest). The network's
@@ -37,8 +41,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AFFINITY_GROUPS", "AFFINITY_INPUT", "AFFINITY_TARGETS", "AFFINITY_WIDTH", "TITLE_TARGETS", "QueryAffinity",
-           "TitleWordTable", "TokenShareTable", "request_folds"]
+from shoprank.features.history_match import HISTORY_MATCH_FIELDS
+
+__all__ = ["AFFINITY_GROUPS", "AFFINITY_INPUT", "AFFINITY_TARGETS", "AFFINITY_WIDTH", "HISTORY_COLUMNS",
+           "QUERY_AFFINITY_WIDTH", "TITLE_TARGETS", "QueryAffinity", "TitleWordTable", "TokenShareTable",
+           "history_columns", "request_folds"]
 
 AFFINITY_INPUT = "query_affinity"
 AFFINITY_TARGETS = ("category", "brand")  # the candidate fields a query's words are matched to
@@ -50,12 +57,25 @@ DENSE_MAX_CELLS = 4_000_000
 # Per target: buckets of [max share, mean share, mean click rate] over the query's tokens, then [title max] for
 # the title targets.
 COLUMNS_PER_TARGET = 3
-AFFINITY_WIDTH = COLUMNS_PER_TARGET * len(AFFINITY_TARGETS) + len(TITLE_TARGETS)
+QUERY_AFFINITY_WIDTH = COLUMNS_PER_TARGET * len(AFFINITY_TARGETS) + len(TITLE_TARGETS)
+# The pair input's whole width: the query's affinity columns, then the history-match counts
+# (shoprank.features.history_match), which share the input's one embedding table and its column offsets.
+AFFINITY_WIDTH = QUERY_AFFINITY_WIDTH + len(HISTORY_MATCH_FIELDS)
 # The input's columns of each target, in AFFINITY_TARGETS order: the model sums a row's columns, so the server can
 # sum each target's columns once per query and target id (shoprank.scoring.composed.PairHead.fold).
 AFFINITY_GROUPS = tuple(slice(sum(COLUMNS_PER_TARGET + (t in TITLE_TARGETS) for t in AFFINITY_TARGETS[:i]),
                               sum(COLUMNS_PER_TARGET + (t in TITLE_TARGETS) for t in AFFINITY_TARGETS[:i + 1]))
                         for i in range(len(AFFINITY_TARGETS)))
+# The history-match columns: they depend on the request's history, not its query, so the server adds their rows
+# per candidate after the folded query groups (in this order in the trained graph's sum too: PairHead).
+HISTORY_COLUMNS = slice(QUERY_AFFINITY_WIDTH, AFFINITY_WIDTH)
+
+
+def history_columns(counts: np.ndarray, column_size: int) -> np.ndarray:
+    """The pair input's history-match columns from `history_match` counts [N, 3]: each count capped at the column's
+    last id and offset as the columns after the query's (ids into the input's one embedding table)."""
+    first = np.arange(QUERY_AFFINITY_WIDTH, AFFINITY_WIDTH, dtype=np.int32) * column_size
+    return np.minimum(counts, column_size - 1).astype(np.int32) + first
 
 
 def request_folds(request: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -334,9 +354,9 @@ class TitleWordTable:
 
 @dataclass
 class QueryAffinity:
-    """The tables and the model input they make together: [N, AFFINITY_WIDTH] int32. Columns, grouped by the
-    candidate field they read (AFFINITY_TARGETS): per target its click table's max share, mean share and mean
-    click rate, then, for the targets in TITLE_TARGETS, the title table's max. Column k is offset by
+    """The tables and the query's columns of the pair input they make: [N, QUERY_AFFINITY_WIDTH] int32. Columns,
+    grouped by the candidate field they read (AFFINITY_TARGETS): per target its click table's max share, mean share
+    and mean click rate, then, for the targets in TITLE_TARGETS, the title table's max. Column k is offset by
     k * `column_size` so that the model looks every column up in one embedding table of `input_size` rows (one
     table, no slicing layers in the graph; the pair head averages the looked-up rows)."""
 
@@ -350,13 +370,14 @@ class QueryAffinity:
 
     @staticmethod
     def empty(n: int, column_size: int) -> np.ndarray:
-        """The input of N rows with nothing to go on (bucket 0 in every column): an unfitted transform's."""
-        return np.broadcast_to(np.arange(AFFINITY_WIDTH, dtype=np.int32) * column_size,
-                               (n, AFFINITY_WIDTH)).copy()
+        """The query's columns of N rows with nothing to go on (bucket 0 in every column): an unfitted transform's."""
+        return np.broadcast_to(np.arange(QUERY_AFFINITY_WIDTH, dtype=np.int32) * column_size,
+                               (n, QUERY_AFFINITY_WIDTH)).copy()
 
     @staticmethod
     def size_for(buckets: int) -> int:
-        """The embedding size for `buckets` buckets per column (what an unfitted transform reports)."""
+        """The embedding size for `buckets` buckets per column (what an unfitted transform reports): every column of
+        the pair input, the history-match columns included."""
         return AFFINITY_WIDTH * (buckets + 1)
 
     @classmethod

@@ -25,8 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shoprank.config import FeatureConfig
-from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_TARGETS, AFFINITY_WIDTH, QueryAffinity
+from shoprank.features.affinity import (
+    AFFINITY_INPUT,
+    AFFINITY_TARGETS,
+    AFFINITY_WIDTH,
+    QUERY_AFFINITY_WIDTH,
+    QueryAffinity,
+    history_columns,
+)
 from shoprank.features.cache import ByteBoundedCache, arrays_cost
+from shoprank.features.history_match import category_tops, history_match
 
 __all__ = [
     "INPUTS",
@@ -184,6 +192,8 @@ class FeatureTransform:
         self.category_price_edges = (np.full((n_cats, config.category_price_buckets - 1), np.inf)
                                      if category_price_edges is None
                                      else np.asarray(category_price_edges, np.float64).reshape(n_cats, -1))
+        # Derived from the category vocabulary (not stored): each category id's top category, for the history match.
+        self.category_top = category_tops(vocabs["category"].values, 1 + vocabs["category"].oov_buckets, n_cats)
         self._token_cache: ByteBoundedCache[np.ndarray] = ByteBoundedCache(
             token_cache_bytes, lambda key, ids: _entry_cost(key[0], ids))
         self._affinity_cache: ByteBoundedCache[tuple[np.ndarray, ...]] = ByteBoundedCache(
@@ -314,11 +324,26 @@ class FeatureTransform:
         bucket = (np.nan_to_num(p, nan=0.0)[:, None] >= e).sum(axis=1) + 1
         return np.where(ok, bucket, 0).astype(np.int32)
 
+    def pair_input(self, query_tokens: np.ndarray, history_categories: np.ndarray, history_brands: np.ndarray,
+                   targets: dict[str, np.ndarray], row_request: np.ndarray | None = None) -> np.ndarray:
+        """The pair input `query_affinity` [N, AFFINITY_WIDTH]: the query's affinity columns, then the history-match
+        columns. Query token ids and histories [N, ...] (or [R, ...] with `row_request`), each target's ids [N]
+        (AFFINITY_TARGETS: the candidates' category and brand indices). What `transform`, preprocessing and the
+        model server's id path (shoprank.scoring.ranker) all call."""
+        return np.concatenate([self.query_affinity(query_tokens, targets, row_request),
+                               self.history_columns(history_categories, history_brands, targets, row_request)], axis=1)
+
+    def history_columns(self, history_categories: np.ndarray, history_brands: np.ndarray,
+                        targets: dict[str, np.ndarray], row_request: np.ndarray | None = None) -> np.ndarray:
+        """The pair input's history-match columns [N, 3] (shoprank.features.history_match), ids with offsets."""
+        counts = history_match(history_categories, history_brands, targets["category"], targets["brand"],
+                               self.category_top, row_request)
+        return history_columns(counts, self.config.affinity_buckets + 1)
+
     def query_affinity(self, query_tokens: np.ndarray, targets: dict[str, np.ndarray],
                        row_request: np.ndarray | None = None) -> np.ndarray:
-        """The pair input `query_affinity` [N, AFFINITY_WIDTH] from ids: query token ids [N, Q] (or [R, Q] with
-        `row_request`) and each target's ids [N] (AFFINITY_TARGETS: the candidates' category and brand indices).
-        What `transform` and the model server's id path (shoprank.scoring.ranker) both call."""
+        """The pair input's query columns [N, QUERY_AFFINITY_WIDTH] from ids: query token ids [N, Q] (or [R, Q] with
+        `row_request`) and each target's ids [N] (AFFINITY_TARGETS: the candidates' category and brand indices)."""
         if self.affinity is None:
             n = len(next(iter(targets.values())))
             return QueryAffinity.empty(n, self.config.affinity_buckets + 1)
@@ -332,7 +357,7 @@ class FeatureTransform:
         if len(q) == 1:
             dense = self.affinity_of_query(q[0])
             return np.concatenate([_take_target_rows(d, c) for d, c in zip(dense, cols)], axis=1)
-        out = np.empty((len(rr), AFFINITY_WIDTH), np.int32)
+        out = np.empty((len(rr), QUERY_AFFINITY_WIDTH), np.int32)
         order = np.argsort(rr, kind="stable")
         bounds = np.searchsorted(rr[order], np.arange(len(q) + 1))
         for r in range(len(q)):
@@ -373,7 +398,7 @@ class FeatureTransform:
             "price_bucket": self.price_bucket(batch.price),
             "item_popularity": self.popularity[item_index],
             "category_price": self.category_price(category, batch.price),
-            AFFINITY_INPUT: self.query_affinity(q, {"category": category, "brand": brand}, rr),
+            AFFINITY_INPUT: self.pair_input(q, hist_cat, hist_brand, {"category": category, "brand": brand}, rr),
         }
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shoprank.features.affinity import AFFINITY_GROUPS, AFFINITY_INPUT
+from shoprank.features.affinity import AFFINITY_GROUPS, AFFINITY_INPUT, HISTORY_COLUMNS
 from shoprank.features.transform import INPUTS, ITEM_INPUTS, REQUEST_INPUTS
 from shoprank.layout import HEAD_FILE, ITEM_TOWER_FILE, REQUEST_TOWER_FILE, TOWERS_META
 from shoprank.scoring.backends import TFLiteTower
@@ -57,10 +57,15 @@ class PairHead:
         with np.load(path) as z:
             return cls({k: z[k] for k in z.files}, f)
 
+    def rows_sum(self, ids: np.ndarray) -> np.ndarray:
+        """[N, H]: the sum of the rows `ids` [N, k] of the pair input's table, per row (added left to right)."""
+        return np.take(self.affinity, ids, axis=0).sum(axis=1)
+
     def affinity_hidden(self, ids: np.ndarray) -> np.ndarray:
-        """The affinity input's contribution to the hidden layer [N, H]: per target (AFFINITY_GROUPS) its columns'
-        rows summed, then the targets' sums added in AFFINITY_TARGETS order."""
-        parts = [np.take(self.affinity, ids[:, g], axis=0).sum(axis=1) for g in AFFINITY_GROUPS]
+        """The pair input's contribution to the hidden layer [N, H]: per target (AFFINITY_GROUPS) its columns' rows
+        summed, the targets' sums added in AFFINITY_TARGETS order, then the history-match columns' sum (the
+        order the server's fold path adds them in: shoprank.scoring.ranker)."""
+        parts = [self.rows_sum(ids[:, g]) for g in (*AFFINITY_GROUPS, HISTORY_COLUMNS)]
         out = parts[0]
         for part in parts[1:]:
             out += part
@@ -72,7 +77,7 @@ class PairHead:
         target id ([n_targets, columns], `FeatureTransform.affinity_of_query`). A row's contribution is then the
         sum of one row per target (`Ranker` gathers them): 2 rows of H per candidate instead of AFFINITY_WIDTH,
         bit for bit `affinity_hidden`'s sums (the same rows added in the same order: tests/scoring)."""
-        return np.concatenate([np.take(self.affinity, ids, axis=0).sum(axis=1) for ids in per_target])
+        return np.concatenate([self.rows_sum(ids) for ids in per_target])
 
     def logits(self, request: dict[str, np.ndarray], row_request: np.ndarray | None, items: np.ndarray,
                affinity: np.ndarray) -> np.ndarray:

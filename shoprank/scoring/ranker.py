@@ -166,13 +166,17 @@ class Ranker:
                     hist[i, req, place] = np.take(col, history_rows)
         return {"query_tokens": q, "history_items": hist[0], "history_categories": hist[1], "history_brands": hist[2]}
 
-    def affinity(self, query_tokens: np.ndarray, rows: np.ndarray, row_request: np.ndarray | None) -> np.ndarray:
-        """The pair input of candidate rows (table rows `rows`) against their requests' query tokens [R, Q]
-        (row_request None: one request), from the candidates' category and brand indices in the tables: the same
-        `FeatureTransform.query_affinity` that preprocessing ran."""
-        targets = {t: np.take(self.items.inputs[t], rows) for t in AFFINITY_TARGETS}
+    def affinity(self, request: dict[str, np.ndarray], rows: np.ndarray, row_request: np.ndarray | None
+                 ) -> np.ndarray:
+        """The pair input of candidate rows (table rows `rows`) against their requests' inputs (R rows: query tokens
+        and history; row_request None: one request), from the candidates' category and brand indices in the
+        tables: the same `FeatureTransform.pair_input` that preprocessing ran."""
         rr = np.zeros(len(rows), np.intp) if row_request is None else row_request
-        return self.transform.query_affinity(query_tokens, targets, rr)
+        return self.transform.pair_input(request["query_tokens"], request["history_categories"],
+                                         request["history_brands"], self._targets(rows), rr)
+
+    def _targets(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {t: np.take(self.items.inputs[t], rows) for t in AFFINITY_TARGETS}
 
     def _recent(self, histories: Sequence[Sequence[str]]) -> list[str]:
         length = self.transform.config.history_len
@@ -196,7 +200,7 @@ class Ranker:
         req = self.request_inputs(queries, histories, history_rows)
         rr = np.repeat(np.arange(len(candidates)), [len(c) for c in candidates])
         tensors = {k: np.take(req[k], rr, axis=0) for k in REQUEST_INPUTS} | self.items.item_inputs(rows)
-        tensors[AFFINITY_INPUT] = self.affinity(req["query_tokens"], rows, rr)
+        tensors[AFFINITY_INPUT] = self.affinity(req, rows, rr)
         return tensors, ~self.items.known(rows)
 
     def score(self, queries: Sequence[str], histories: Sequence[Sequence[str]],
@@ -215,26 +219,35 @@ class Ranker:
         req = self.request_inputs(queries, histories, history_rows)
         vectors = self.scorer.request_vectors(req)
         if self.folds_affinity:  # each query's folded affinity (cached), gathered per candidate
-            affinity = self._folded_affinity(req["query_tokens"], rows, [len(c) for c in candidates])
+            affinity = self._folded_affinity(req, rows, [len(c) for c in candidates])
         else:
-            affinity = self.affinity(req["query_tokens"], rows, rr)
+            affinity = self.affinity(req, rows, rr)
         return self.scorer.score_pairs(vectors, rr, self.items.item_vectors(rows), affinity), unknown
 
-    def _folded_affinity(self, query_tokens: np.ndarray, rows: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
-        """The affinity's contribution to the pair head's hidden layer for candidate rows ([N, H]; bit for bit
-        `PairHead.affinity_hidden` of the rows' `affinity` ids) from each query's folded table (cached per query).
-        query_tokens [R, Q]; the rows are R consecutive blocks of `sizes` rows (request order), as `score` builds
-        them."""
-        at = [np.take(self.items.inputs[t], rows) + offset for t, offset in zip(AFFINITY_TARGETS, self._fold_offsets)]
+    def _folded_affinity(self, request: dict[str, np.ndarray], rows: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+        """The pair input's contribution to the pair head's hidden layer for candidate rows ([N, H]; bit for bit
+        `PairHead.affinity_hidden` of the rows' `affinity` ids): the query's columns from each query's folded table
+        (cached per query), then the history-match columns' rows (they depend on the history: per row). `request`
+        holds R requests' inputs; the rows are R consecutive blocks of `sizes` rows (request order), as `score`
+        builds them."""
+        targets = self._targets(rows)
+        at = [targets[t] + offset for t, offset in zip(AFFINITY_TARGETS, self._fold_offsets)]
+        query_tokens = request["query_tokens"]
         if len(sizes) == 1:
-            return _sum_rows(self._folded_of(query_tokens[0]), at)
-        out = np.empty((len(rows), self.scorer.head.hidden), np.float32)
-        start = 0
-        for tokens, size in zip(query_tokens, sizes):
-            end = start + size
-            if size:
-                out[start:end] = _sum_rows(self._folded_of(tokens), [ids[start:end] for ids in at])
-            start = end
+            out = _sum_rows(self._folded_of(query_tokens[0]), at)
+            rr = np.zeros(len(rows), np.intp)
+        else:
+            out = np.empty((len(rows), self.scorer.head.hidden), np.float32)
+            start = 0
+            for tokens, size in zip(query_tokens, sizes):
+                end = start + size
+                if size:
+                    out[start:end] = _sum_rows(self._folded_of(tokens), [ids[start:end] for ids in at])
+                start = end
+            rr = np.repeat(np.arange(len(sizes)), sizes)
+        history = self.transform.history_columns(request["history_categories"], request["history_brands"],
+                                                 targets, rr)
+        out += self.scorer.head.rows_sum(history)
         return out
 
     def _folded_of(self, tokens: np.ndarray) -> np.ndarray:
@@ -246,7 +259,7 @@ class Ranker:
         """Scores of rows given as model request tensors (R rows, REQUEST_INPUTS), each row's request and its
         item id: the served composition below the text transform (the gate scores the whole test split with it)."""
         rows = self.items.rows(list(item_ids))
-        affinity = self.affinity(request_tensors["query_tokens"], rows, np.asarray(row_request, np.intp))
+        affinity = self.affinity(request_tensors, rows, np.asarray(row_request, np.intp))
         if not self.composed:
             tensors = {k: np.take(request_tensors[k], row_request, axis=0) for k in REQUEST_INPUTS}
             return self.scorer.score(tensors | self.items.item_inputs(rows) | {AFFINITY_INPUT: affinity})

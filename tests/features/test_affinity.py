@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from shoprank.config import FeatureConfig
-from shoprank.features.affinity import AFFINITY_INPUT, AFFINITY_WIDTH, QueryAffinity, TokenShareTable
+from shoprank.features.affinity import (
+    AFFINITY_INPUT,
+    AFFINITY_WIDTH,
+    QUERY_AFFINITY_WIDTH,
+    QueryAffinity,
+    TokenShareTable,
+    history_columns,
+)
 from shoprank.features.dataset import load_split
+from shoprank.features.history_match import category_tops, history_match
 from shoprank.features.transform import Catalogue, FeatureTransform
 
 # Rows: query tokens (0 = padding), target id, clicked, request.
@@ -90,22 +98,52 @@ def _fitted_transform():
 
 
 def test_raw_text_path_equals_the_id_path_serving_runs():
-    """The transform on raw fields and `query_affinity` on ids (request tokens once per request, the candidates'
-    category and brand indices: what shoprank.scoring.ranker computes) give the same input."""
+    """The transform on raw fields and `pair_input` on ids (request tokens and histories once per request, the
+    candidates' category and brand indices: what shoprank.scoring.ranker computes) give the same input."""
     t, cat = _fitted_transform()
     batch, _ = cat.batch(["red hat", "", "nike shoe"], [[], ["a"], []], [["a", "c", "zz"], ["b"], ["d", "a"]])
     x = t.transform(batch)
     q = np.stack([t.tokens(s, t.config.query_len) for s in batch.queries])
-    ids = t.query_affinity(q, {"category": x["category"], "brand": x["brand"]}, batch.row_request)
+    first = np.unique(batch.row_request, return_index=True)[1]  # each request's first row: its history
+    ids = t.pair_input(q, x["history_categories"][first], x["history_brands"][first],
+                       {"category": x["category"], "brand": x["brand"]}, batch.row_request)
     np.testing.assert_array_equal(x[AFFINITY_INPUT], ids)
     assert x[AFFINITY_INPUT].shape == (6, AFFINITY_WIDTH)
     size = t.config.affinity_buckets + 1
     cols = x[AFFINITY_INPUT] - np.arange(AFFINITY_WIDTH) * size
     assert ((cols >= 0) & (cols < size)).all() and (x[AFFINITY_INPUT] < t.sizes["affinity"]).all()
-    assert (cols[2] == 0).all()  # unknown candidate: no category, no brand
-    assert (cols[3] == 0).all()  # empty query
-    assert (cols[0] > 0).all()
+    query, history = cols[:, :QUERY_AFFINITY_WIDTH], cols[:, QUERY_AFFINITY_WIDTH:]
+    assert (query[2] == 0).all()  # unknown candidate: no category, no brand
+    assert (query[3] == 0).all()  # empty query
+    assert (query[0] > 0).all()
+    # History match: only request 1 has a history ("a": wear/shoes, nike); its candidate "b" is wear/shoes, puma.
+    np.testing.assert_array_equal(history[3], [1, 1, 0])
+    assert (np.delete(history, 3, axis=0) == 0).all()
     assert t.affinity.titles["brand"].keys.size > 0
+
+
+def test_history_match_counts_equal_a_loop_over_the_history():
+    """Differential: `history_match` (vectorised, per-request histories gathered by row_request) against a plain loop
+    over each row's history; the transform's columns cap counts at the column's last id and offset them."""
+    rng = np.random.default_rng(3)
+    categories = ["a/x", "a/y", "b/x", "b/z", "c/w"]
+    first = 3  # padding 0 and two out-of-vocabulary buckets come first
+    tops = category_tops(categories, first, first + len(categories))
+    assert tops[:first].tolist() == [-1, -1, -1] and tops[first:].tolist() == [0, 0, 1, 1, 2]
+    hist_c = rng.integers(0, first + len(categories), (4, 6))
+    hist_b = rng.integers(0, 4, (4, 6))
+    rr = rng.integers(0, 4, 40)
+    cat, brand = rng.integers(0, first + len(categories), 40), rng.integers(0, 4, 40)
+    got = history_match(hist_c, hist_b, cat, brand, tops, rr)
+    for i in range(40):
+        hc, hb = hist_c[rr[i]], hist_b[rr[i]]
+        top = [tops[h] if h > 0 else -1 for h in hc]
+        want = [sum(1 for t in top if t >= 0 and t == tops[cat[i]]), sum(1 for h in hc if h > 0 and h == cat[i]),
+                sum(1 for h in hb if h > 0 and h == brand[i])]
+        assert got[i].tolist() == want, i
+    np.testing.assert_array_equal(history_match(hist_c[rr], hist_b[rr], cat, brand, tops), got)  # per-row histories
+    ids = history_columns(got, column_size=3)
+    np.testing.assert_array_equal(ids - np.arange(QUERY_AFFINITY_WIDTH, AFFINITY_WIDTH) * 3, np.minimum(got, 2))
 
 
 def test_title_table_counts_items_not_clicks():
@@ -136,8 +174,9 @@ def test_unfitted_transform_says_nothing_to_go_on():
     cat = _catalogue()
     t = FeatureTransform.fit(["shoe"], cat.title, cat.item_id, cat.category, cat.brand, cat.price, fc)
     batch, _ = cat.batch(["shoe"], [[]], [["a", "b"]])
-    assert t.transform(batch)[AFFINITY_INPUT].tolist() == [[0, 9, 18, 27, 36, 45, 54]] * 2
-    assert t.sizes["affinity"] == 63
+    # Query columns: bucket 0; history-match columns: count 0 (no history).
+    assert t.transform(batch)[AFFINITY_INPUT].tolist() == [[0, 9, 18, 27, 36, 45, 54, 63, 72, 81]] * 2
+    assert t.sizes["affinity"] == 90
 
 
 def test_preprocessed_affinity_tracks_clicks(tiny_features, tiny_config):
@@ -175,4 +214,11 @@ def test_per_query_cache_gives_the_vectorised_numbers(tiny_features):
                                                            np.zeros(one.sum(), np.intp)), vectorised[one])
     assert (cached[:3, 0] == 0).all()
     stored = np.asarray(split.column(AFFINITY_INPUT)[3:n])  # what preprocessing wrote, where the ids are real
-    np.testing.assert_array_equal(cached[3:], stored)
+    np.testing.assert_array_equal(cached[3:], stored[:, :QUERY_AFFINITY_WIDTH])
+    # Its history-match columns: the same function of the stored histories and candidates.
+    history = transform.history_columns(np.asarray(split.column("history_categories")[3:n]),
+                                        np.asarray(split.column("history_brands")[3:n]),
+                                        {k: np.asarray(split.column(k)[3:n]) for k in ("category", "brand")})
+    np.testing.assert_array_equal(history, stored[:, QUERY_AFFINITY_WIDTH:])
+    assert (stored[:, QUERY_AFFINITY_WIDTH:] - np.arange(QUERY_AFFINITY_WIDTH, AFFINITY_WIDTH)
+            * (transform.config.affinity_buckets + 1)).max() > 0  # some candidates match their history

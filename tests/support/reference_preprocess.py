@@ -15,7 +15,7 @@ from shoprank.data.validation import timestamp_window, validate_table
 from shoprank.features.affinity import (
     AFFINITY_INPUT,
     AFFINITY_TARGETS,
-    AFFINITY_WIDTH,
+    QUERY_AFFINITY_WIDTH,
     TITLE_TARGETS,
     request_folds,
 )
@@ -107,8 +107,9 @@ def reference_preprocess(raw_dir: str | Path, config: ShoprankConfig, now: int) 
                    "top_category": top_code[crow].astype(np.int16)}
         out[name] = arrays
     affinity = reference_affinity(out, config, transform.sizes)
+    history = reference_history_match(out, transform)
     for name in SPLITS:
-        out[name][AFFINITY_INPUT] = affinity[name]
+        out[name][AFFINITY_INPUT] = np.concatenate([affinity[name], history[name]], axis=1)
     return out
 
 
@@ -119,6 +120,27 @@ def _left_sum(values: list[float]) -> float:
     for v in values:
         total += v
     return total
+
+
+def reference_history_match(out: dict, transform: FeatureTransform) -> dict[str, np.ndarray]:
+    """The pair input's history-match columns of every split, counted row by row (shoprank.features.history_match's
+    definition, written independently): history entries sharing the candidate's top category, category, brand."""
+    vocab = transform.vocabs["category"]
+    top_of = {vocab.lookup(c): top_category(c) for c in vocab.values}  # known categories only
+    size = transform.config.affinity_buckets + 1
+    result = {}
+    for name in SPLITS:
+        a = out[name]
+        rows = []
+        for hc, hb, c, b in zip(a["history_categories"], a["history_brands"], a["category"], a["brand"]):
+            c, b = int(c), int(b)
+            tops = [top_of.get(int(h)) for h in hc if h > 0]
+            counts = [sum(1 for t in tops if t is not None and t == top_of.get(c)),
+                      sum(1 for h in hc if h > 0 and int(h) == c), sum(1 for h in hb if h > 0 and int(h) == b)]
+            rows.append([min(v, size - 1) + (len(AFFINITY_TARGETS) * 3 + len(TITLE_TARGETS) + j) * size
+                         for j, v in enumerate(counts)])
+        result[name] = np.asarray(rows, np.int32).reshape(-1, 3)
+    return result
 
 
 def reference_affinity(out: dict, config: ShoprankConfig, sizes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -213,5 +235,5 @@ def reference_affinity(out: dict, config: ShoprankConfig, sizes: dict[str, int])
                 b = np.searchsorted(e, np.nan_to_num(title[name], nan=0.0), side="right") + 1
                 columns[name].append(np.where(np.isfinite(title[name]), b, 0)[:, None])
     size = fc.affinity_buckets + 1
-    return {name: (np.concatenate(cols, axis=1) + np.arange(AFFINITY_WIDTH) * size).astype(np.int32)
+    return {name: (np.concatenate(cols, axis=1) + np.arange(QUERY_AFFINITY_WIDTH) * size).astype(np.int32)
             for name, cols in columns.items()}

@@ -1,5 +1,6 @@
-"""Stage 7, the query affinity (shoprank.features.affinity): counted from the written training split's labels,
-after the tensors, because it needs every training row's query tokens, category, brand and label.
+"""Stage 7, the pair input: the query affinity (shoprank.features.affinity), counted from the written training
+split's labels, after the tensors, because it needs every training row's query tokens, category, brand and label;
+and the history-match columns (shoprank.features.history_match), from the written history and candidate ids.
 
 The tables go into the transform (saved again, so serving computes the input from the same tables); the input
 is written beside the other model inputs: training rows out of fold, validation and test rows (and serving)
@@ -51,14 +52,16 @@ def write_affinity(ctx: RunContext, fitted: FittedTransform, chunk_rows: int = 5
         split = load_split(ctx.out, name)
         n = split.rows
         writer = NpyWriter(split.directory / f"{AFFINITY_INPUT}.npy", np.int32, n, (AFFINITY_WIDTH,))
-        if name == SPLITS[0]:
-            writer.write(train_inputs)
-        else:
-            tokens = split.column("query_tokens")
-            cols = {t: split.column(t) for t in AFFINITY_TARGETS}
-            for s in iter_slices(n, chunk_rows):
-                writer.write(transform.query_affinity(np.asarray(tokens[s]),
-                                                      {t: np.asarray(c[s]) for t, c in cols.items()}))
+        tokens, hist_cat, hist_brand = (split.column(c) for c in ("query_tokens", "history_categories",
+                                                                  "history_brands"))
+        cols = {t: split.column(t) for t in AFFINITY_TARGETS}
+        for s in iter_slices(n, chunk_rows):
+            targets = {t: np.asarray(c[s]) for t, c in cols.items()}
+            history = transform.history_columns(np.asarray(hist_cat[s]), np.asarray(hist_brand[s]), targets)
+            # The training rows' query columns are the fit's out-of-fold ones; the other splits' come from the tables.
+            query = (train_inputs[s] if name == SPLITS[0]
+                     else transform.query_affinity(np.asarray(tokens[s]), targets))
+            writer.write(np.concatenate([query, history], axis=1))
         writer.close()
     transform.save(ctx.transform_dir)
     secs = ctx.timer.mark("query_affinity")
