@@ -43,7 +43,8 @@ def category_tops(categories: Sequence[str], first_index: int, size: int) -> np.
 def history_match(history_categories: np.ndarray, history_brands: np.ndarray, category: np.ndarray,
                   brand: np.ndarray, category_top: np.ndarray, row_request: np.ndarray | None = None) -> np.ndarray:
     """Counts [N, 3] (HISTORY_MATCH_FIELDS order, int32) for N candidate rows: histories [N, L] (or [R, L] with
-    `row_request`, each row's request), candidates' category and brand ids [N]. History id 0 is padding."""
+    `row_request`, each row's request; or [1, L], one request's, broadcast over the rows), candidates' category and
+    brand ids [N]. History id 0 is padding."""
     hc = np.asarray(history_categories, np.int64)
     hb = np.asarray(history_brands, np.int64)
     if row_request is not None:

@@ -235,7 +235,7 @@ class Ranker:
         query_tokens = request["query_tokens"]
         if len(sizes) == 1:
             out = _sum_rows(self._folded_of(query_tokens[0]), at)
-            rr = np.zeros(len(rows), np.intp)
+            rr = None  # one request: its [1, L] history broadcasts over the candidates (no per-row copy)
         else:
             out = np.empty((len(rows), self.scorer.head.hidden), np.float32)
             start = 0

@@ -142,6 +142,8 @@ def test_history_match_counts_equal_a_loop_over_the_history():
                 sum(1 for h in hb if h > 0 and h == brand[i])]
         assert got[i].tolist() == want, i
     np.testing.assert_array_equal(history_match(hist_c[rr], hist_b[rr], cat, brand, tops), got)  # per-row histories
+    one = history_match(hist_c[:1], hist_b[:1], cat, brand, tops)  # one request's history, broadcast
+    np.testing.assert_array_equal(one, history_match(hist_c, hist_b, cat, brand, tops, np.zeros(40, np.intp)))
     ids = history_columns(got, column_size=3)
     np.testing.assert_array_equal(ids - np.arange(QUERY_AFFINITY_WIDTH, AFFINITY_WIDTH) * 3, np.minimum(got, 2))
 
